@@ -1,0 +1,20 @@
+//! erofs-wasm's component: the tar-index device (`meta ‖ tar`) with random access into
+//! gzip layers, behind the WIT contract in `wit/reader.wit`.
+//!
+//! Everything here is plain Rust over the [`source::Source`] trait, so it is unit-tested
+//! natively; `bindings` (wasm32 only) adapts it to the WIT imports and exports.
+
+pub mod cache;
+pub mod checkpoints;
+pub mod cursor;
+pub mod device;
+pub mod error;
+pub mod gzip;
+pub mod gzran;
+pub mod inflate;
+pub mod input;
+pub mod source;
+pub mod zinfo;
+
+#[cfg(target_arch = "wasm32")]
+mod bindings;

@@ -1,0 +1,81 @@
+//! Byte sources. In the component these are the embedder's `vfile`s; in native tests they
+//! are in-memory buffers or files. Everything above this module reads through [`Source`].
+
+use std::cell::Cell;
+
+use crate::error::{Error, Result};
+
+/// A random-access, read-only byte source with the `vfile` contract: `pread` returns
+/// exactly `len` bytes unless the range runs past the end, then the bytes that exist.
+pub trait Source {
+    fn size(&self) -> Result<u64>;
+    fn pread(&self, offset: u64, len: u32) -> Result<Vec<u8>>;
+}
+
+/// A source whose size was read once at open and is trusted from then on, with a name
+/// for error messages ("meta", "blob", "zinfo").
+pub struct SizedSource {
+    pub name: &'static str,
+    pub size: u64,
+    inner: Box<dyn Source>,
+    /// pread calls made and bytes they returned, for `device-stats`.
+    pub reads: Cell<u64>,
+    pub bytes_read: Cell<u64>,
+}
+
+impl SizedSource {
+    pub fn new(name: &'static str, inner: Box<dyn Source>) -> Result<Self> {
+        let size = inner.size().map_err(|e| e.context(name))?;
+        Ok(Self { name, size, inner, reads: Cell::new(0), bytes_read: Cell::new(0) })
+    }
+
+    /// Read exactly `len` bytes at `offset`, all of which must lie inside the source.
+    /// A short answer from the embedder is an I/O error, never silently accepted.
+    pub fn read_exact(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let end = offset.checked_add(len as u64).filter(|&e| e <= self.size);
+        if end.is_none() {
+            return Err(Error::OutOfRange(format!(
+                "{}: read of {len} bytes at offset {offset} passes the end ({} bytes)",
+                self.name, self.size
+            )));
+        }
+        let len32 = u32::try_from(len)
+            .map_err(|_| Error::OutOfRange(format!("{}: read of {len} bytes is too large", self.name)))?;
+        let data = self.inner.pread(offset, len32).map_err(|e| e.context(self.name))?;
+        self.reads.set(self.reads.get() + 1);
+        self.bytes_read.set(self.bytes_read.get() + data.len() as u64);
+        if data.len() != len {
+            return Err(Error::io(format!(
+                "{}: asked for {len} bytes at offset {offset}, got {}",
+                self.name,
+                data.len()
+            )));
+        }
+        Ok(data)
+    }
+
+    /// Read up to `len` bytes at `offset`, clamped to the size. Used for streaming input.
+    pub fn read_clamped(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let available = self.size.saturating_sub(offset);
+        let want = (len as u64).min(available) as usize;
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        self.read_exact(offset, want)
+    }
+}
+
+/// An in-memory source, for tests and for embedders that already hold the bytes.
+pub struct MemSource(pub Vec<u8>);
+
+impl Source for MemSource {
+    fn size(&self) -> Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+    fn pread(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let size = self.0.len() as u64;
+        let start = offset.min(size) as usize;
+        let end = offset.saturating_add(len as u64).min(size) as usize;
+        Ok(self.0[start..end].to_vec())
+    }
+}
