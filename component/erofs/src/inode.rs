@@ -1,0 +1,321 @@
+//! Inode parsing (compact 32-byte and extended 64-byte forms) and [`Filesystem::getattr`].
+
+use crate::util::{add, corrupt, mul, round_up, Fixed};
+use crate::{Attr, Error, FileType, Filesystem, ReadAt};
+
+/// Size of a compact inode.
+const COMPACT_SIZE: u64 = 32;
+/// Size of an extended inode.
+const EXTENDED_SIZE: u64 = 64;
+
+/// `i_format` bit 0: extended inode.
+const FMT_EXTENDED: u16 = 0x1;
+/// `i_format` bits 1..3: data layout.
+const FMT_LAYOUT_SHIFT: u16 = 1;
+const FMT_LAYOUT_MASK: u16 = 0x7;
+/// `i_format` bit 4: NLINK_1 for compact non-directories, "`.` omitted" for directories.
+const FMT_BIT4: u16 = 0x10;
+/// All `i_format` bits defined so far.
+const FMT_ALL: u16 = 0x1f;
+
+/// Chunk format (low 16 bits of `i_u` for CHUNK_BASED): chunkbits - blkszbits.
+pub(crate) const CHUNK_BLKBITS_MASK: u16 = 0x1f;
+/// Chunk format: 8-byte chunk indexes (else a 4-byte block map).
+pub(crate) const CHUNK_INDEXES: u16 = 0x20;
+/// Chunk format: 48-bit block addresses in the indexes.
+pub(crate) const CHUNK_48BIT: u16 = 0x40;
+
+/// Refuse files with more chunks than this.
+pub(crate) const MAX_CHUNKS: u64 = 1 << 24;
+/// Refuse directories larger than this.
+pub(crate) const MAX_DIR_SIZE: u64 = 1 << 30;
+/// Longest symlink target (PATH_MAX minus the NUL).
+pub(crate) const MAX_SYMLINK: u64 = 4095;
+
+/// How an inode's data is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Contiguous blocks from `startblk`.
+    FlatPlain { startblk: u64 },
+    /// Whole blocks from `startblk`, the tail right after the inode and its xattrs.
+    FlatInline { startblk: u64 },
+    /// Chunk indexes (or a block map) after the inode and its xattrs.
+    Chunked {
+        format: u16,
+        chunkbits: u32,
+        count: u64,
+        index_pos: u64,
+    },
+    /// Compressed layouts (1 and 3): refused on data access.
+    Compressed,
+}
+
+/// A parsed, bounds-checked inode.
+#[derive(Debug, Clone)]
+pub(crate) struct Inode {
+    pub(crate) nid: u64,
+    /// Byte offset of the inline xattr area (right after the inode).
+    pub(crate) xattr_pos: u64,
+    /// Size of the inline xattr area in bytes.
+    pub(crate) xattr_size: u64,
+    /// Byte offset right after the inode and its xattrs (inline data / chunk indexes follow).
+    pub(crate) payload_pos: u64,
+    pub(crate) layout: Layout,
+    pub(crate) ftype: FileType,
+    /// Directory with bit 4 set: the `.` entry is not stored.
+    pub(crate) dot_omitted: bool,
+    pub(crate) attr: Attr,
+}
+
+impl Inode {
+    pub(crate) fn size(&self) -> u64 {
+        self.attr.size
+    }
+}
+
+impl Filesystem {
+    /// Byte offset of inode `nid` on the device, checked to leave room for at least a compact inode.
+    pub fn inode_location(&self, nid: u64) -> Result<u64, Error> {
+        let what = format!("nid {nid}");
+        let base = mul(u64::from(self.sb.meta_blkaddr), self.block_size(), &what)?;
+        let pos = add(base, mul(nid, COMPACT_SIZE, &what)?, &what)?;
+        if add(pos, COMPACT_SIZE, &what)? > self.sb.primary_size {
+            return Err(corrupt(format!("nid {nid}: inode past end of metadata")));
+        }
+        Ok(pos)
+    }
+
+    /// Attributes of inode `nid`.
+    pub fn getattr(&self, dev: &mut dyn ReadAt, nid: u64) -> Result<Attr, Error> {
+        Ok(self.load_inode(dev, nid)?.attr)
+    }
+
+    /// Read and validate inode `nid`.
+    pub(crate) fn load_inode(&self, dev: &mut dyn ReadAt, nid: u64) -> Result<Inode, Error> {
+        let pos = self.inode_location(nid)?;
+        let avail = self.sb.primary_size.saturating_sub(pos).min(EXTENDED_SIZE);
+        let mut raw = [0u8; 64];
+        let head = raw
+            .get_mut(..usize::try_from(avail).unwrap_or(64))
+            .ok_or_else(|| corrupt(format!("nid {nid}: inode truncated")))?;
+        dev.read_exact_at(pos, head)?;
+        let f = Fixed(&raw);
+        // +0 i_format
+        let format = f.u16(0);
+        if format & !FMT_ALL != 0 {
+            return Err(Error::Unsupported(format!(
+                "nid {nid}: unknown i_format bits {format:#x}"
+            )));
+        }
+        let extended = format & FMT_EXTENDED != 0;
+        let isize = if extended {
+            EXTENDED_SIZE
+        } else {
+            COMPACT_SIZE
+        };
+        if add(pos, isize, "inode")? > self.sb.primary_size {
+            return Err(corrupt(format!("nid {nid}: inode past end of metadata")));
+        }
+        // +2 i_xattr_icount
+        let icount = f.u16(2);
+        // +4 i_mode
+        let mode = u32::from(f.u16(4));
+        let ftype = FileType::from_mode(mode)
+            .ok_or_else(|| corrupt(format!("nid {nid}: bogus i_mode {mode:#o}")))?;
+        // +6 i_nb: nlink (compact), or startblk_hi / blocks_hi
+        let nb = f.u16(6);
+        // +16 i_u: startblk_lo / rdev / chunk format
+        let i_u = f.u32(16);
+        // +20 i_ino
+        let ino = f.u32(20);
+        let bit4 = format & FMT_BIT4 != 0;
+        let is_dir = ftype == FileType::Directory;
+        let (size, uid, gid, nlink, mtime_sec, mtime_nsec, nb_is_hi);
+        if extended {
+            size = f.u64(8); // +8 i_size (u64)
+            uid = f.u32(24); // +24 i_uid
+            gid = f.u32(28); // +28 i_gid
+            // +32 i_mtime (u64 seconds, stored as the kernel's signed time64)
+            mtime_sec = i64::from_le_bytes(f.u64(32).to_le_bytes());
+            mtime_nsec = f.u32(40); // +40 i_mtime_nsec
+            nlink = f.u32(44); // +44 i_nlink
+            nb_is_hi = true;
+        } else {
+            size = u64::from(f.u32(8)); // +8 i_size (u32)
+            // +12 i_mtime: seconds relative to the superblock epoch
+            let epoch = i64::try_from(self.sb.epoch).unwrap_or(i64::MAX);
+            mtime_sec = epoch
+                .checked_add(i64::from(f.u32(12)))
+                .ok_or_else(|| corrupt(format!("nid {nid}: mtime overflow")))?;
+            mtime_nsec = self.sb.fixed_nsec;
+            uid = u32::from(f.u16(24)); // +24 i_uid
+            gid = u32::from(f.u16(26)); // +26 i_gid
+            // +28 reserved
+            let nlink1 = bit4 && !is_dir;
+            nlink = if nlink1 { 1 } else { u32::from(nb) };
+            nb_is_hi = nlink1;
+        }
+        if mtime_nsec >= 1_000_000_000 {
+            return Err(corrupt(format!("nid {nid}: mtime nsec {mtime_nsec}")));
+        }
+        let hi = if self.sb.is_48bit() && nb_is_hi {
+            u64::from(nb) << 32
+        } else {
+            0
+        };
+        let xattr_size = if icount == 0 {
+            0
+        } else {
+            // icount >= 1 here: 12 + 4 * (icount - 1)
+            u64::from(icount).saturating_mul(4).saturating_add(8)
+        };
+        let xattr_pos = add(pos, isize, "inode")?;
+        let payload_pos = add(xattr_pos, xattr_size, "inode xattrs")?;
+        if payload_pos > self.sb.primary_size {
+            return Err(corrupt(format!(
+                "nid {nid}: xattr area ({xattr_size} bytes) past end of metadata"
+            )));
+        }
+        let rdev = match ftype {
+            FileType::CharDevice | FileType::BlockDevice | FileType::Fifo | FileType::Socket => i_u,
+            _ => 0,
+        };
+        let attr = Attr {
+            nid,
+            mode,
+            uid,
+            gid,
+            size,
+            nlink,
+            mtime_sec,
+            mtime_nsec,
+            rdev,
+            ino,
+        };
+        let layout_code = (format >> FMT_LAYOUT_SHIFT) & FMT_LAYOUT_MASK;
+        let layout = match layout_code {
+            0 => Layout::FlatPlain {
+                startblk: hi | u64::from(i_u),
+            },
+            2 => Layout::FlatInline {
+                startblk: hi | u64::from(i_u),
+            },
+            1 | 3 => Layout::Compressed,
+            4 => self.chunk_layout(nid, i_u, size, payload_pos)?,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "nid {nid}: data layout {other}"
+                )))
+            }
+        };
+        let inode = Inode {
+            nid,
+            xattr_pos,
+            xattr_size,
+            payload_pos,
+            layout,
+            ftype,
+            dot_omitted: is_dir && bit4,
+            attr,
+        };
+        self.check_data_bounds(&inode)?;
+        Ok(inode)
+    }
+
+    fn chunk_layout(&self, nid: u64, i_u: u32, size: u64, payload_pos: u64) -> Result<Layout, Error> {
+        let format = u16::try_from(i_u & 0xffff).unwrap_or(0);
+        if format & !(CHUNK_BLKBITS_MASK | CHUNK_INDEXES | CHUNK_48BIT) != 0 {
+            return Err(corrupt(format!("nid {nid}: chunk format {format:#x}")));
+        }
+        if format & CHUNK_48BIT != 0 && format & CHUNK_INDEXES == 0 {
+            return Err(Error::Unsupported(format!(
+                "nid {nid}: 48-bit block map without chunk indexes"
+            )));
+        }
+        // At most 16 + 31 = 47: every shift below is in range.
+        let chunkbits =
+            u32::from(self.sb.blkszbits).saturating_add(u32::from(format & CHUNK_BLKBITS_MASK));
+        let chunk_size = 1u64.checked_shl(chunkbits).unwrap_or(u64::MAX);
+        let count = size.div_ceil(chunk_size);
+        if count > MAX_CHUNKS {
+            return Err(corrupt(format!(
+                "nid {nid}: {count} chunks (size {size}, chunkbits {chunkbits})"
+            )));
+        }
+        let unit: u64 = if format & CHUNK_INDEXES != 0 { 8 } else { 4 };
+        let index_pos = round_up(payload_pos, unit, "chunk indexes")?;
+        let end = add(index_pos, mul(count, unit, "chunk indexes")?, "chunk indexes")?;
+        if end > self.sb.primary_size {
+            return Err(corrupt(format!(
+                "nid {nid}: chunk indexes past end of metadata"
+            )));
+        }
+        Ok(Layout::Chunked {
+            format,
+            chunkbits,
+            count,
+            index_pos,
+        })
+    }
+
+    /// Cheap per-layout checks that need no further reads: sizes sane for the file type, flat block
+    /// ranges inside the device, the inline tail inside the metadata and inside one block.
+    fn check_data_bounds(&self, ino: &Inode) -> Result<(), Error> {
+        let nid = ino.nid;
+        let size = ino.size();
+        match ino.ftype {
+            FileType::Directory if size > MAX_DIR_SIZE => {
+                return Err(corrupt(format!("nid {nid}: directory size {size}")));
+            }
+            FileType::Symlink if size == 0 || size > MAX_SYMLINK => {
+                return Err(corrupt(format!("nid {nid}: symlink size {size}")));
+            }
+            FileType::Regular if i64::try_from(size).is_err() => {
+                return Err(corrupt(format!("nid {nid}: file size {size}")));
+            }
+            FileType::Regular | FileType::Directory | FileType::Symlink => {}
+            // Special files have no data; their layout fields are not used.
+            _ => return Ok(()),
+        }
+        let bsz = self.block_size();
+        let (startblk, full_blocks) = match ino.layout {
+            Layout::FlatPlain { startblk } => (startblk, size.div_ceil(bsz)),
+            Layout::FlatInline { startblk } => {
+                let tail = size.checked_rem(bsz).unwrap_or(0);
+                if tail != 0 {
+                    let in_block = ino.payload_pos.checked_rem(bsz).unwrap_or(0);
+                    if in_block.saturating_add(tail) > bsz {
+                        return Err(corrupt(format!(
+                            "nid {nid}: inline tail of {tail} bytes crosses a block boundary"
+                        )));
+                    }
+                    if add(ino.payload_pos, tail, "inline data")? > self.sb.primary_size {
+                        return Err(corrupt(format!(
+                            "nid {nid}: inline data past end of metadata"
+                        )));
+                    }
+                }
+                (startblk, size.checked_div(bsz).unwrap_or(0))
+            }
+            Layout::Chunked { .. } | Layout::Compressed => return Ok(()),
+        };
+        if full_blocks > 0 {
+            let end = add(startblk, full_blocks, &format!("nid {nid} data"))?;
+            if end > self.flat_blocks() {
+                return Err(corrupt(format!(
+                    "nid {nid}: data blocks {startblk}..{end} past end of device"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Load `nid` and require a directory.
+    pub(crate) fn expect_dir(&self, dev: &mut dyn ReadAt, nid: u64) -> Result<Inode, Error> {
+        let ino = self.load_inode(dev, nid)?;
+        if ino.ftype != FileType::Directory {
+            return Err(Error::NotDir);
+        }
+        Ok(ino)
+    }
+}
