@@ -235,6 +235,41 @@ impl Cursor {
         Ok(())
     }
 
+    /// The output has reached the stream's known end exactly at a page boundary: drive
+    /// the inflater through the end of the stream so its trailer (CRC-32 and length) is
+    /// still checked. Any further output means the stream is longer than measured.
+    pub fn finish(&mut self, blob: &SizedSource) -> Result<()> {
+        let mut scratch = [0u8; 64];
+        while self.state == State::Inflating {
+            if self.input.available().is_empty() && !self.input.refill(blob)? {
+                return Err(Error::bad(format!(
+                    "gzip: blob ends at offset {} inside a deflate stream (truncated blob?)",
+                    self.input.position()
+                )));
+            }
+            let at = self.input.position();
+            let step = self.inflater.inflate(self.input.available(), &mut scratch, false)?;
+            self.input.consume(step.consumed);
+            if step.produced > 0 {
+                return Err(Error::bad(format!(
+                    "gzip: the stream does not end at {}, where it ended when the device was opened (near blob offset {at}): the blob is corrupt or changed",
+                    self.position()
+                )));
+            }
+            match step.status {
+                Status::StreamEnd => self.finish_member(blob)?,
+                _ if step.consumed == 0 => {
+                    self.stalls += 1;
+                    if self.stalls > 2 {
+                        return Err(Error::bad(format!("gzip: inflate makes no progress at blob offset {at}")));
+                    }
+                }
+                _ => self.stalls = 0,
+            }
+        }
+        Ok(())
+    }
+
     /// The `min(position, 32 KiB)` bytes before the position, if all are known.
     fn history(&self) -> Option<Vec<u8>> {
         let want = self.position().min(WINDOW_SIZE as u64) as usize;

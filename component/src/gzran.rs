@@ -181,6 +181,10 @@ impl GzRan {
         cursor.last_used = self.tick;
         loop {
             cursor.complete_page(&self.blob, &mut self.learned)?;
+            if cursor.position() >= self.size && !cursor.ended() {
+                // The last page ended on a page boundary: check the trailer now.
+                cursor.finish(&self.blob)?;
+            }
             let here = cursor.page_start() / PAGE as u64;
             // The first page after a restart may be partial (unknown head): skip it.
             if let Some(bytes) = cursor.page() {

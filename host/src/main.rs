@@ -5,12 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod bench;
-mod cat;
-mod cli;
-mod files;
-mod runtime;
-mod sandbox;
+use erofs_host::{bench, cat};
 
 #[derive(Debug, Parser)]
 #[command(

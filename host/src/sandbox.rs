@@ -114,6 +114,11 @@ impl SandboxedDevice {
         self.size
     }
 
+    /// Change the deadline for later calls.
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.limits.call_timeout = timeout;
+    }
+
     pub fn meta_size(&self) -> u64 {
         self.meta_size
     }

@@ -1,0 +1,14 @@
+//! erofs-host as a library: the layers under the `erofs-host` binary.
+//!
+//! - [`runtime`]: the wasmtime engine, the precompiled-component cache, the linker.
+//! - [`files`]: the host `vfile`s (local files) that the component reads.
+//! - [`sandbox`]: a device served by one sandboxed instance (memory cap, call deadline,
+//!   rebuild after a trap).
+//! - [`cli`], [`cat`], [`bench`]: the commands.
+
+pub mod bench;
+pub mod cat;
+pub mod cli;
+pub mod files;
+pub mod runtime;
+pub mod sandbox;

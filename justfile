@@ -1,0 +1,36 @@
+# erofs-wasm recipes. `just demo` and `just test` are the README's quick start.
+
+wasm := "target/wasm32-wasip2/release/erofs_component.wasm"
+host := "target/release/erofs-host"
+
+# List the recipes
+default:
+    @just --list
+
+# Build the component (wasm32-wasip2) and the host, both release
+build:
+    rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+    cargo build --release --target wasm32-wasip2 -p erofs-component
+    cargo build --release -p erofs-host
+
+# The component decoding with miniz_oxide instead of zlib-rs, for comparison in `just bench`
+build-miniz:
+    cargo build --release --target wasm32-wasip2 -p erofs-component --features miniz --target-dir target/miniz
+
+# Run every test: unit, property, end-to-end (mounts need root; they say so when they skip)
+test: build
+    cargo test --release --workspace
+
+# clippy and rustfmt, as CI wants them
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy --release --target wasm32-wasip2 -p erofs-component -- -D warnings
+    cargo fmt --all -- --check
+
+# Show the main job on a built-in sample layer
+demo: build
+    tests/demo.sh
+
+# Read-path benchmarks with references measured in the same run
+bench: build build-miniz
+    python3 tests/bench/bench.py
