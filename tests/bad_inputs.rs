@@ -10,6 +10,9 @@ use common::*;
 
 const RECORD: usize = 32785;
 
+/// A named way to spoil the inputs, and the words its error must contain.
+type Case = (&'static str, Box<dyn Fn(&mut Inputs)>, &'static str);
+
 struct Inputs {
     meta: Vec<u8>,
     blob: Vec<u8>,
@@ -18,7 +21,11 @@ struct Inputs {
 
 fn inputs(dir: &str) -> Inputs {
     let f = fixture(dir);
-    let blob = if dir == "plain-tar" { "layer.tar" } else { "layer.tar.gz" };
+    let blob = if dir == "plain-tar" {
+        "layer.tar"
+    } else {
+        "layer.tar.gz"
+    };
     Inputs {
         meta: std::fs::read(f.join("meta.erofs")).unwrap(),
         blob: std::fs::read(f.join(blob)).unwrap(),
@@ -49,18 +56,34 @@ fn expect_error(case: &str, i: &Inputs, expect: &str, written: Written) {
     let mut args = vec!["cat".into(), component().to_string_lossy().into_owned()];
     args.extend(["--tarindex".into(), meta.to_string_lossy().into_owned()]);
     if let Some(z) = &i.zinfo {
-        args.extend(["--zinfo".into(), write("layer.zinfo", z).to_string_lossy().into_owned()]);
+        args.extend([
+            "--zinfo".into(),
+            write("layer.zinfo", z).to_string_lossy().into_owned(),
+        ]);
     }
     args.push(blob.to_string_lossy().into_owned());
     let out = run_host(&args, Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{case}: succeeded but should fail");
     assert!(!stderr.contains("panicked"), "{case}: panicked: {stderr}");
-    assert!(!stderr.contains("trapped"), "{case}: the component trapped instead of refusing: {stderr}");
-    assert!(stderr.contains(expect), "{case}: error does not mention `{expect}`: {stderr}");
+    assert!(
+        !stderr.contains("trapped"),
+        "{case}: the component trapped instead of refusing: {stderr}"
+    );
+    assert!(
+        stderr.contains(expect),
+        "{case}: error does not mention `{expect}`: {stderr}"
+    );
     match written {
-        Written::PrefixOf(good) => assert!(good.starts_with(&out.stdout), "{case}: wrote bytes that are not the device's"),
-        Written::Nothing => assert!(out.stdout.is_empty(), "{case}: wrote {} bytes before failing", out.stdout.len()),
+        Written::PrefixOf(good) => assert!(
+            good.starts_with(&out.stdout),
+            "{case}: wrote bytes that are not the device's"
+        ),
+        Written::Nothing => assert!(
+            out.stdout.is_empty(),
+            "{case}: wrote {} bytes before failing",
+            out.stdout.len()
+        ),
         Written::Unchecked => {}
     }
 }
@@ -77,21 +100,88 @@ fn zinfo_mut(i: &mut Inputs) -> &mut Vec<u8> {
 
 #[test]
 fn zinfo_defects() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Inputs)>, &str)> = vec![
-        ("truncated zinfo", Box::new(|i| { let z = zinfo_mut(i); z.truncate(z.len() - 1000); }), "zinfo: field `have`"),
-        ("zinfo shorter than its header", Box::new(|i| zinfo_mut(i).truncate(7)), "12-byte header"),
+    let cases: Vec<Case> = vec![
+        (
+            "truncated zinfo",
+            Box::new(|i| {
+                let z = zinfo_mut(i);
+                z.truncate(z.len() - 1000);
+            }),
+            "zinfo: field `have`",
+        ),
+        (
+            "zinfo shorter than its header",
+            Box::new(|i| zinfo_mut(i).truncate(7)),
+            "12-byte header",
+        ),
         ("empty zinfo", Box::new(|i| zinfo_mut(i).clear()), "zinfo"),
-        ("have = 0", Box::new(|i| set_u32(zinfo_mut(i), 0, 0)), "`have` is 0"),
-        ("have = 0xFFFFFFFF", Box::new(|i| set_u32(zinfo_mut(i), 0, u32::MAX)), "`have` is 4294967295"),
-        ("have one too many (reads as v1)", Box::new(|i| { let z = zinfo_mut(i); let h = u32::from_le_bytes(z[0..4].try_into().unwrap()); set_u32(z, 0, h + 1); }), "checkpoint 1: field `out`"),
-        ("have one too few", Box::new(|i| { let z = zinfo_mut(i); let h = u32::from_le_bytes(z[0..4].try_into().unwrap()); set_u32(z, 0, h - 1); }), "needs a file of"),
-        ("span_size = 0", Box::new(|i| set_u64(zinfo_mut(i), 4, 0)), "`span_size` is 0"),
-        ("bits = 9", Box::new(|i| zinfo_mut(i)[12 + RECORD + 16] = 9), "checkpoint 1: field `bits` is 9"),
-        ("first checkpoint not at 0", Box::new(|i| set_u64(zinfo_mut(i), 12 + 8, 5)), "checkpoint 0: field `out`"),
-        ("out not increasing", Box::new(|i| { let z = zinfo_mut(i); let o = u64::from_le_bytes(z[12 + RECORD + 8..][..8].try_into().unwrap()); set_u64(z, 12 + 2 * RECORD + 8, o); }), "checkpoint 2: field `out`"),
-        ("in not increasing", Box::new(|i| set_u64(zinfo_mut(i), 12 + 2 * RECORD, 11)), "checkpoint 2: field `in`"),
-        ("in inside the gzip header", Box::new(|i| set_u64(zinfo_mut(i), 12, 3)), "checkpoint 0: field `in` is 3"),
-        ("in past the blob", Box::new(|i| set_u64(zinfo_mut(i), 12 + RECORD, 1 << 40)), "not inside the"),
+        (
+            "have = 0",
+            Box::new(|i| set_u32(zinfo_mut(i), 0, 0)),
+            "`have` is 0",
+        ),
+        (
+            "have = 0xFFFFFFFF",
+            Box::new(|i| set_u32(zinfo_mut(i), 0, u32::MAX)),
+            "`have` is 4294967295",
+        ),
+        (
+            "have one too many (reads as v1)",
+            Box::new(|i| {
+                let z = zinfo_mut(i);
+                let h = u32::from_le_bytes(z[0..4].try_into().unwrap());
+                set_u32(z, 0, h + 1);
+            }),
+            "checkpoint 1: field `out`",
+        ),
+        (
+            "have one too few",
+            Box::new(|i| {
+                let z = zinfo_mut(i);
+                let h = u32::from_le_bytes(z[0..4].try_into().unwrap());
+                set_u32(z, 0, h - 1);
+            }),
+            "needs a file of",
+        ),
+        (
+            "span_size = 0",
+            Box::new(|i| set_u64(zinfo_mut(i), 4, 0)),
+            "`span_size` is 0",
+        ),
+        (
+            "bits = 9",
+            Box::new(|i| zinfo_mut(i)[12 + RECORD + 16] = 9),
+            "checkpoint 1: field `bits` is 9",
+        ),
+        (
+            "first checkpoint not at 0",
+            Box::new(|i| set_u64(zinfo_mut(i), 12 + 8, 5)),
+            "checkpoint 0: field `out`",
+        ),
+        (
+            "out not increasing",
+            Box::new(|i| {
+                let z = zinfo_mut(i);
+                let o = u64::from_le_bytes(z[12 + RECORD + 8..][..8].try_into().unwrap());
+                set_u64(z, 12 + 2 * RECORD + 8, o);
+            }),
+            "checkpoint 2: field `out`",
+        ),
+        (
+            "in not increasing",
+            Box::new(|i| set_u64(zinfo_mut(i), 12 + 2 * RECORD, 11)),
+            "checkpoint 2: field `in`",
+        ),
+        (
+            "in inside the gzip header",
+            Box::new(|i| set_u64(zinfo_mut(i), 12, 3)),
+            "checkpoint 0: field `in` is 3",
+        ),
+        (
+            "in past the blob",
+            Box::new(|i| set_u64(zinfo_mut(i), 12 + RECORD, 1 << 40)),
+            "not inside the",
+        ),
     ];
     for (case, tamper, expect) in cases {
         let mut i = inputs("basic");
@@ -107,7 +197,12 @@ fn gzip_defects() {
     let mut i = inputs("basic");
     let len = i.blob.len();
     i.blob.truncate(len - 5000);
-    expect_error("blob truncated mid-member", &i, "blob ends at offset", Written::Nothing);
+    expect_error(
+        "blob truncated mid-member",
+        &i,
+        "blob ends at offset",
+        Written::Nothing,
+    );
 
     // Deflate garbage inside a compressed block: found when a read reaches it, and
     // nothing wrong is written before.
@@ -115,7 +210,12 @@ fn gzip_defects() {
     for b in &mut i.blob[2_000_000..2_000_400] {
         *b = 0;
     }
-    expect_error("corrupt deflate data", &i, "corrupt deflate data", Written::PrefixOf(&good_basic));
+    expect_error(
+        "corrupt deflate data",
+        &i,
+        "corrupt deflate data",
+        Written::PrefixOf(&good_basic),
+    );
 
     // Zeros inside a stored block still inflate: the member's CRC-32 catches them when
     // the whole member has been decoded from its start, as `cat` does.
@@ -153,7 +253,12 @@ fn gzip_defects() {
     // A gzip blob given without its zinfo.
     let mut i = inputs("basic");
     i.zinfo = None;
-    expect_error("gzip blob without zinfo", &i, "no zinfo was given", Written::Nothing);
+    expect_error(
+        "gzip blob without zinfo",
+        &i,
+        "no zinfo was given",
+        Written::Nothing,
+    );
 
     // The zinfo of another layer.
     let mut i = inputs("pigz");
@@ -163,20 +268,64 @@ fn gzip_defects() {
     // An empty blob.
     let mut i = inputs("basic");
     i.blob.clear();
-    expect_error("empty blob", &i, "not inside the 0-byte blob", Written::Nothing);
+    expect_error(
+        "empty blob",
+        &i,
+        "not inside the 0-byte blob",
+        Written::Nothing,
+    );
 }
 
 #[test]
 fn metadata_defects() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Inputs)>, &str)> = vec![
-        ("bad superblock magic", Box::new(|i| i.meta[1024] ^= 0xff), "field `magic`"),
-        ("meta size not a multiple of 512", Box::new(|i| i.meta.extend([0u8; 100])), "not a multiple of the 512-byte block size"),
-        ("meta one block longer", Box::new(|i| i.meta.extend([0u8; 512])), "field `blocks`"),
-        ("meta too small", Box::new(|i| i.meta.truncate(512)), "too small to hold a superblock"),
-        ("blkszbits 12", Box::new(|i| i.meta[1024 + 12] = 12), "field `blkszbits` is 12"),
-        ("no device table", Box::new(|i| i.meta[1024 + 80] &= !0x08), "no device table"),
-        ("uniaddr mismatch", Box::new(|i| { let at = u16::from_le_bytes([i.meta[1024 + 88], i.meta[1024 + 89]]) as usize * 128 + 68; i.meta[at] ^= 1; }), "field `uniaddr`"),
-        ("device table outside the image", Box::new(|i| { i.meta[1024 + 88] = 0xff; i.meta[1024 + 89] = 0xff; }), "`devt_slotoff`"),
+    let cases: Vec<Case> = vec![
+        (
+            "bad superblock magic",
+            Box::new(|i| i.meta[1024] ^= 0xff),
+            "field `magic`",
+        ),
+        (
+            "meta size not a multiple of 512",
+            Box::new(|i| i.meta.extend([0u8; 100])),
+            "not a multiple of the 512-byte block size",
+        ),
+        (
+            "meta one block longer",
+            Box::new(|i| i.meta.extend([0u8; 512])),
+            "field `blocks`",
+        ),
+        (
+            "meta too small",
+            Box::new(|i| i.meta.truncate(512)),
+            "too small to hold a superblock",
+        ),
+        (
+            "blkszbits 12",
+            Box::new(|i| i.meta[1024 + 12] = 12),
+            "field `blkszbits` is 12",
+        ),
+        (
+            "no device table",
+            Box::new(|i| i.meta[1024 + 80] &= !0x08),
+            "no device table",
+        ),
+        (
+            "uniaddr mismatch",
+            Box::new(|i| {
+                let at =
+                    u16::from_le_bytes([i.meta[1024 + 88], i.meta[1024 + 89]]) as usize * 128 + 68;
+                i.meta[at] ^= 1;
+            }),
+            "field `uniaddr`",
+        ),
+        (
+            "device table outside the image",
+            Box::new(|i| {
+                i.meta[1024 + 88] = 0xff;
+                i.meta[1024 + 89] = 0xff;
+            }),
+            "`devt_slotoff`",
+        ),
     ];
     for (case, tamper, expect) in cases {
         let mut i = inputs("basic");
@@ -186,19 +335,33 @@ fn metadata_defects() {
     // A plain tar shorter than the metadata's device table says.
     let mut i = inputs("plain-tar");
     i.blob.truncate(100_000);
-    expect_error("tar shorter than the device table", &i, "device table addresses", Written::Nothing);
+    expect_error(
+        "tar shorter than the device table",
+        &i,
+        "device table addresses",
+        Written::Nothing,
+    );
 }
 
 #[test]
 fn missing_files_are_named() {
-    let args = ["cat", "/nonexistent/c.wasm", "--tarindex", "/x/meta", "/x/blob"];
+    let args = [
+        "cat",
+        "/nonexistent/c.wasm",
+        "--tarindex",
+        "/x/meta",
+        "/x/blob",
+    ];
     let out = run_host(&args, Duration::from_secs(30));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/c.wasm"), "{stderr}");
     let mut args = device_args("basic");
     args.insert(0, "cat".into());
-    let z = args.iter().position(|a| a.ends_with("layer.zinfo")).unwrap();
+    let z = args
+        .iter()
+        .position(|a| a.ends_with("layer.zinfo"))
+        .unwrap();
     args[z] = "/nonexistent/layer.zinfo".into();
     let out = run_host(&args, Duration::from_secs(30));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/layer.zinfo: cannot open"));

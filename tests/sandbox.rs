@@ -16,7 +16,12 @@ fn spec(dir: &str, cache: u64) -> DeviceSpec {
         meta: f.join("meta.erofs"),
         blob: f.join("layer.tar.gz"),
         zinfo: Some(f.join("layer.zinfo")),
-        options: OpenOptions { cache_bytes: Some(cache), max_cursors: None, learn_interval: None, max_learned: None },
+        options: OpenOptions {
+            cache_bytes: Some(cache),
+            max_cursors: None,
+            learn_interval: None,
+            max_learned: None,
+        },
     }
 }
 
@@ -27,11 +32,17 @@ fn runtime() -> Arc<Runtime> {
 #[test]
 fn a_trap_fails_one_call_and_the_next_call_works() {
     let want = expected_device("large");
-    let limits = Limits { memory: 32 << 20, call_timeout: Duration::from_secs(30) };
+    let limits = Limits {
+        memory: 32 << 20,
+        call_timeout: Duration::from_secs(30),
+    };
     let mut dev = SandboxedDevice::open(runtime(), spec("large", 1 << 20), limits).unwrap();
     assert!(dev.pread(0, 4096).unwrap() == want[..4096]);
     // A 48 MiB read cannot fit under a 32 MiB cap: the guest's allocation traps.
-    let err = dev.pread(0, 48 << 20).err().expect("a 48 MiB read under a 32 MiB cap must fail");
+    let err = dev
+        .pread(0, 48 << 20)
+        .err()
+        .expect("a 48 MiB read under a 32 MiB cap must fail");
     assert!(matches!(err, CallError::Trap(_)), "{err}");
     assert_eq!(err.errno(), libc::EIO);
     assert_eq!(dev.traps, 1);
@@ -42,11 +53,17 @@ fn a_trap_fails_one_call_and_the_next_call_works() {
 
 #[test]
 fn a_deadline_stops_a_long_call() {
-    let limits = Limits { memory: 256 << 20, call_timeout: Duration::from_secs(30) };
+    let limits = Limits {
+        memory: 256 << 20,
+        call_timeout: Duration::from_secs(30),
+    };
     let mut dev = SandboxedDevice::open(runtime(), spec("large", 0), limits).unwrap();
     // Decoding 48 MB takes ~100 ms at best: a 20 ms deadline stops it, with no hang.
     dev.set_call_timeout(Duration::from_millis(20));
-    let err = dev.pread(0, 48 << 20).err().expect("the deadline must stop the call");
+    let err = dev
+        .pread(0, 48 << 20)
+        .err()
+        .expect("the deadline must stop the call");
     assert!(matches!(err, CallError::Trap(_)), "{err}");
     assert!(err.to_string().contains("interrupt"), "{err}");
     // With time to work, the rebuilt instance reads correctly.
@@ -57,9 +74,14 @@ fn a_deadline_stops_a_long_call() {
 
 #[test]
 fn component_errors_are_not_traps() {
-    let limits = Limits { memory: 256 << 20, call_timeout: Duration::from_secs(30) };
+    let limits = Limits {
+        memory: 256 << 20,
+        call_timeout: Duration::from_secs(30),
+    };
     let mut bad = spec("basic", 0);
     bad.zinfo = Some(fixture("large").join("layer.zinfo"));
-    let err = SandboxedDevice::open(runtime(), bad, limits).err().expect("must fail");
+    let err = SandboxedDevice::open(runtime(), bad, limits)
+        .err()
+        .expect("must fail");
     assert!(err.to_string().contains("bad input"), "{err}");
 }

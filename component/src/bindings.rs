@@ -63,13 +63,19 @@ impl tarindex::Guest for Component {
         let defaults = Options::default();
         let options = Options {
             cache_bytes: options.cache_bytes.unwrap_or(defaults.cache_bytes),
-            max_cursors: options.max_cursors.map_or(defaults.max_cursors, |n| n as usize),
+            max_cursors: options
+                .max_cursors
+                .map_or(defaults.max_cursors, |n| n as usize),
             learn_interval: options.learn_interval.unwrap_or(defaults.learn_interval),
-            max_learned: options.max_learned.map_or(defaults.max_learned, |n| n as usize),
+            max_learned: options
+                .max_learned
+                .map_or(defaults.max_learned, |n| n as usize),
         };
         let meta = SizedSource::new("meta", Box::new(ImportedFile(meta)))?;
         let blob = SizedSource::new("blob", Box::new(ImportedFile(blob)))?;
-        let zinfo = zinfo.map(|z| SizedSource::new("zinfo", Box::new(ImportedFile(z)))).transpose()?;
+        let zinfo = zinfo
+            .map(|z| SizedSource::new("zinfo", Box::new(ImportedFile(z))))
+            .transpose()?;
         let device = Device::open(meta, blob, zinfo, options)?;
         Ok(tarindex::Device::new(DeviceResource(RefCell::new(device))))
     }

@@ -15,7 +15,9 @@ impl PageCache {
     /// A cache of at most `bytes` of decoded data; below one page it is off.
     pub fn new(bytes: u64) -> Self {
         let count = usize::try_from(bytes / PAGE as u64).unwrap_or(usize::MAX);
-        Self { pages: NonZeroUsize::new(count).map(LruCache::new) }
+        Self {
+            pages: NonZeroUsize::new(count).map(LruCache::new),
+        }
     }
 
     pub fn get(&mut self, page: u64) -> Option<&[u8]> {
@@ -24,7 +26,9 @@ impl PageCache {
 
     /// Store a copy of a page, reusing the buffer of the page it evicts.
     pub fn insert(&mut self, page: u64, bytes: &[u8]) {
-        let Some(pages) = self.pages.as_mut() else { return };
+        let Some(pages) = self.pages.as_mut() else {
+            return;
+        };
         if let Some(existing) = pages.get_mut(&page) {
             if existing.len() == bytes.len() {
                 existing.copy_from_slice(bytes);
@@ -32,7 +36,10 @@ impl PageCache {
             }
         }
         let buffer = match pages.len() == pages.cap().get() {
-            true => pages.pop_lru().map(|(_, b)| b).filter(|b| b.len() == bytes.len()),
+            true => pages
+                .pop_lru()
+                .map(|(_, b)| b)
+                .filter(|b| b.len() == bytes.len()),
             false => None,
         };
         let buffer = match buffer {

@@ -26,7 +26,13 @@ struct Entry {
 
 impl LearnedCheckpoints {
     pub fn new(interval: u64, max: usize, fixed: Vec<u64>) -> Self {
-        Self { points: Vec::new(), interval, max, tick: 0, fixed }
+        Self {
+            points: Vec::new(),
+            interval,
+            max,
+            tick: 0,
+            fixed,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -54,7 +60,10 @@ impl LearnedCheckpoints {
                 || sorted_after.is_some_and(|a| a - out < self.interval)
         };
         let i = self.points.partition_point(|e| e.point.out <= out);
-        let learned_before = i.checked_sub(1).and_then(|k| self.points.get(k)).map(|e| e.point.out);
+        let learned_before = i
+            .checked_sub(1)
+            .and_then(|k| self.points.get(k))
+            .map(|e| e.point.out);
         let learned_after = self.points.get(i).map(|e| e.point.out);
         let j = self.fixed.partition_point(|&o| o <= out);
         let fixed_before = j.checked_sub(1).and_then(|k| self.fixed.get(k)).copied();
@@ -74,14 +83,25 @@ impl Learner for LearnedCheckpoints {
         }
         if self.points.len() >= self.max {
             // Full: drop the least recently used.
-            if let Some((victim, _)) = self.points.iter().enumerate().min_by_key(|(_, e)| e.last_used) {
+            if let Some((victim, _)) = self
+                .points
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_used)
+            {
                 self.points.remove(victim);
             }
         }
         self.tick += 1;
         let point = make();
         let at = self.points.partition_point(|e| e.point.out <= point.out);
-        self.points.insert(at, Entry { point, last_used: self.tick });
+        self.points.insert(
+            at,
+            Entry {
+                point,
+                last_used: self.tick,
+            },
+        );
         true
     }
 }
@@ -103,15 +123,26 @@ mod tests {
     use super::*;
 
     fn learned(out: u64) -> Learned {
-        Learned { in_byte: out / 3 + 10, bits: 0, out, history: Vec::new() }
+        Learned {
+            in_byte: out / 3 + 10,
+            bits: 0,
+            out,
+            history: Vec::new(),
+        }
     }
 
     #[test]
     fn keeps_spacing_and_bound() {
         let mut store = LearnedCheckpoints::new(1000, 2, vec![0, 10_000]);
-        assert!(!store.offer(500, &mut || learned(500)), "too close to the zinfo's 0");
+        assert!(
+            !store.offer(500, &mut || learned(500)),
+            "too close to the zinfo's 0"
+        );
         assert!(store.offer(2000, &mut || learned(2000)));
-        assert!(!store.offer(2500, &mut || learned(2500)), "too close to 2000");
+        assert!(
+            !store.offer(2500, &mut || learned(2500)),
+            "too close to 2000"
+        );
         assert!(store.offer(4000, &mut || learned(4000)));
         assert_eq!(store.before(3999).map(|l| l.out), Some(2000));
         // Full: the least recently used (4000; 2000 was just used) goes.

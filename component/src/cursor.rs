@@ -121,7 +121,10 @@ impl Cursor {
         if at.bits > 0 {
             self.input.seek(at.in_byte - 1);
             let byte = self.input.byte(blob)?.ok_or_else(|| {
-                Error::bad(format!("gzip: checkpoint byte {} is past the blob's end", at.in_byte - 1))
+                Error::bad(format!(
+                    "gzip: checkpoint byte {} is past the blob's end",
+                    at.in_byte - 1
+                ))
             })?;
             prime = Some((at.bits, byte));
         } else {
@@ -189,8 +192,17 @@ impl Cursor {
             let at = self.input.position();
             let step = self
                 .inflater
-                .inflate(self.input.available(), &mut self.page[self.fill..], stop_at_block)
-                .map_err(|e| e.context(&format!("near blob offset {at}, output offset {}", self.position())))?;
+                .inflate(
+                    self.input.available(),
+                    &mut self.page[self.fill..],
+                    stop_at_block,
+                )
+                .map_err(|e| {
+                    e.context(&format!(
+                        "near blob offset {at}, output offset {}",
+                        self.position()
+                    ))
+                })?;
             self.input.consume(step.consumed);
             let produced = &self.page[self.fill..self.fill + step.produced];
             if let Some(member) = &mut self.member {
@@ -206,7 +218,9 @@ impl Cursor {
             if step.consumed == 0 && step.produced == 0 && step.status == Status::Progress {
                 self.stalls += 1;
                 if self.stalls > 2 {
-                    return Err(Error::bad(format!("gzip: inflate makes no progress at blob offset {at}")));
+                    return Err(Error::bad(format!(
+                        "gzip: inflate makes no progress at blob offset {at}"
+                    )));
                 }
             } else {
                 self.stalls = 0;
@@ -214,7 +228,10 @@ impl Cursor {
 
             match step.status {
                 Status::StreamEnd => self.finish_member(blob)?,
-                Status::BlockBoundary { unused_bits, after_last: false } => {
+                Status::BlockBoundary {
+                    unused_bits,
+                    after_last: false,
+                } => {
                     let out = self.position();
                     let in_byte = self.input.position();
                     if let Some(history) = self.history() {
@@ -248,7 +265,9 @@ impl Cursor {
                 )));
             }
             let at = self.input.position();
-            let step = self.inflater.inflate(self.input.available(), &mut scratch, false)?;
+            let step = self
+                .inflater
+                .inflate(self.input.available(), &mut scratch, false)?;
             self.input.consume(step.consumed);
             if step.produced > 0 {
                 return Err(Error::bad(format!(
@@ -261,7 +280,9 @@ impl Cursor {
                 _ if step.consumed == 0 => {
                     self.stalls += 1;
                     if self.stalls > 2 {
-                        return Err(Error::bad(format!("gzip: inflate makes no progress at blob offset {at}")));
+                        return Err(Error::bad(format!(
+                            "gzip: inflate makes no progress at blob offset {at}"
+                        )));
                     }
                 }
                 _ => self.stalls = 0,

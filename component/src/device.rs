@@ -32,14 +32,17 @@ pub struct Layout {
 /// Check the superblock and the first device slot. `meta` is the metadata file.
 pub fn check_layout(meta: &SizedSource) -> Result<Layout> {
     let name = "meta";
-    if meta.size % BLOCK != 0 {
+    if !meta.size.is_multiple_of(BLOCK) {
         return Err(Error::bad(format!(
             "{name}: size {} is not a multiple of the 512-byte block size",
             meta.size
         )));
     }
     if meta.size < SUPERBLOCK_OFFSET + 128 {
-        return Err(Error::bad(format!("{name}: {} bytes is too small to hold a superblock", meta.size)));
+        return Err(Error::bad(format!(
+            "{name}: {} bytes is too small to hold a superblock",
+            meta.size
+        )));
     }
     let sb = meta.read_exact(SUPERBLOCK_OFFSET, 128)?;
     let u16_at = |o: usize| u16::from_le_bytes([sb[o], sb[o + 1]]);
@@ -76,7 +79,8 @@ pub fn check_layout(meta: &SizedSource) -> Result<Layout> {
     }
     let slot = meta.read_exact(slot_at, DEVICE_SLOT_SIZE as usize)?;
     let s16 = |o: usize| u16::from_le_bytes([slot[o], slot[o + 1]]) as u64;
-    let s32 = |o: usize| u32::from_le_bytes([slot[o], slot[o + 1], slot[o + 2], slot[o + 3]]) as u64;
+    let s32 =
+        |o: usize| u32::from_le_bytes([slot[o], slot[o + 1], slot[o + 2], slot[o + 3]]) as u64;
     let tar_blocks = s32(64) | if wide { s16(72) << 32 } else { 0 };
     let uniaddr = s32(68) | if wide { s16(74) << 32 } else { 0 };
 
@@ -92,7 +96,10 @@ pub fn check_layout(meta: &SizedSource) -> Result<Layout> {
             meta.size
         )));
     }
-    Ok(Layout { meta_size: meta.size, tar_blocks })
+    Ok(Layout {
+        meta_size: meta.size,
+        tar_blocks,
+    })
 }
 
 /// Where the tar bytes come from.
@@ -111,7 +118,12 @@ pub struct Device {
 }
 
 impl Device {
-    pub fn open(meta: SizedSource, blob: SizedSource, zinfo: Option<SizedSource>, options: Options) -> Result<Self> {
+    pub fn open(
+        meta: SizedSource,
+        blob: SizedSource,
+        zinfo: Option<SizedSource>,
+        options: Options,
+    ) -> Result<Self> {
         let layout = check_layout(&meta)?;
         let tar = match zinfo {
             Some(zinfo) => Tar::Gzip(Box::new(GzRan::open(blob, zinfo, options)?)),
@@ -136,7 +148,12 @@ impl Device {
                 layout.tar_blocks
             )));
         }
-        Ok(Self { meta, tar, layout, tar_size })
+        Ok(Self {
+            meta,
+            tar,
+            layout,
+            tar_size,
+        })
     }
 
     pub fn meta_size(&self) -> u64 {
@@ -176,7 +193,9 @@ impl Device {
             let tar_from = offset.max(meta_end) - meta_end;
             let tar_len = end - meta_end - tar_from;
             match &mut self.tar {
-                Tar::Plain(blob) => out.extend_from_slice(&blob.read_exact(tar_from, tar_len as usize)?),
+                Tar::Plain(blob) => {
+                    out.extend_from_slice(&blob.read_exact(tar_from, tar_len as usize)?)
+                }
                 Tar::Gzip(gz) => gz.read_into(tar_from, tar_len, &mut out)?,
             }
         }

@@ -95,14 +95,29 @@ mod tests {
 
     #[test]
     fn bad_headers_are_refused() {
-        assert!(parse(b"ustar".to_vec()).unwrap_err().to_string().contains("inside the gzip header"));
+        assert!(parse(b"ustar".to_vec())
+            .unwrap_err()
+            .to_string()
+            .contains("inside the gzip header"));
         let wrong = vec![0x1f, 0x8c, 8, 0, 0, 0, 0, 0, 0, 3];
-        assert!(parse(wrong).unwrap_err().to_string().contains("no gzip magic"));
+        assert!(parse(wrong)
+            .unwrap_err()
+            .to_string()
+            .contains("no gzip magic"));
         let method = vec![0x1f, 0x8b, 7, 0, 0, 0, 0, 0, 0, 3];
-        assert!(parse(method).unwrap_err().to_string().contains("not deflate"));
+        assert!(parse(method)
+            .unwrap_err()
+            .to_string()
+            .contains("not deflate"));
         let reserved = vec![0x1f, 0x8b, 8, 0x80, 0, 0, 0, 0, 0, 3];
-        assert!(parse(reserved).unwrap_err().to_string().contains("reserved"));
+        assert!(parse(reserved)
+            .unwrap_err()
+            .to_string()
+            .contains("reserved"));
         let endless_name = vec![0x1f, 0x8b, 8, FNAME, 0, 0, 0, 0, 0, 3, b'a', b'b'];
-        assert!(parse(endless_name).unwrap_err().to_string().contains("file name"));
+        assert!(parse(endless_name)
+            .unwrap_err()
+            .to_string()
+            .contains("file name"));
     }
 }

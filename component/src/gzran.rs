@@ -31,7 +31,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { cache_bytes: 32 << 20, max_cursors: 4, learn_interval: 1 << 20, max_learned: 256 }
+        Self {
+            cache_bytes: 32 << 20,
+            max_cursors: 4,
+            learn_interval: 1 << 20,
+            max_learned: 256,
+        }
     }
 }
 
@@ -82,7 +87,9 @@ impl GzRan {
             size: 0,
             counters: Counters::default(),
         };
-        this.size = this.measure().map_err(|e| e.context("finding the tar size"))?;
+        this.size = this
+            .measure()
+            .map_err(|e| e.context("finding the tar size"))?;
         Ok(this)
     }
 
@@ -137,12 +144,16 @@ impl GzRan {
             let take = ((end - pos) as usize).min(PAGE - in_page);
             if let Some(bytes) = self.cache.get(page) {
                 self.counters.cache_hits += 1;
-                let got = bytes.get(in_page..in_page + take).ok_or_else(|| short_page(page))?;
+                let got = bytes
+                    .get(in_page..in_page + take)
+                    .ok_or_else(|| short_page(page))?;
                 out.extend_from_slice(got);
             } else {
                 self.counters.cache_misses += 1;
                 self.decode_page(page, |bytes| {
-                    let got = bytes.get(in_page..in_page + take).ok_or_else(|| short_page(page))?;
+                    let got = bytes
+                        .get(in_page..in_page + take)
+                        .ok_or_else(|| short_page(page))?;
                     out.extend_from_slice(got);
                     Ok(())
                 })?;
@@ -230,7 +241,10 @@ impl GzRan {
 
         let restart = if learned_out > zinfo_out {
             self.counters.learned_starts += 1;
-            let point = self.learned.before(limit).ok_or_else(|| Error::io("learned checkpoint vanished"))?;
+            let point = self
+                .learned
+                .before(limit)
+                .ok_or_else(|| Error::io("learned checkpoint vanished"))?;
             Restart {
                 in_byte: point.in_byte,
                 bits: point.bits,
@@ -239,7 +253,11 @@ impl GzRan {
                 member_start: false,
             }
         } else {
-            let index = self.zinfo.checkpoints.partition_point(|c| c.out <= limit).saturating_sub(1);
+            let index = self
+                .zinfo
+                .checkpoints
+                .partition_point(|c| c.out <= limit)
+                .saturating_sub(1);
             self.zinfo_restart(index)?
         };
         self.counters.cursor_starts += 1;
@@ -278,5 +296,7 @@ impl GzRan {
 }
 
 fn short_page(page: u64) -> Error {
-    Error::io(format!("gzip: page {page} is shorter than the measured size says"))
+    Error::io(format!(
+        "gzip: page {page} is shorter than the measured size says"
+    ))
 }

@@ -32,13 +32,18 @@ pub struct Step {
     pub status: Status,
 }
 
+#[cfg(feature = "miniz")]
+pub use crate::inflate_miniz::RawInflater;
+#[cfg(not(feature = "miniz"))]
+pub use ZlibInflater as RawInflater;
+
 /// zlib-rs raw inflate state. The `z_stream` is boxed because zlib keeps a pointer back
 /// to it: it must not move between calls.
-pub struct RawInflater {
+pub struct ZlibInflater {
     stream: Box<z::z_stream>,
 }
 
-impl RawInflater {
+impl ZlibInflater {
     pub fn new() -> Result<Self> {
         let mut stream = Box::<z::z_stream>::default();
         // SAFETY: `stream` is a valid, default-initialised z_stream (null allocators mean
@@ -88,7 +93,12 @@ impl RawInflater {
 
     /// Decode from `input` into `output`. Input and output are at most 4 GiB each here
     /// (callers pass buffers of a few hundred KiB), so the u32 fields cannot truncate.
-    pub fn inflate(&mut self, input: &[u8], output: &mut [u8], stop_at_block: bool) -> Result<Step> {
+    pub fn inflate(
+        &mut self,
+        input: &[u8],
+        output: &mut [u8],
+        stop_at_block: bool,
+    ) -> Result<Step> {
         let in_len = input.len().min(u32::MAX as usize);
         let out_len = output.len().min(u32::MAX as usize);
         let s = &mut *self.stream;
@@ -96,7 +106,11 @@ impl RawInflater {
         s.avail_in = in_len as u32;
         s.next_out = output.as_mut_ptr();
         s.avail_out = out_len as u32;
-        let flush = if stop_at_block { z::Z_BLOCK } else { z::Z_NO_FLUSH };
+        let flush = if stop_at_block {
+            z::Z_BLOCK
+        } else {
+            z::Z_NO_FLUSH
+        };
         // SAFETY: next_in/avail_in and next_out/avail_out describe the two live slices.
         let rc = unsafe { z::inflate(s, flush) };
         let consumed = in_len - s.avail_in as usize;
@@ -120,18 +134,27 @@ impl RawInflater {
                 }
             }
             z::Z_DATA_ERROR => {
-                return Err(Error::bad(format!("gzip: corrupt deflate data: {}", message(s))));
+                return Err(Error::bad(format!(
+                    "gzip: corrupt deflate data: {}",
+                    message(s)
+                )));
             }
             z::Z_NEED_DICT => {
-                return Err(Error::bad("gzip: deflate stream asks for a preset dictionary"));
+                return Err(Error::bad(
+                    "gzip: deflate stream asks for a preset dictionary",
+                ));
             }
             other => check(other, s, "inflate").map(|_| Status::Progress)?,
         };
-        Ok(Step { consumed, produced, status })
+        Ok(Step {
+            consumed,
+            produced,
+            status,
+        })
     }
 }
 
-impl Drop for RawInflater {
+impl Drop for ZlibInflater {
     fn drop(&mut self) {
         // Always release zlib's state (the reference leaks it on every read, spec §3.4.5).
         // SAFETY: initialised in `new`, ended exactly once here.
@@ -156,7 +179,9 @@ fn message(s: &z::z_stream) -> String {
         return "no detail".to_string();
     }
     // SAFETY: zlib sets msg to a static NUL-terminated string or leaves it null.
-    unsafe { CStr::from_ptr(s.msg) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(s.msg) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn check(rc: i32, s: &z::z_stream, what: &str) -> Result<()> {
@@ -187,7 +212,9 @@ mod tests {
         assert_eq!(step.status, Status::StreamEnd);
         assert_eq!(&out[..step.produced], b"hi");
         inf.reset().unwrap();
-        let err = inf.inflate(&[0xff, 0xff, 0xff], &mut out, false).unwrap_err();
+        let err = inf
+            .inflate(&[0xff, 0xff, 0xff], &mut out, false)
+            .unwrap_err();
         assert!(matches!(err, Error::BadInput(_)), "{err}");
     }
 }

@@ -19,9 +19,19 @@ pub struct Input {
     next_read: u64,
 }
 
+impl Default for Input {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Input {
     pub fn new() -> Self {
-        Self { buf: Vec::new(), start: 0, next_read: 0 }
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            next_read: 0,
+        }
     }
 
     /// Forget everything and continue from blob offset `at`.
@@ -78,9 +88,9 @@ impl Input {
         let mut out = [0u8; N];
         for slot in out.iter_mut() {
             let at = self.position();
-            *slot = self
-                .byte(blob)?
-                .ok_or_else(|| Error::bad(format!("gzip: blob ends at offset {at} inside the {what}")))?;
+            *slot = self.byte(blob)?.ok_or_else(|| {
+                Error::bad(format!("gzip: blob ends at offset {at} inside the {what}"))
+            })?;
         }
         Ok(out)
     }

@@ -12,6 +12,8 @@ pub mod error;
 pub mod gzip;
 pub mod gzran;
 pub mod inflate;
+#[cfg(feature = "miniz")]
+mod inflate_miniz;
 pub mod input;
 pub mod source;
 pub mod zinfo;

@@ -26,7 +26,13 @@ pub struct SizedSource {
 impl SizedSource {
     pub fn new(name: &'static str, inner: Box<dyn Source>) -> Result<Self> {
         let size = inner.size().map_err(|e| e.context(name))?;
-        Ok(Self { name, size, inner, reads: Cell::new(0), bytes_read: Cell::new(0) })
+        Ok(Self {
+            name,
+            size,
+            inner,
+            reads: Cell::new(0),
+            bytes_read: Cell::new(0),
+        })
     }
 
     /// Read exactly `len` bytes at `offset`, all of which must lie inside the source.
@@ -39,11 +45,16 @@ impl SizedSource {
                 self.name, self.size
             )));
         }
-        let len32 = u32::try_from(len)
-            .map_err(|_| Error::OutOfRange(format!("{}: read of {len} bytes is too large", self.name)))?;
-        let data = self.inner.pread(offset, len32).map_err(|e| e.context(self.name))?;
+        let len32 = u32::try_from(len).map_err(|_| {
+            Error::OutOfRange(format!("{}: read of {len} bytes is too large", self.name))
+        })?;
+        let data = self
+            .inner
+            .pread(offset, len32)
+            .map_err(|e| e.context(self.name))?;
         self.reads.set(self.reads.get() + 1);
-        self.bytes_read.set(self.bytes_read.get() + data.len() as u64);
+        self.bytes_read
+            .set(self.bytes_read.get() + data.len() as u64);
         if data.len() != len {
             return Err(Error::io(format!(
                 "{}: asked for {len} bytes at offset {offset}, got {}",

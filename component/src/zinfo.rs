@@ -89,7 +89,9 @@ impl Zinfo {
             .checked_sub(1)
             .map(|stored| HEADER_SIZE as u128 + stored * RECORD_SIZE as u128);
         let (version, stored) = if have == 0 {
-            return Err(Error::bad("zinfo: field `have` is 0: the index has no checkpoints"));
+            return Err(Error::bad(
+                "zinfo: field `have` is 0: the index has no checkpoints",
+            ));
         } else if len as u128 == v2_len {
             (2u8, have as u64)
         } else if Some(len as u128) == v1_len {
@@ -131,7 +133,11 @@ impl Zinfo {
             index += batch;
         }
         validate(&checkpoints, blob_size)?;
-        Ok(Zinfo { version, span_size, checkpoints })
+        Ok(Zinfo {
+            version,
+            span_size,
+            checkpoints,
+        })
     }
 
     /// The last checkpoint at or before uncompressed offset `out` (binary search).
@@ -157,12 +163,17 @@ impl Zinfo {
 /// Check the fields that the file cannot prove by its length.
 fn validate(checkpoints: &[Checkpoint], blob_size: u64) -> Result<()> {
     for (i, cp) in checkpoints.iter().enumerate() {
-        let field = |name: &str, why: String| Error::bad(format!("zinfo: checkpoint {i}: field `{name}` {why}"));
+        let field = |name: &str, why: String| {
+            Error::bad(format!("zinfo: checkpoint {i}: field `{name}` {why}"))
+        };
         if cp.bits > 7 {
             return Err(field("bits", format!("is {}, but must be 0..=7", cp.bits)));
         }
         if cp.in_byte < MIN_GZIP_HEADER {
-            return Err(field("in", format!("is {}, inside the 10-byte gzip header", cp.in_byte)));
+            return Err(field(
+                "in",
+                format!("is {}, inside the 10-byte gzip header", cp.in_byte),
+            ));
         }
         if cp.in_byte >= blob_size {
             return Err(field(
@@ -171,13 +182,21 @@ fn validate(checkpoints: &[Checkpoint], blob_size: u64) -> Result<()> {
             ));
         }
         if i == 0 && cp.out != 0 {
-            return Err(field("out", format!("is {}, but the first checkpoint must be at 0", cp.out)));
+            return Err(field(
+                "out",
+                format!("is {}, but the first checkpoint must be at 0", cp.out),
+            ));
         }
         if let Some(prev) = i.checked_sub(1).and_then(|p| checkpoints.get(p)) {
             if cp.out <= prev.out {
                 return Err(field(
                     "out",
-                    format!("is {}, not above checkpoint {}'s {}", cp.out, i - 1, prev.out),
+                    format!(
+                        "is {}, not above checkpoint {}'s {}",
+                        cp.out,
+                        i - 1,
+                        prev.out
+                    ),
                 ));
             }
             if cp.bit_position() <= prev.bit_position() {
@@ -214,7 +233,7 @@ mod tests {
         r.extend_from_slice(&in_byte.to_le_bytes());
         r.extend_from_slice(&out.to_le_bytes());
         r.push(bits);
-        r.extend(std::iter::repeat(fill).take(WINDOW_SIZE));
+        r.extend(std::iter::repeat_n(fill, WINDOW_SIZE));
         r
     }
 
@@ -240,9 +259,23 @@ mod tests {
         let v1 = file(2, &[record(5000, 70000, 3, 7)]);
         let z = Zinfo::parse(&v1, 1 << 20).unwrap();
         assert_eq!(z.version, 1);
-        assert_eq!(z.checkpoints[0], Checkpoint { in_byte: 10, bits: 0, out: 0, window: WindowAt::None });
-        assert_eq!(Zinfo::window(&v1, &z.checkpoints[0]).unwrap(), Vec::<u8>::new());
-        assert_eq!(Zinfo::window(&v1, &z.checkpoints[1]).unwrap(), vec![7u8; WINDOW_SIZE]);
+        assert_eq!(
+            z.checkpoints[0],
+            Checkpoint {
+                in_byte: 10,
+                bits: 0,
+                out: 0,
+                window: WindowAt::None
+            }
+        );
+        assert_eq!(
+            Zinfo::window(&v1, &z.checkpoints[0]).unwrap(),
+            Vec::<u8>::new()
+        );
+        assert_eq!(
+            Zinfo::window(&v1, &z.checkpoints[1]).unwrap(),
+            vec![7u8; WINDOW_SIZE]
+        );
         assert_eq!(z.checkpoint_before(69999).unwrap().out, 0);
         assert_eq!(z.checkpoint_before(70000).unwrap().out, 70000);
     }
@@ -262,12 +295,22 @@ mod tests {
         assert!(err(&file(1, &[record(10, 0, 9, 0)])).contains("`bits` is 9"));
         assert!(err(&file(1, &[record(3, 0, 0, 0)])).contains("`in` is 3"));
         assert!(err(&file(1, &[record(10, 5, 0, 0)])).contains("first checkpoint"));
-        let back = file(3, &[record(10, 0, 0, 0), record(900, 800, 0, 0), record(950, 700, 0, 0)]);
+        let back = file(
+            3,
+            &[
+                record(10, 0, 0, 0),
+                record(900, 800, 0, 0),
+                record(950, 700, 0, 0),
+            ],
+        );
         assert!(err(&back).contains("checkpoint 2: field `out`"));
         let in_back = file(2, &[record(10, 0, 0, 0), record(10, 800, 1, 0)]);
         assert!(err(&in_back).contains("checkpoint 1: field `in`"));
         let outside = file(1, &[record(10, 0, 0, 0)]);
-        assert!(Zinfo::parse(&outside, 10).unwrap_err().to_string().contains("not inside"));
+        assert!(Zinfo::parse(&outside, 10)
+            .unwrap_err()
+            .to_string()
+            .contains("not inside"));
         let truncated = SizedSource::new("zinfo", Box::new(MemSource(vec![1, 0, 0]))).unwrap();
         assert!(err(&truncated).contains("shorter than the 12-byte header"));
     }

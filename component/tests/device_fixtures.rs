@@ -10,7 +10,9 @@ use erofs_component::source::{MemSource, SizedSource};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 fn source(name: &'static str, bytes: Vec<u8>) -> SizedSource {
@@ -23,7 +25,11 @@ fn expected_device(dir: &str) -> Vec<u8> {
     let tar = if dir == "plain-tar" {
         std::fs::read(fixture(dir).join("layer.tar")).unwrap()
     } else {
-        let out = Command::new("gzip").arg("-dc").arg(fixture(dir).join("layer.tar.gz")).output().unwrap();
+        let out = Command::new("gzip")
+            .arg("-dc")
+            .arg(fixture(dir).join("layer.tar.gz"))
+            .output()
+            .unwrap();
         assert!(out.status.success());
         out.stdout
     };
@@ -39,7 +45,13 @@ fn open(dir: &str, zinfo_name: &str, options: Options) -> Device {
     }
     let blob = std::fs::read(fixture(dir).join("layer.tar.gz")).unwrap();
     let zinfo = std::fs::read(fixture(dir).join(zinfo_name)).unwrap();
-    Device::open(source("meta", meta), source("blob", blob), Some(source("zinfo", zinfo)), options).unwrap()
+    Device::open(
+        source("meta", meta),
+        source("blob", blob),
+        Some(source("zinfo", zinfo)),
+        options,
+    )
+    .unwrap()
 }
 
 const GZIP_FIXTURES: [&str; 5] = ["basic", "multimember", "pigz", "aufs", "large"];
@@ -59,9 +71,18 @@ fn whole_device_equals_meta_and_gunzip() {
             got.extend_from_slice(&piece);
         }
         assert!(got == want, "{dir}: device bytes differ");
-        assert!(dev.pread(dev.size(), 10).unwrap().is_empty(), "{dir}: read at end");
-        assert!(dev.pread(dev.size() + 4096, 10).unwrap().is_empty(), "{dir}: read past end");
-        assert!(dev.pread(u64::MAX - 3, 10).unwrap().is_empty(), "{dir}: read near u64::MAX");
+        assert!(
+            dev.pread(dev.size(), 10).unwrap().is_empty(),
+            "{dir}: read at end"
+        );
+        assert!(
+            dev.pread(dev.size() + 4096, 10).unwrap().is_empty(),
+            "{dir}: read past end"
+        );
+        assert!(
+            dev.pread(u64::MAX - 3, 10).unwrap().is_empty(),
+            "{dir}: read near u64::MAX"
+        );
     }
 }
 
@@ -77,7 +98,14 @@ fn v1_zinfo_reads_the_same() {
 fn edges_match() {
     for dir in GZIP_FIXTURES {
         let want = expected_device(dir);
-        let mut dev = open(dir, "layer.zinfo", Options { cache_bytes: 0, ..Options::default() });
+        let mut dev = open(
+            dir,
+            "layer.zinfo",
+            Options {
+                cache_bytes: 0,
+                ..Options::default()
+            },
+        );
         let meta = dev.meta_size();
         let size = dev.size();
         let mut points = vec![0, meta - 1, meta, meta + 1, size - 1, size, size + 1];
@@ -103,7 +131,12 @@ fn edges_match() {
 #[test]
 fn random_interleaved_reads_with_eviction() {
     let want = expected_device("large");
-    let options = Options { cache_bytes: 256 * 1024, max_cursors: 2, learn_interval: 256 * 1024, max_learned: 8 };
+    let options = Options {
+        cache_bytes: 256 * 1024,
+        max_cursors: 2,
+        learn_interval: 256 * 1024,
+        max_learned: 8,
+    };
     let mut dev = open("large", "layer.zinfo", options);
     let mut rng = SmallRng::seed_from_u64(7);
     let size = want.len() as u64;

@@ -60,7 +60,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         spec.options.max_cursors = Some(0);
         spec.options.learn_interval = Some(0);
     }
-    let io = u32::try_from(args.io_size).ok().filter(|&n| n > 0).context("--io-size must be 1 byte to 4 GiB")?;
+    let io = u32::try_from(args.io_size)
+        .ok()
+        .filter(|&n| n > 0)
+        .context("--io-size must be 1 byte to 4 GiB")?;
     let started = Instant::now();
     let runtime = Runtime::load(&args.device.component)?;
     let mut device = SandboxedDevice::open(runtime, spec, limits)?;
@@ -70,7 +73,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.warm {
         let mut pos = 0;
         while pos < size {
-            pos += device.pread(pos, 4 << 20).with_context(|| format!("warm-up read at {pos}"))?.len() as u64;
+            pos += device
+                .pread(pos, 4 << 20)
+                .with_context(|| format!("warm-up read at {pos}"))?
+                .len() as u64;
         }
     }
 
@@ -89,7 +95,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Pattern::Random => rng.gen_range(0..slots) * io as u64,
         };
         let t = Instant::now();
-        let got = device.pread(offset, io).with_context(|| format!("read at {offset}"))?;
+        let got = device
+            .pread(offset, io)
+            .with_context(|| format!("read at {offset}"))?;
         latencies.push(t.elapsed());
         bytes += got.len() as u64;
     }
@@ -97,7 +105,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies.get(idx).copied().unwrap_or(Duration::ZERO).as_secs_f64() * 1e6
+        latencies
+            .get(idx)
+            .copied()
+            .unwrap_or(Duration::ZERO)
+            .as_secs_f64()
+            * 1e6
     };
     let mb_per_s = bytes as f64 / elapsed / 1e6;
     let reads_per_s = count as f64 / elapsed;

@@ -44,7 +44,9 @@ pub fn run(args: CatArgs) -> Result<()> {
     let mut pos = args.offset;
     while pos < end {
         let want = (end - pos).min(CHUNK as u64) as u32;
-        let bytes = device.pread(pos, want).with_context(|| format!("reading device offset {pos}"))?;
+        let bytes = device
+            .pread(pos, want)
+            .with_context(|| format!("reading device offset {pos}"))?;
         if bytes.is_empty() {
             anyhow::bail!("device returned no bytes at offset {pos}, before its end {end}");
         }

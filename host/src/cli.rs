@@ -66,15 +66,21 @@ impl DeviceArgs {
                     "oci.tarindex" => tarindex = Some(PathBuf::from(value)),
                     "oci.zinfo" => zinfo = Some(PathBuf::from(value)),
                     "ro" => {}
-                    _ => bail!("-o {opt}: unknown option (known: oci.tarindex=PATH, oci.zinfo=PATH, ro)"),
+                    _ => bail!(
+                        "-o {opt}: unknown option (known: oci.tarindex=PATH, oci.zinfo=PATH, ro)"
+                    ),
                 }
             }
         }
-        let meta = tarindex.context("no metadata image: pass --tarindex META (or -o oci.tarindex=META)")?;
+        let meta = tarindex
+            .context("no metadata image: pass --tarindex META (or -o oci.tarindex=META)")?;
         let cache = self.cache_size.unwrap_or(32 << 20);
         let memory = self.memory_limit.unwrap_or(cache + (192 << 20));
         if !(self.call_timeout > 0.0 && self.call_timeout < 86_400.0) {
-            bail!("--call-timeout {}: must be between 0 and 86400 seconds", self.call_timeout);
+            bail!(
+                "--call-timeout {}: must be between 0 and 86400 seconds",
+                self.call_timeout
+            );
         }
         let options = OpenOptions {
             cache_bytes: Some(cache),
@@ -83,8 +89,16 @@ impl DeviceArgs {
             max_learned: None,
         };
         Ok((
-            DeviceSpec { meta, blob: self.blob.clone(), zinfo, options },
-            Limits { memory, call_timeout: Duration::from_secs_f64(self.call_timeout) },
+            DeviceSpec {
+                meta,
+                blob: self.blob.clone(),
+                zinfo,
+                options,
+            },
+            Limits {
+                memory,
+                call_timeout: Duration::from_secs_f64(self.call_timeout),
+            },
         ))
     }
 }
@@ -94,7 +108,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(digits);
-    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a size (e.g. 4096, 128K, 32M)"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 4096, 128K, 32M)"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -103,7 +119,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "t" | "tb" | "tib" => 40,
         _ => return Err(format!("`{text}`: unknown unit `{unit}` (use K, M, G)")),
     };
-    number.checked_mul(1u64 << shift).ok_or_else(|| format!("`{text}` is too large"))
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 #[cfg(test)]

@@ -24,16 +24,25 @@ pub struct HostFile {
 impl HostFile {
     pub fn open(path: &Path) -> Result<HostFile> {
         let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-        let meta = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("{}: cannot stat", path.display()))?;
         if meta.is_dir() {
             anyhow::bail!("{}: is a directory", path.display());
         }
-        Ok(HostFile { path: path.to_path_buf(), file, size: meta.len() })
+        Ok(HostFile {
+            path: path.to_path_buf(),
+            file,
+            size: meta.len(),
+        })
     }
 
     fn pread(&self, offset: u64, len: u32) -> Result<Vec<u8>, WitError> {
         if len > MAX_PREAD {
-            return Err(WitError::OutOfRange(format!("{}: read of {len} bytes is too large", self.path.display())));
+            return Err(WitError::OutOfRange(format!(
+                "{}: read of {len} bytes is too large",
+                self.path.display()
+            )));
         }
         let end = offset.saturating_add(len as u64).min(self.size);
         let want = end.saturating_sub(offset) as usize;
@@ -50,7 +59,12 @@ impl HostFile {
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(WitError::Io(format!("{}: read at {offset}: {e}", self.path.display()))),
+                Err(e) => {
+                    return Err(WitError::Io(format!(
+                        "{}: read at {offset}: {e}",
+                        self.path.display()
+                    )))
+                }
             }
         }
         Ok(buf)
@@ -66,7 +80,12 @@ impl vfile::HostVfile for StoreState {
         Ok(Ok(self.table.get(&file)?.size))
     }
 
-    fn pread(&mut self, file: Resource<HostFile>, offset: u64, len: u32) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+    fn pread(
+        &mut self,
+        file: Resource<HostFile>,
+        offset: u64,
+        len: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
         Ok(self.table.get(&file)?.pread(offset, len))
     }
 

@@ -50,7 +50,10 @@ pub struct StoreState {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -72,13 +75,29 @@ impl Runtime {
 
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| wt(e, "linking WASI"))?;
-        Reader::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(&mut linker, |s| s)
-            .map_err(|e| wt(e, "linking erofs:reader/vfile"))?;
-        let pre = linker
-            .instantiate_pre(&compiled)
-            .map_err(|e| wt(e, &format!("{}: the component does not fit the erofs:reader world", component.display())))?;
-        let pre = ReaderPre::new(pre)
-            .map_err(|e| wt(e, &format!("{}: the component does not export erofs:reader/tarindex", component.display())))?;
+        Reader::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| wt(e, "linking erofs:reader/vfile"))?;
+        let pre = linker.instantiate_pre(&compiled).map_err(|e| {
+            wt(
+                e,
+                &format!(
+                    "{}: the component does not fit the erofs:reader world",
+                    component.display()
+                ),
+            )
+        })?;
+        let pre = ReaderPre::new(pre).map_err(|e| {
+            wt(
+                e,
+                &format!(
+                    "{}: the component does not export erofs:reader/tarindex",
+                    component.display()
+                ),
+            )
+        })?;
         start_epoch_ticker(&engine);
         Ok(Arc::new(Runtime { engine, pre }))
     }
@@ -96,7 +115,9 @@ fn start_epoch_ticker(engine: &Engine) {
                 engine.increment_epoch();
             })
             .map(|_| ())
-            .unwrap_or_else(|e| tracing::warn!("no epoch ticker thread ({e}); call deadlines are off"));
+            .unwrap_or_else(|e| {
+                tracing::warn!("no epoch ticker thread ({e}); call deadlines are off")
+            });
     });
 }
 
@@ -116,7 +137,8 @@ fn cache_dir() -> Option<PathBuf> {
 /// same wasmtime version and the same engine settings. Compiling takes ~100 ms; loading
 /// takes well under 1 ms. A cache that cannot be read or written only costs time.
 fn load_cached(engine: &Engine, path: &Path) -> Result<Component> {
-    let wasm = std::fs::read(path).with_context(|| format!("{}: cannot read the component", path.display()))?;
+    let wasm = std::fs::read(path)
+        .with_context(|| format!("{}: cannot read the component", path.display()))?;
     let mut key = Sha256::new();
     key.update(&wasm);
     key.update(WASMTIME_VERSION.as_bytes());
@@ -136,26 +158,40 @@ fn load_cached(engine: &Engine, path: &Path) -> Result<Component> {
             // that fails wasmtime's own header checks is recompiled below.
             match unsafe { Component::deserialize_file(engine, cached) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!("{}: stale precompiled component ({e:#}); recompiling", cached.display()),
+                Err(e) => tracing::warn!(
+                    "{}: stale precompiled component ({e:#}); recompiling",
+                    cached.display()
+                ),
             }
         }
     }
-    let serialized = engine
-        .precompile_component(&wasm)
-        .map_err(|e| wt(e, &format!("{}: not a valid WebAssembly component", path.display())))?;
+    let serialized = engine.precompile_component(&wasm).map_err(|e| {
+        wt(
+            e,
+            &format!("{}: not a valid WebAssembly component", path.display()),
+        )
+    })?;
     if let Some(cached) = &cached {
         if let Err(e) = write_atomically(cached, &serialized) {
-            tracing::debug!("{}: could not cache the compiled component: {e:#}", cached.display());
+            tracing::debug!(
+                "{}: could not cache the compiled component: {e:#}",
+                cached.display()
+            );
         }
     }
     // SAFETY: the bytes were produced by this engine just now.
-    unsafe { Component::deserialize(engine, &serialized) }.map_err(|e| wt(e, "loading the compiled component"))
+    unsafe { Component::deserialize(engine, &serialized) }
+        .map_err(|e| wt(e, "loading the compiled component"))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), path.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())

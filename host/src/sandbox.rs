@@ -52,7 +52,9 @@ impl CallError {
         match self {
             CallError::Component(WitError::OutOfRange(_)) => libc::EINVAL,
             CallError::Component(WitError::Unsupported(_)) => libc::EOPNOTSUPP,
-            CallError::Component(WitError::BadInput(_)) | CallError::Component(WitError::Io(_)) => libc::EIO,
+            CallError::Component(WitError::BadInput(_)) | CallError::Component(WitError::Io(_)) => {
+                libc::EIO
+            }
             CallError::Trap(_) => libc::EIO,
         }
     }
@@ -98,12 +100,23 @@ pub struct SandboxedDevice {
 impl SandboxedDevice {
     /// Instantiate the component and open the device. Errors name the file at fault.
     pub fn open(runtime: Arc<Runtime>, spec: DeviceSpec, limits: Limits) -> Result<Self> {
-        let mut this = SandboxedDevice { runtime, spec, limits, live: None, size: 0, meta_size: 0, traps: 0 };
+        let mut this = SandboxedDevice {
+            runtime,
+            spec,
+            limits,
+            live: None,
+            size: 0,
+            meta_size: 0,
+            traps: 0,
+        };
         let live = this.start().map_err(|e| anyhow::anyhow!("{e}"))?;
         this.live = Some(live);
         let (size, meta_size) = this.with_live(|b, store, dev| {
             let d = b.erofs_reader_tarindex().device();
-            Ok((d.call_size(&mut *store, dev)?, d.call_meta_size(&mut *store, dev)?))
+            Ok((
+                d.call_size(&mut *store, dev)?,
+                d.call_meta_size(&mut *store, dev)?,
+            ))
         })?;
         this.size = size;
         this.meta_size = meta_size;
@@ -125,11 +138,20 @@ impl SandboxedDevice {
 
     /// Read device bytes. See the WIT `device.pread` for the contract.
     pub fn pread(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, CallError> {
-        self.call(|b, store, dev| b.erofs_reader_tarindex().device().call_pread(store, dev, offset, len))
+        self.call(|b, store, dev| {
+            b.erofs_reader_tarindex()
+                .device()
+                .call_pread(store, dev, offset, len)
+        })
     }
 
     pub fn stats(&mut self) -> Result<DeviceStats, CallError> {
-        self.call(|b, store, dev| Ok(Ok(b.erofs_reader_tarindex().device().call_stats(store, dev)?)))
+        self.call(|b, store, dev| {
+            Ok(Ok(b
+                .erofs_reader_tarindex()
+                .device()
+                .call_stats(store, dev)?))
+        })
     }
 
     /// Build a store and an instance, and open the device in it.
@@ -140,27 +162,46 @@ impl SandboxedDevice {
             .tables(16)
             .memories(4)
             .build();
-        let state = StoreState { wasi: WasiCtx::builder().build(), table: Default::default(), limits };
+        let state = StoreState {
+            wasi: WasiCtx::builder().build(),
+            table: Default::default(),
+            limits,
+        };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limits);
         self.arm_deadline(&mut store);
         let open_files = |store: &mut Store<StoreState>| -> Result<_> {
-            let meta = store.data_mut().table.push(HostFile::open(&self.spec.meta)?)?;
-            let blob = store.data_mut().table.push(HostFile::open(&self.spec.blob)?)?;
+            let meta = store
+                .data_mut()
+                .table
+                .push(HostFile::open(&self.spec.meta)?)?;
+            let blob = store
+                .data_mut()
+                .table
+                .push(HostFile::open(&self.spec.blob)?)?;
             let zinfo = match &self.spec.zinfo {
                 Some(z) => Some(store.data_mut().table.push(HostFile::open(z)?)?),
                 None => None,
             };
             Ok((meta, blob, zinfo))
         };
-        let (meta, blob, zinfo) = open_files(&mut store).map_err(|e| CallError::Component(WitError::Io(format!("{e:#}"))))?;
-        let bindings = self.runtime.pre.instantiate(&mut store).map_err(|e| CallError::Trap(format!("{e:#}")))?;
+        let (meta, blob, zinfo) = open_files(&mut store)
+            .map_err(|e| CallError::Component(WitError::Io(format!("{e:#}"))))?;
+        let bindings = self
+            .runtime
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| CallError::Trap(format!("{e:#}")))?;
         let opened = bindings
             .erofs_reader_tarindex()
             .call_open(&mut store, meta, blob, zinfo, self.spec.options)
             .map_err(|e| CallError::Trap(format!("{e:#}")))?;
         let device = opened.map_err(CallError::Component)?;
-        Ok(Live { store, bindings, device })
+        Ok(Live {
+            store,
+            bindings,
+            device,
+        })
     }
 
     fn arm_deadline(&self, store: &mut Store<StoreState>) {
@@ -173,12 +214,19 @@ impl SandboxedDevice {
     /// it, and discard it if this call traps.
     fn call<R>(
         &mut self,
-        f: impl FnOnce(&Reader, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<Result<R, WitError>>,
+        f: impl FnOnce(
+            &Reader,
+            &mut Store<StoreState>,
+            ResourceAny,
+        ) -> wasmtime::Result<Result<R, WitError>>,
     ) -> Result<R, CallError> {
         if self.live.is_none() {
             self.live = Some(self.start()?);
         }
-        let live = self.live.as_mut().ok_or_else(|| CallError::Trap("no instance".into()))?;
+        let live = self
+            .live
+            .as_mut()
+            .ok_or_else(|| CallError::Trap("no instance".into()))?;
         let ticks = (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         live.store.set_epoch_deadline(ticks);
         match f(&live.bindings, &mut live.store, live.device) {
@@ -197,6 +245,7 @@ impl SandboxedDevice {
         f: impl FnOnce(&Reader, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<R>,
     ) -> Result<R> {
         let live = self.live.as_mut().context("no instance")?;
-        f(&live.bindings, &mut live.store, live.device).map_err(|e| anyhow::anyhow!("the component trapped: {e:#}"))
+        f(&live.bindings, &mut live.store, live.device)
+            .map_err(|e| anyhow::anyhow!("the component trapped: {e:#}"))
     }
 }

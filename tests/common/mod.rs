@@ -29,7 +29,11 @@ pub fn host_bin() -> PathBuf {
 /// it is another target).
 pub fn component() -> PathBuf {
     let p = root().join("target/wasm32-wasip2/release/erofs_component.wasm");
-    assert!(p.exists(), "{} is missing: run `just build` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `just build` first",
+        p.display()
+    );
     p
 }
 
@@ -38,8 +42,15 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let base = std::env::temp_dir().join(format!("erofs-e2e-{tag}-{}-{:?}", std::process::id(), Instant::now()));
-        let p = PathBuf::from(base.to_string_lossy().replace([' ', '{', '}', ':', ','], ""));
+        let base = std::env::temp_dir().join(format!(
+            "erofs-e2e-{tag}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        let p = PathBuf::from(
+            base.to_string_lossy()
+                .replace([' ', '{', '}', ':', ','], ""),
+        );
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -59,7 +70,12 @@ pub fn device_args(dir: &str) -> Vec<String> {
     let f = fixture(dir);
     let s = |p: PathBuf| p.to_string_lossy().into_owned();
     if dir == "plain-tar" {
-        vec![s(component()), "--tarindex".into(), s(f.join("meta.erofs")), s(f.join("layer.tar"))]
+        vec![
+            s(component()),
+            "--tarindex".into(),
+            s(f.join("meta.erofs")),
+            s(f.join("layer.tar")),
+        ]
     } else {
         vec![
             s(component()),
@@ -76,7 +92,10 @@ pub fn device_args(dir: &str) -> Vec<String> {
 pub fn run_host<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> Output {
     let mut child = Command::new(host_bin())
         .args(args)
-        .env("EROFS_WASM_CACHE_DIR", std::env::temp_dir().join("erofs-e2e-cwasm"))
+        .env(
+            "EROFS_WASM_CACHE_DIR",
+            std::env::temp_dir().join("erofs-e2e-cwasm"),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -93,11 +112,18 @@ pub fn run_host<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> Out
         if started.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("erofs-host {:?} hung for more than {timeout:?}", args.iter().map(|a| a.as_ref()).collect::<Vec<_>>());
+            panic!(
+                "erofs-host {:?} hung for more than {timeout:?}",
+                args.iter().map(|a| a.as_ref()).collect::<Vec<_>>()
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
 }
 
 fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
@@ -113,7 +139,11 @@ pub fn expected_device(dir: &str) -> Vec<u8> {
     if dir == "plain-tar" {
         dev.extend(std::fs::read(f.join("layer.tar")).unwrap());
     } else {
-        let out = Command::new("gzip").arg("-dc").arg(f.join("layer.tar.gz")).output().unwrap();
+        let out = Command::new("gzip")
+            .arg("-dc")
+            .arg(f.join("layer.tar.gz"))
+            .output()
+            .unwrap();
         assert!(out.status.success());
         dev.extend(out.stdout);
     }
@@ -138,7 +168,8 @@ pub fn skip(test: &str, why: &str) {
 /// mismatches (empty when everything matches): modes, owners, sizes, nanosecond mtimes,
 /// link counts, symlink targets, rdev, xattrs and content sha256.
 pub fn compare_tree(mountpoint: &Path, expected_json: &Path) -> Vec<String> {
-    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(expected_json).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(expected_json).unwrap()).unwrap();
     let entries = expected["entries"].as_array().expect("entries");
     let mut failures = Vec::new();
     let mut expected_paths = BTreeMap::new();
@@ -154,11 +185,16 @@ pub fn compare_tree(mountpoint: &Path, expected_json: &Path) -> Vec<String> {
                 continue;
             }
         };
-        let mode = u32::from_str_radix(e["mode"].as_str().unwrap().trim_start_matches("0o"), 8).unwrap();
+        let mode =
+            u32::from_str_radix(e["mode"].as_str().unwrap().trim_start_matches("0o"), 8).unwrap();
         if md.mode() != mode {
             fail(format!("mode {:o} != expected {:o}", md.mode(), mode));
         }
-        for (field, got) in [("uid", md.uid() as u64), ("gid", md.gid() as u64), ("nlink", md.nlink())] {
+        for (field, got) in [
+            ("uid", md.uid() as u64),
+            ("gid", md.gid() as u64),
+            ("nlink", md.nlink()),
+        ] {
             if e[field].as_u64() != Some(got) {
                 fail(format!("{field} {got} != expected {}", e[field]));
             }
@@ -187,7 +223,9 @@ pub fn compare_tree(mountpoint: &Path, expected_json: &Path) -> Vec<String> {
         }
         if let Some(rdev) = e.get("rdev").and_then(|v| v.as_array()) {
             let (major, minor) = (libc::major(md.rdev()) as u64, libc::minor(md.rdev()) as u64);
-            if rdev.first().and_then(|v| v.as_u64()) != Some(major) || rdev.get(1).and_then(|v| v.as_u64()) != Some(minor) {
+            if rdev.first().and_then(|v| v.as_u64()) != Some(major)
+                || rdev.get(1).and_then(|v| v.as_u64()) != Some(minor)
+            {
                 fail(format!("rdev {major}:{minor} != expected {rdev:?}"));
             }
             if !(ft.is_char_device() || ft.is_block_device()) {
@@ -197,7 +235,11 @@ pub fn compare_tree(mountpoint: &Path, expected_json: &Path) -> Vec<String> {
         let want_xattrs: BTreeMap<String, String> = e
             .get("xattrs_hex")
             .and_then(|v| v.as_object())
-            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
             .unwrap_or_default();
         let got_xattrs = read_xattrs(&p);
         match got_xattrs {
@@ -215,7 +257,11 @@ pub fn compare_tree(mountpoint: &Path, expected_json: &Path) -> Vec<String> {
         };
         for ent in rd.flatten() {
             let p = ent.path();
-            let rel = p.strip_prefix(mountpoint).unwrap().to_string_lossy().into_owned();
+            let rel = p
+                .strip_prefix(mountpoint)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if !expected_paths.contains_key(&rel) {
                 failures.push(format!("{rel}: present but not expected"));
             }
@@ -239,15 +285,32 @@ pub fn read_xattrs(p: &Path) -> Result<BTreeMap<String, String>, String> {
         return Err(format!("llistxattr: {}", std::io::Error::last_os_error()));
     }
     let mut out = BTreeMap::new();
-    for name in names[..n as usize].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in names[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+    {
         let cname = CString::new(name).map_err(|e| e.to_string())?;
         let mut value = vec![0u8; 65536];
         // SAFETY: as above.
-        let v = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        let v = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
         if v < 0 {
-            return Err(format!("lgetxattr {}: {}", String::from_utf8_lossy(name), std::io::Error::last_os_error()));
+            return Err(format!(
+                "lgetxattr {}: {}",
+                String::from_utf8_lossy(name),
+                std::io::Error::last_os_error()
+            ));
         }
-        out.insert(String::from_utf8_lossy(name).into_owned(), hex::encode(&value[..v as usize]));
+        out.insert(
+            String::from_utf8_lossy(name).into_owned(),
+            hex::encode(&value[..v as usize]),
+        );
     }
     Ok(out)
 }
@@ -258,9 +321,19 @@ pub struct MountGuard(pub PathBuf);
 impl Drop for MountGuard {
     fn drop(&mut self) {
         let mp = self.0.to_string_lossy().into_owned();
-        if Command::new("umount").arg(&mp).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false) {
+        if Command::new("umount")
+            .arg(&mp)
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+        {
             return;
         }
-        let _ = Command::new("umount").arg("-l").arg(&mp).stderr(Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&mp)
+            .stderr(Stdio::null())
+            .status();
     }
 }
