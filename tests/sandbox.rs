@@ -39,10 +39,9 @@ fn a_trap_fails_one_call_and_the_next_call_works() {
     let mut dev = SandboxedDevice::open(runtime(), spec("large", 1 << 20), limits).unwrap();
     assert!(dev.pread(0, 4096).unwrap() == want[..4096]);
     // A 48 MiB read cannot fit under a 32 MiB cap: the guest's allocation traps.
-    let err = dev
-        .pread(0, 48 << 20)
-        .err()
-        .expect("a 48 MiB read under a 32 MiB cap must fail");
+    let Err(err) = dev.pread(0, 48 << 20) else {
+        panic!("a 48 MiB read under a 32 MiB cap must fail")
+    };
     assert!(matches!(err, CallError::Trap(_)), "{err}");
     assert_eq!(err.errno(), libc::EIO);
     assert_eq!(dev.traps, 1);
@@ -60,10 +59,9 @@ fn a_deadline_stops_a_long_call() {
     let mut dev = SandboxedDevice::open(runtime(), spec("large", 0), limits).unwrap();
     // Decoding 48 MB takes ~100 ms at best: a 20 ms deadline stops it, with no hang.
     dev.set_call_timeout(Duration::from_millis(20));
-    let err = dev
-        .pread(0, 48 << 20)
-        .err()
-        .expect("the deadline must stop the call");
+    let Err(err) = dev.pread(0, 48 << 20) else {
+        panic!("the deadline must stop the call")
+    };
     assert!(matches!(err, CallError::Trap(_)), "{err}");
     assert!(err.to_string().contains("interrupt"), "{err}");
     // With time to work, the rebuilt instance reads correctly.
