@@ -1,7 +1,7 @@
 //! Data mapping (file offset to device offset) for the uncompressed layouts, and the data-reading
 //! entry points: [`Filesystem::read`], [`Filesystem::readlink`], [`Filesystem::physical_extents`].
 
-use crate::inode::{Inode, Layout, CHUNK_48BIT, CHUNK_INDEXES};
+use crate::inode::{has_data, Inode, Layout, CHUNK_48BIT, CHUNK_INDEXES};
 use crate::util::{add, corrupt, le16, le32, mul, read_vec, to_usize};
 use crate::{Error, FileType, Filesystem, ReadAt};
 
@@ -42,7 +42,10 @@ impl Filesystem {
     ) -> Result<Extent, Error> {
         let size = ino.size();
         if off >= size {
-            return Err(Error::Range(format!("nid {}: offset {off} past EOF", ino.nid)));
+            return Err(Error::Range(format!(
+                "nid {}: offset {off} past EOF",
+                ino.nid
+            )));
         }
         let bsz = self.block_size();
         match ino.layout {
@@ -123,7 +126,12 @@ impl Filesystem {
             };
             let startblk = hi | u64::from(lo);
             if device_id == 0 {
-                (startblk, 0, self.sb.blocks, "the primary device".to_string())
+                (
+                    startblk,
+                    0,
+                    self.sb.blocks,
+                    "the primary device".to_string(),
+                )
             } else {
                 let slot = usize::from(device_id)
                     .checked_sub(1)
@@ -152,7 +160,12 @@ impl Filesystem {
             if blk == NULL_ADDR {
                 return Ok(hole(start, len));
             }
-            (u64::from(blk), 0, self.flat_blocks(), "the device".to_string())
+            (
+                u64::from(blk),
+                0,
+                self.flat_blocks(),
+                "the device".to_string(),
+            )
         };
         let end = startblk.checked_add(nblocks);
         if end.is_none_or(|e| e > limit) {
@@ -195,7 +208,10 @@ impl Filesystem {
         while pos < end {
             steps = steps.saturating_add(1);
             if steps > max_steps {
-                return Err(corrupt(format!("nid {}: data map does not advance", ino.nid)));
+                return Err(corrupt(format!(
+                    "nid {}: data map does not advance",
+                    ino.nid
+                )));
             }
             let ext = self.map_at(dev, ino, pos)?;
             if pos < ext.file_offset || pos >= ext.end() {
@@ -226,7 +242,9 @@ impl Filesystem {
         len: u32,
     ) -> Result<Vec<u8>, Error> {
         if len > MAX_READ {
-            return Err(Error::Range(format!("read of {len} bytes (max {MAX_READ})")));
+            return Err(Error::Range(format!(
+                "read of {len} bytes (max {MAX_READ})"
+            )));
         }
         let ino = self.load_inode(dev, nid)?;
         match ino.ftype {
@@ -261,10 +279,7 @@ impl Filesystem {
         len: u64,
     ) -> Result<Vec<Extent>, Error> {
         let ino = self.load_inode(dev, nid)?;
-        if !matches!(
-            ino.ftype,
-            FileType::Regular | FileType::Directory | FileType::Symlink
-        ) {
+        if !has_data(ino.ftype) {
             return Ok(Vec::new());
         }
         self.extents_of(dev, &ino, offset, len, MAX_EXTENTS)
@@ -303,7 +318,10 @@ impl Filesystem {
                         let bytes = to_usize(mul(batch_n, unit, "chunk index")?, "chunk batch")?;
                         batch = read_vec(dev, at, bytes)?;
                     }
-                    let rel = to_usize(mul(idx.saturating_sub(batch_first), unit, "chunk")?, "chunk")?;
+                    let rel = to_usize(
+                        mul(idx.saturating_sub(batch_first), unit, "chunk")?,
+                        "chunk",
+                    )?;
                     let raw = batch.get(rel..).unwrap_or(&[]);
                     self.decode_chunk(ino, idx, raw)?
                 }

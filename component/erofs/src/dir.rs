@@ -117,8 +117,8 @@ impl DirBlock {
         if raw_nid >> 63 != 0 {
             return Err(bad(format!("metabox nid {raw_nid:#x}")));
         }
-        let ftype =
-            FileType::from_dirent(ftype_raw).ok_or_else(|| bad(format!("file type {ftype_raw}")))?;
+        let ftype = FileType::from_dirent(ftype_raw)
+            .ok_or_else(|| bad(format!("file type {ftype_raw}")))?;
         Ok(RawEntry {
             nid: raw_nid,
             ftype,

@@ -132,25 +132,28 @@ impl Filesystem {
         let is_dir = ftype == FileType::Directory;
         let (size, uid, gid, nlink, mtime_sec, mtime_nsec, nb_is_hi);
         if extended {
-            size = f.u64(8); // +8 i_size (u64)
-            uid = f.u32(24); // +24 i_uid
-            gid = f.u32(28); // +28 i_gid
-            // +32 i_mtime (u64 seconds, stored as the kernel's signed time64)
+            // +8 i_size (u64), +24 i_uid, +28 i_gid
+            size = f.u64(8);
+            uid = f.u32(24);
+            gid = f.u32(28);
+            // +32 i_mtime (u64 seconds, read as the kernel's signed time64), +40 i_mtime_nsec
             mtime_sec = i64::from_le_bytes(f.u64(32).to_le_bytes());
-            mtime_nsec = f.u32(40); // +40 i_mtime_nsec
-            nlink = f.u32(44); // +44 i_nlink
+            mtime_nsec = f.u32(40);
+            // +44 i_nlink; +48..64 reserved
+            nlink = f.u32(44);
             nb_is_hi = true;
         } else {
-            size = u64::from(f.u32(8)); // +8 i_size (u32)
-            // +12 i_mtime: seconds relative to the superblock epoch
+            // +8 i_size (u32)
+            size = u64::from(f.u32(8));
+            // +12 i_mtime: seconds after the superblock epoch; nanoseconds are sb.fixed_nsec
             let epoch = i64::try_from(self.sb.epoch).unwrap_or(i64::MAX);
             mtime_sec = epoch
                 .checked_add(i64::from(f.u32(12)))
                 .ok_or_else(|| corrupt(format!("nid {nid}: mtime overflow")))?;
             mtime_nsec = self.sb.fixed_nsec;
-            uid = u32::from(f.u16(24)); // +24 i_uid
-            gid = u32::from(f.u16(26)); // +26 i_gid
-            // +28 reserved
+            // +24 i_uid (u16), +26 i_gid (u16), +28 reserved
+            uid = u32::from(f.u16(24));
+            gid = u32::from(f.u16(26));
             let nlink1 = bit4 && !is_dir;
             nlink = if nlink1 { 1 } else { u32::from(nb) };
             nb_is_hi = nlink1;
@@ -201,7 +204,9 @@ impl Filesystem {
                 startblk: hi | u64::from(i_u),
             },
             1 | 3 => Layout::Compressed,
-            4 => self.chunk_layout(nid, i_u, size, payload_pos)?,
+            4 if has_data(ftype) => self.chunk_layout(nid, i_u, size, payload_pos)?,
+            // Special files keep their rdev in i_u and have no data to map.
+            4 => Layout::FlatPlain { startblk: 0 },
             other => {
                 return Err(Error::Unsupported(format!(
                     "nid {nid}: data layout {other}"
@@ -222,7 +227,13 @@ impl Filesystem {
         Ok(inode)
     }
 
-    fn chunk_layout(&self, nid: u64, i_u: u32, size: u64, payload_pos: u64) -> Result<Layout, Error> {
+    fn chunk_layout(
+        &self,
+        nid: u64,
+        i_u: u32,
+        size: u64,
+        payload_pos: u64,
+    ) -> Result<Layout, Error> {
         let format = u16::try_from(i_u & 0xffff).unwrap_or(0);
         if format & !(CHUNK_BLKBITS_MASK | CHUNK_INDEXES | CHUNK_48BIT) != 0 {
             return Err(corrupt(format!("nid {nid}: chunk format {format:#x}")));
@@ -244,7 +255,11 @@ impl Filesystem {
         }
         let unit: u64 = if format & CHUNK_INDEXES != 0 { 8 } else { 4 };
         let index_pos = round_up(payload_pos, unit, "chunk indexes")?;
-        let end = add(index_pos, mul(count, unit, "chunk indexes")?, "chunk indexes")?;
+        let end = add(
+            index_pos,
+            mul(count, unit, "chunk indexes")?,
+            "chunk indexes",
+        )?;
         if end > self.sb.primary_size {
             return Err(corrupt(format!(
                 "nid {nid}: chunk indexes past end of metadata"
@@ -273,9 +288,8 @@ impl Filesystem {
             FileType::Regular if i64::try_from(size).is_err() => {
                 return Err(corrupt(format!("nid {nid}: file size {size}")));
             }
-            FileType::Regular | FileType::Directory | FileType::Symlink => {}
-            // Special files have no data; their layout fields are not used.
-            _ => return Ok(()),
+            _ if !has_data(ino.ftype) => return Ok(()),
+            _ => {}
         }
         let bsz = self.block_size();
         let (startblk, full_blocks) = match ino.layout {
@@ -318,4 +332,12 @@ impl Filesystem {
         }
         Ok(ino)
     }
+}
+
+/// Whether inodes of this type have a data payload (special files do not).
+pub(crate) fn has_data(ftype: FileType) -> bool {
+    matches!(
+        ftype,
+        FileType::Regular | FileType::Directory | FileType::Symlink
+    )
 }

@@ -245,7 +245,9 @@ impl Filesystem {
     pub fn open(dev: &mut dyn ReadAt) -> Result<Filesystem, Error> {
         let dev_size = dev.size();
         if dev_size < SB_OFFSET.saturating_add(128) {
-            return Err(corrupt(format!("device of {dev_size} bytes has no superblock")));
+            return Err(corrupt(format!(
+                "device of {dev_size} bytes has no superblock"
+            )));
         }
         let raw = read_vec(dev, SB_OFFSET, SB_SIZE)?;
         let sb = Superblock::parse(&raw)?;
@@ -268,7 +270,10 @@ impl Filesystem {
             }
         }
         if sb.primary_size < SB_OFFSET.saturating_add(128) {
-            return Err(corrupt(format!("superblock blocks {} too small", sb.blocks)));
+            return Err(corrupt(format!(
+                "superblock blocks {} too small",
+                sb.blocks
+            )));
         }
         if sb.primary_size > dev_size {
             return Err(corrupt(format!(

@@ -4,17 +4,23 @@ use crate::Error;
 
 /// Little-endian u16 at `off`, or `None` when the slice is too short.
 pub(crate) fn le16(b: &[u8], off: usize) -> Option<u16> {
-    b.get(off..)?.first_chunk::<2>().map(|a| u16::from_le_bytes(*a))
+    b.get(off..)?
+        .first_chunk::<2>()
+        .map(|a| u16::from_le_bytes(*a))
 }
 
 /// Little-endian u32 at `off`, or `None` when the slice is too short.
 pub(crate) fn le32(b: &[u8], off: usize) -> Option<u32> {
-    b.get(off..)?.first_chunk::<4>().map(|a| u32::from_le_bytes(*a))
+    b.get(off..)?
+        .first_chunk::<4>()
+        .map(|a| u32::from_le_bytes(*a))
 }
 
 /// Little-endian u64 at `off`, or `None` when the slice is too short.
 pub(crate) fn le64(b: &[u8], off: usize) -> Option<u64> {
-    b.get(off..)?.first_chunk::<8>().map(|a| u64::from_le_bytes(*a))
+    b.get(off..)?
+        .first_chunk::<8>()
+        .map(|a| u64::from_le_bytes(*a))
 }
 
 /// Byte at `off`, or `None`.

@@ -98,7 +98,11 @@ impl Filesystem {
     /// sorted with valid names, `.` and `..` correct, no directory reached twice (cycles), symlinks
     /// readable, data addresses inside their devices, xattrs readable. Returns the first defect, with
     /// its path, as the error.
-    pub fn verify(&self, dev: &mut dyn ReadAt, limits: VerifyLimits) -> Result<VerifyReport, Error> {
+    pub fn verify(
+        &self,
+        dev: &mut dyn ReadAt,
+        limits: VerifyLimits,
+    ) -> Result<VerifyReport, Error> {
         let mut report = VerifyReport::default();
         let root = self.root_nid();
         let mut visited_dirs: HashSet<u64> = HashSet::new();
@@ -121,7 +125,9 @@ impl Filesystem {
         }];
         while let Some(dir) = stack.pop() {
             report.max_depth = report.max_depth.max(dir.depth);
-            let ino = self.load_inode(dev, dir.nid).map_err(|e| at(&dir.path, e))?;
+            let ino = self
+                .load_inode(dev, dir.nid)
+                .map_err(|e| at(&dir.path, e))?;
             let (mut dots, mut dotdots) = (0u32, 0u32);
             let mut prev: Option<Vec<u8>> = None;
             let mut cookie = 0u64;

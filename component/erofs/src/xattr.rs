@@ -19,8 +19,12 @@
 //! followed by the infix appended to that prefix.
 
 use crate::inode::Inode;
-use crate::superblock::{COMPAT_PLAIN_XATTR_PFX, COMPAT_SHARED_EA_IN_METABOX, INCOMPAT_XATTR_PREFIXES};
-use crate::util::{add, byte, corrupt, le16, le32, mul, read_vec, round_up, to_u64, to_usize, Fixed};
+use crate::superblock::{
+    COMPAT_PLAIN_XATTR_PFX, COMPAT_SHARED_EA_IN_METABOX, INCOMPAT_XATTR_PREFIXES,
+};
+use crate::util::{
+    add, byte, corrupt, le16, le32, mul, read_vec, round_up, to_u64, to_usize, Fixed,
+};
 use crate::{Error, Filesystem, ReadAt};
 
 /// Size of the inline xattr header.
@@ -148,9 +152,8 @@ impl Filesystem {
         for k in 0..shared {
             let off = to_usize(HEADER_SIZE.saturating_add(k.saturating_mul(4)), "xattr id")?;
             let id = le32(&area, off).unwrap_or(0);
-            let (name, value_pos, value_len) = self
-                .shared_xattr(dev, id)
-                .map_err(|e| annotate(e, nid))?;
+            let (name, value_pos, value_len) =
+                self.shared_xattr(dev, id).map_err(|e| annotate(e, nid))?;
             if let Some(name) = name {
                 if f(&name, value_pos, value_len) {
                     return Ok(true);
@@ -235,8 +238,8 @@ impl Filesystem {
             pos = add(pos, 2, "xattr prefix")?;
             let rec = self.prefix_bytes(dev, packed.as_ref(), pos, usize::from(len))?;
             pos = add(pos, u64::from(len), "xattr prefix")?;
-            let base = byte(&rec, 0)
-                .ok_or_else(|| corrupt(format!("xattr prefix {k}: empty record")))?;
+            let base =
+                byte(&rec, 0).ok_or_else(|| corrupt(format!("xattr prefix {k}: empty record")))?;
             let std = standard_prefix(base)
                 .ok_or_else(|| corrupt(format!("xattr prefix {k}: base index {base}")))?;
             let mut full = std.to_vec();

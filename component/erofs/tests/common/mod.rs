@@ -6,14 +6,21 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use erofs_image::{Error, FileType, Filesystem, ReadAt};
+use std::collections::BTreeMap;
 
-/// Where the reference fixtures live (`EROFS_FIXTURES` overrides).
+use erofs_image::{Error, FileType, Filesystem, ReadAt};
+use sha2::{Digest, Sha256};
+
+/// Where the reference fixtures live: the project's copy in tests/fixtures
+/// (`EROFS_FIXTURES` overrides).
 pub fn fixtures_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("EROFS_FIXTURES") {
         return PathBuf::from(p);
     }
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures"
+    ))
 }
 
 pub fn expected(name: &str) -> serde_json::Value {
@@ -54,9 +61,48 @@ pub fn tar_path(name: &str) -> PathBuf {
         .status()
         .expect("run gzip -dc");
     assert!(status.success(), "gzip -dc failed for {name}");
-    assert_eq!(std::fs::metadata(&tmp).unwrap().len(), want, "{name}: tar size");
+    assert_eq!(
+        std::fs::metadata(&tmp).unwrap().len(),
+        want,
+        "{name}: tar size"
+    );
     std::fs::rename(&tmp, &out).expect("rename temp tar");
     out
+}
+
+/// One of the extra images in tests/data (gzipped single-device images) and its expected.json.
+pub fn load_data_image(name: &str) -> (Device, serde_json::Value) {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data")).join(name);
+    let out = Command::new("gzip")
+        .arg("-dc")
+        .arg(dir.join("image.erofs.gz"))
+        .output()
+        .expect("run gzip -dc");
+    assert!(out.status.success(), "gzip -dc {name}");
+    let text = std::fs::read_to_string(dir.join("expected.json")).expect("expected.json");
+    let exp: serde_json::Value = serde_json::from_str(&text).expect("expected.json parses");
+    assert_eq!(out.stdout.len() as u64, exp["image_size"].as_u64().unwrap());
+    let dev = Device {
+        meta: out.stdout,
+        tail: Tail::Mem(Vec::new()),
+    };
+    (dev, exp)
+}
+
+/// Recompute the superblock checksum after editing bytes it covers.
+pub fn reseal(meta: &mut [u8]) {
+    if meta.len() < 1152 {
+        return;
+    }
+    let bsz = 1usize << meta[1024 + 12].clamp(9, 16);
+    let len = if bsz <= 1024 { bsz } else { bsz - 1024 };
+    let Some(area) = meta.get(1024..1024 + len) else {
+        return;
+    };
+    let mut area = area.to_vec();
+    area[4..8].fill(0);
+    let crc = erofs_image::crc32c(0xFFFF_FFFF, &area);
+    meta[1028..1032].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Where the tar bytes come from.
@@ -163,4 +209,166 @@ pub fn walk(fs: &Filesystem, dev: &mut dyn ReadAt) -> Result<Vec<(String, u64, F
         }
     }
     Ok(out)
+}
+
+/// Read a whole regular file in `step`-byte requests (as a FUSE bridge would) and hash it.
+pub fn sha256_file(
+    fs: &Filesystem,
+    dev: &mut dyn ReadAt,
+    nid: u64,
+    size: u64,
+    step: u32,
+) -> String {
+    let mut h = Sha256::new();
+    let mut off = 0u64;
+    while off < size {
+        let got = fs.read(dev, nid, off, step).expect("read");
+        assert!(!got.is_empty(), "short read at {off} of {size}");
+        assert!(got.len() as u64 <= u64::from(step));
+        off += got.len() as u64;
+        h.update(&got);
+    }
+    assert!(
+        fs.read(dev, nid, size, step).unwrap().is_empty(),
+        "read at EOF"
+    );
+    assert!(
+        fs.read(dev, nid, size + 12345, 10).unwrap().is_empty(),
+        "read past EOF"
+    );
+    hex::encode(h.finalize())
+}
+
+/// Compare one entry; returns the list of differences.
+///
+/// With `unsupported_data_ok`, a regular file whose data read fails with `Unsupported` (compressed)
+/// is accepted without a hash check.
+pub fn compare(
+    fs: &Filesystem,
+    dev: &mut Device,
+    want: &serde_json::Value,
+    unsupported_data_ok: bool,
+) -> Vec<String> {
+    let path = want["path"].as_str().unwrap();
+    let mut bad = Vec::new();
+    let nid = match resolve(fs, dev, path) {
+        Ok(n) => n,
+        Err(e) => return vec![format!("lookup: {e}")],
+    };
+    let a = match fs.getattr(dev, nid) {
+        Ok(a) => a,
+        Err(e) => return vec![format!("getattr: {e}")],
+    };
+    let mode =
+        u32::from_str_radix(want["mode"].as_str().unwrap().trim_start_matches("0o"), 8).unwrap();
+    let mut check = |what: &str, got: String, exp: String| {
+        if got != exp {
+            bad.push(format!("{what}: want {exp} got {got}"));
+        }
+    };
+    check("mode", format!("{:o}", a.mode), format!("{mode:o}"));
+    check("uid", a.uid.to_string(), want["uid"].to_string());
+    check("gid", a.gid.to_string(), want["gid"].to_string());
+    check("size", a.size.to_string(), want["size"].to_string());
+    check("nlink", a.nlink.to_string(), want["nlink"].to_string());
+    let mtime_ns = i128::from(a.mtime_sec) * 1_000_000_000 + i128::from(a.mtime_nsec);
+    check(
+        "mtime_ns",
+        mtime_ns.to_string(),
+        want["mtime_ns"].to_string(),
+    );
+    if let Some(sha) = want.get("sha256") {
+        check("type", format!("{:?}", a.file_type()), "Regular".into());
+        if unsupported_data_ok && matches!(fs.read(dev, nid, 0, 1), Err(Error::Unsupported(_))) {
+            // Compressed data: refused cleanly, as documented.
+        } else {
+            let got = sha256_file(fs, dev, nid, a.size, 128 * 1024);
+            check("sha256", got, sha.as_str().unwrap().to_string());
+        }
+    }
+    if let Some(t) = want.get("target") {
+        let got = fs
+            .readlink(dev, nid)
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        check(
+            "target",
+            format!("{got:?}"),
+            format!("{:?}", Ok::<_, Error>(t.as_str().unwrap().to_string())),
+        );
+    } else {
+        check(
+            "readlink",
+            format!("{:?}", fs.readlink(dev, nid).err()),
+            format!("{:?}", Some(Error::NotSymlink)),
+        );
+    }
+    if let Some(r) = want.get("rdev") {
+        check(
+            "rdev",
+            format!("[{}, {}]", a.major(), a.minor()),
+            format!("[{}, {}]", r[0], r[1]),
+        );
+    }
+    let mut want_x = BTreeMap::new();
+    if let Some(x) = want.get("xattrs_hex") {
+        for (k, v) in x.as_object().unwrap() {
+            want_x.insert(k.clone(), v.as_str().unwrap().to_string());
+        }
+    }
+    let mut got_x = BTreeMap::new();
+    match fs.listxattr(dev, nid) {
+        Ok(names) => {
+            for n in names {
+                let v = fs
+                    .getxattr(dev, nid, &n)
+                    .map(hex::encode)
+                    .unwrap_or_else(|e| format!("ERR {e}"));
+                got_x.insert(String::from_utf8(n).unwrap(), v);
+            }
+        }
+        Err(e) => {
+            got_x.insert("listxattr error".into(), e.to_string());
+        }
+    }
+    check("xattrs", format!("{got_x:?}"), format!("{want_x:?}"));
+    check(
+        "getxattr missing",
+        format!("{:?}", fs.getxattr(dev, nid, b"user.does-not-exist")),
+        format!("{:?}", Err::<Vec<u8>, _>(Error::NoAttr)),
+    );
+    bad
+}
+
+/// readdir of every directory: one call vs. one entry at a time vs. resuming from every cookie.
+pub fn check_readdir(fs: &Filesystem, dev: &mut Device, dir: u64) -> usize {
+    let full = fs.readdir(dev, dir, 0, usize::MAX).unwrap();
+    assert!(full.iter().any(|e| e.name == b"." && e.nid == dir));
+    assert!(full.iter().any(|e| e.name == b".."));
+    // One by one.
+    let mut cookie = 0;
+    let mut single = Vec::new();
+    loop {
+        let got = fs.readdir(dev, dir, cookie, 1).unwrap();
+        assert!(got.len() <= 1);
+        let Some(e) = got.into_iter().next() else {
+            break;
+        };
+        assert!(e.next_cookie > cookie, "cookies increase");
+        cookie = e.next_cookie;
+        single.push(e);
+    }
+    assert_eq!(single, full);
+    // Resume from every cookie.
+    for (i, e) in full.iter().enumerate() {
+        let rest = fs.readdir(dev, dir, e.next_cookie, usize::MAX).unwrap();
+        assert_eq!(rest, full[i + 1..], "resume after entry {i}");
+        let some = fs.readdir(dev, dir, e.next_cookie, 7).unwrap();
+        assert_eq!(some, full[i + 1..(i + 8).min(full.len())]);
+    }
+    assert!(fs.readdir(dev, dir, 0, 0).unwrap().is_empty());
+    // Sorted names.
+    for w in full.windows(2) {
+        assert!(w[0].name < w[1].name, "sorted");
+    }
+    full.len()
 }
