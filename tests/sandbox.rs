@@ -16,6 +16,7 @@ fn spec(dir: &str, cache: u64) -> DeviceSpec {
         meta: f.join("meta.erofs"),
         blob: f.join("layer.tar.gz"),
         zinfo: Some(f.join("layer.zinfo")),
+        trap_after_blob_reads: None,
         options: OpenOptions {
             cache_bytes: Some(cache),
             max_cursors: None,

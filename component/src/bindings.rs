@@ -5,6 +5,7 @@ use std::cell::RefCell;
 
 use crate::device::{Device, Tar};
 use crate::error::Error;
+use crate::fs::{Filesystem, FsError};
 use crate::gzran::Options;
 use crate::source::{SizedSource, Source};
 
@@ -15,6 +16,9 @@ wit_bindgen::generate!({
 
 use erofs::reader::types::Error as WitError;
 use erofs::reader::vfile::Vfile;
+use exports::erofs::reader::filesystem::{
+    self as wit_fs, Attributes, DirEntry as WitDirEntry, FileKind, GuestFilesystem, VerifyReport,
+};
 use exports::erofs::reader::tarindex::{self, DeviceStats, GuestDevice, OpenOptions};
 
 impl From<Error> for WitError {
@@ -28,12 +32,33 @@ impl From<Error> for WitError {
     }
 }
 
+impl From<FsError> for WitError {
+    fn from(e: FsError) -> Self {
+        match e {
+            FsError::Corrupt(m) => WitError::Corrupt(m),
+            FsError::Io(m) => WitError::Io(m),
+            FsError::Unsupported(m) => WitError::Unsupported(m),
+            FsError::Range(m) => WitError::OutOfRange(m),
+            FsError::NotFound => WitError::NotFound,
+            FsError::NotDir => WitError::NotDirectory,
+            FsError::IsDir => WitError::IsDirectory,
+            FsError::NotSymlink => WitError::NotSymlink,
+            FsError::NoAttr => WitError::NoAttribute,
+            FsError::NameTooLong => WitError::NameTooLong,
+        }
+    }
+}
+
+/// An embedder's error, seen from inside: the filesystem cases cannot come from a vfile,
+/// so they are passed on as I/O errors with their name.
 fn from_wit(e: WitError) -> Error {
     match e {
         WitError::BadInput(m) => Error::BadInput(m),
         WitError::Io(m) => Error::Io(m),
         WitError::OutOfRange(m) => Error::OutOfRange(m),
         WitError::Unsupported(m) => Error::Unsupported(m),
+        WitError::Corrupt(m) => Error::BadInput(m),
+        other => Error::Io(format!("vfile answered {other:?}")),
     }
 }
 
@@ -77,27 +102,57 @@ impl tarindex::Guest for Component {
             .map(|z| SizedSource::new("zinfo", Box::new(ImportedFile(z))))
             .transpose()?;
         let device = Device::open(meta, blob, zinfo, options)?;
-        Ok(tarindex::Device::new(DeviceResource(RefCell::new(device))))
+        Ok(tarindex::Device::new(DeviceResource(RefCell::new(Some(
+            device,
+        )))))
     }
 }
 
-struct DeviceResource(RefCell<Device>);
+struct DeviceResource(RefCell<Option<Device>>);
+
+impl DeviceResource {
+    fn with<R>(&self, f: impl FnOnce(&mut Device) -> R) -> Result<R, WitError> {
+        match self.0.borrow_mut().as_mut() {
+            Some(device) => Ok(f(device)),
+            None => Err(WitError::Io("device: it was handed to a filesystem".into())),
+        }
+    }
+}
 
 impl GuestDevice for DeviceResource {
     fn size(&self) -> u64 {
-        self.0.borrow().size()
+        self.with(|d| d.size()).unwrap_or(0)
     }
 
     fn meta_size(&self) -> u64 {
-        self.0.borrow().meta_size()
+        self.with(|d| d.meta_size()).unwrap_or(0)
     }
 
     fn pread(&self, offset: u64, len: u32) -> Result<Vec<u8>, WitError> {
-        Ok(self.0.borrow_mut().pread(offset, len)?)
+        Ok(self.with(|d| d.pread(offset, len))??)
     }
 
     fn stats(&self) -> DeviceStats {
-        let device = self.0.borrow();
+        self.with(|d| stats(d))
+            .unwrap_or_else(|_| stats_of_nothing())
+    }
+}
+
+fn stats_of_nothing() -> DeviceStats {
+    DeviceStats {
+        bytes_decoded: 0,
+        cache_hits: 0,
+        cache_misses: 0,
+        blob_bytes_read: 0,
+        blob_reads: 0,
+        cursor_starts: 0,
+        learned_starts: 0,
+        learned_checkpoints: 0,
+    }
+}
+
+fn stats(device: &Device) -> DeviceStats {
+    {
         match device.tar() {
             Tar::Plain(blob) => DeviceStats {
                 bytes_decoded: 0,
@@ -120,6 +175,128 @@ impl GuestDevice for DeviceResource {
                 learned_checkpoints: gz.learned_count() as u32,
             },
         }
+    }
+}
+
+impl wit_fs::Guest for Component {
+    type Filesystem = FsResource;
+
+    fn open(dev: tarindex::Device) -> Result<wit_fs::Filesystem, WitError> {
+        let resource: DeviceResource = dev.into_inner();
+        let device =
+            resource.0.borrow_mut().take().ok_or_else(|| {
+                WitError::Io("device: it was already handed to a filesystem".into())
+            })?;
+        let fs = Filesystem::open(device)?;
+        Ok(wit_fs::Filesystem::new(FsResource(RefCell::new(fs))))
+    }
+}
+
+struct FsResource(RefCell<Filesystem>);
+
+fn kind_of_mode(mode: u32) -> FileKind {
+    match mode & 0o170000 {
+        0o040000 => FileKind::Directory,
+        0o120000 => FileKind::Symlink,
+        0o020000 => FileKind::CharDevice,
+        0o060000 => FileKind::BlockDevice,
+        0o010000 => FileKind::Fifo,
+        0o140000 => FileKind::Socket,
+        _ => FileKind::Regular,
+    }
+}
+
+fn attributes(a: erofs_image::Attr) -> Attributes {
+    let is_device = matches!(a.mode & 0o170000, 0o020000 | 0o060000);
+    Attributes {
+        ino: a.nid,
+        kind: kind_of_mode(a.mode),
+        mode: a.mode,
+        uid: a.uid,
+        gid: a.gid,
+        size: a.size,
+        nlink: a.nlink,
+        mtime_seconds: a.mtime_sec,
+        mtime_nanoseconds: a.mtime_nsec,
+        rdev_major: if is_device { a.major() } else { 0 },
+        rdev_minor: if is_device { a.minor() } else { 0 },
+    }
+}
+
+fn kind_of_dirent(t: erofs_image::FileType) -> FileKind {
+    use erofs_image::FileType as T;
+    match t {
+        T::Directory => FileKind::Directory,
+        T::Symlink => FileKind::Symlink,
+        T::CharDevice => FileKind::CharDevice,
+        T::BlockDevice => FileKind::BlockDevice,
+        T::Fifo => FileKind::Fifo,
+        T::Socket => FileKind::Socket,
+        T::Regular | T::Unknown => FileKind::Regular,
+    }
+}
+
+impl GuestFilesystem for FsResource {
+    fn device_size(&self) -> u64 {
+        self.0.borrow().device_ref().size()
+    }
+
+    fn device_pread(&self, offset: u64, len: u32) -> Result<Vec<u8>, WitError> {
+        Ok(self.0.borrow_mut().device().pread(offset, len)?)
+    }
+
+    fn root(&self) -> u64 {
+        self.0.borrow().root()
+    }
+
+    fn getattr(&self, ino: u64) -> Result<Attributes, WitError> {
+        Ok(attributes(self.0.borrow_mut().getattr(ino)?))
+    }
+
+    fn lookup(&self, parent: u64, name: Vec<u8>) -> Result<Attributes, WitError> {
+        Ok(attributes(self.0.borrow_mut().lookup(parent, &name)?))
+    }
+
+    fn readdir(&self, ino: u64, cookie: u64, max: u32) -> Result<Vec<WitDirEntry>, WitError> {
+        let entries = self.0.borrow_mut().readdir(ino, cookie, max)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| WitDirEntry {
+                ino: e.nid,
+                kind: kind_of_dirent(e.file_type),
+                name: e.name,
+                next_cookie: e.next_cookie,
+            })
+            .collect())
+    }
+
+    fn read(&self, ino: u64, offset: u64, len: u32) -> Result<Vec<u8>, WitError> {
+        Ok(self.0.borrow_mut().read(ino, offset, len)?)
+    }
+
+    fn readlink(&self, ino: u64) -> Result<Vec<u8>, WitError> {
+        Ok(self.0.borrow_mut().readlink(ino)?)
+    }
+
+    fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, WitError> {
+        Ok(self.0.borrow_mut().listxattr(ino)?)
+    }
+
+    fn getxattr(&self, ino: u64, name: Vec<u8>) -> Result<Vec<u8>, WitError> {
+        Ok(self.0.borrow_mut().getxattr(ino, &name)?)
+    }
+
+    fn verify(&self) -> Result<VerifyReport, WitError> {
+        let r = self.0.borrow_mut().verify()?;
+        Ok(VerifyReport {
+            directories: r.directories,
+            regular_files: r.regular_files,
+            symlinks: r.symlinks,
+            special_files: r.devices + r.fifos_and_sockets,
+            entries: r.entries,
+            hard_links: r.hard_links,
+            data_bytes: r.data_bytes,
+        })
     }
 }
 

@@ -110,8 +110,18 @@ pub enum Tar {
     Gzip(Box<GzRan>),
 }
 
+/// Metadata images up to this size are read into memory once at open: every filesystem
+/// operation then costs no host call for metadata. 64 MiB covers layers with about a
+/// million inodes; larger ones are read through the vfile as needed.
+const META_IN_MEMORY_LIMIT: u64 = 64 << 20;
+
+enum Meta {
+    InMemory(Vec<u8>),
+    Source(SizedSource),
+}
+
 pub struct Device {
-    meta: SizedSource,
+    meta: Meta,
     tar: Tar,
     layout: Layout,
     tar_size: u64,
@@ -148,6 +158,11 @@ impl Device {
                 layout.tar_blocks
             )));
         }
+        let meta = if meta.size <= META_IN_MEMORY_LIMIT {
+            Meta::InMemory(meta.read_exact(0, meta.size as usize)?)
+        } else {
+            Meta::Source(meta)
+        };
         Ok(Self {
             meta,
             tar,
@@ -187,7 +202,14 @@ impl Device {
         let meta_end = self.layout.meta_size;
         if offset < meta_end {
             let upto = end.min(meta_end);
-            out.extend_from_slice(&self.meta.read_exact(offset, (upto - offset) as usize)?);
+            match &self.meta {
+                Meta::InMemory(bytes) => {
+                    out.extend_from_slice(&bytes[offset as usize..upto as usize])
+                }
+                Meta::Source(meta) => {
+                    out.extend_from_slice(&meta.read_exact(offset, (upto - offset) as usize)?)
+                }
+            }
         }
         if end > meta_end {
             let tar_from = offset.max(meta_end) - meta_end;
@@ -207,5 +229,37 @@ impl Device {
             )));
         }
         Ok(out)
+    }
+}
+
+/// The EROFS reader reads the device through this.
+impl erofs_image::ReadAt for Device {
+    fn read_exact_at(
+        &mut self,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), erofs_image::Error> {
+        let len = u32::try_from(buf.len()).map_err(|_| {
+            erofs_image::Error::Range(format!("read of {} bytes is too large", buf.len()))
+        })?;
+        let bytes = self.pread(offset, len).map_err(|e| match e {
+            Error::BadInput(m) => erofs_image::Error::Corrupt(m),
+            Error::Io(m) => erofs_image::Error::Io(m),
+            Error::OutOfRange(m) => erofs_image::Error::Range(m),
+            Error::Unsupported(m) => erofs_image::Error::Unsupported(m),
+        })?;
+        if bytes.len() != buf.len() {
+            return Err(erofs_image::Error::Corrupt(format!(
+                "device read of {} bytes at {offset} passes the device end ({})",
+                buf.len(),
+                self.size()
+            )));
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        Device::size(self)
     }
 }

@@ -9,6 +9,7 @@ pub mod checkpoints;
 pub mod cursor;
 pub mod device;
 pub mod error;
+pub mod fs;
 pub mod gzip;
 pub mod gzran;
 pub mod inflate;

@@ -1,6 +1,8 @@
 //! Command-line arguments shared by the subcommands, with the defaults and their reasons.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -52,9 +54,21 @@ pub struct DeviceArgs {
     /// takes well under a second; a stuck guest is stopped]
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub call_timeout: f64,
+
+    /// Testing only: make the component trap on the blob read that follows N more
+    /// blob reads, once (to check that a trap costs one request, not the mount)
+    #[arg(long, value_name = "N", hide = true)]
+    pub inject_trap_after_blob_reads: Option<i64>,
 }
 
 impl DeviceArgs {
+    /// The metadata image path, from --tarindex or -o oci.tarindex= (for messages).
+    pub fn tarindex_path(&self) -> PathBuf {
+        self.spec()
+            .map(|(spec, _)| spec.meta)
+            .unwrap_or_else(|_| PathBuf::from("meta"))
+    }
+
     /// Resolve -o options and defaults into what the sandbox needs.
     pub fn spec(&self) -> Result<(DeviceSpec, Limits)> {
         let mut tarindex = self.tarindex.clone();
@@ -94,6 +108,9 @@ impl DeviceArgs {
                 blob: self.blob.clone(),
                 zinfo,
                 options,
+                trap_after_blob_reads: self
+                    .inject_trap_after_blob_reads
+                    .map(|n| Arc::new(AtomicI64::new(n))),
             },
             Limits {
                 memory,

@@ -4,6 +4,8 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use wasmtime::component::Resource;
@@ -19,6 +21,9 @@ pub struct HostFile {
     path: PathBuf,
     file: File,
     size: u64,
+    /// Fault injection (tests): when this countdown, shared by all instances, passes
+    /// zero on a read, that read traps the guest.
+    pub trap_after_reads: Option<Arc<AtomicI64>>,
 }
 
 impl HostFile {
@@ -34,6 +39,7 @@ impl HostFile {
             path: path.to_path_buf(),
             file,
             size: meta.len(),
+            trap_after_reads: None,
         })
     }
 
@@ -86,7 +92,16 @@ impl vfile::HostVfile for StoreState {
         offset: u64,
         len: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
-        Ok(self.table.get(&file)?.pread(offset, len))
+        let file = self.table.get(&file)?;
+        if let Some(countdown) = &file.trap_after_reads {
+            if countdown.fetch_sub(1, Ordering::SeqCst) == 0 {
+                return Err(wasmtime::Error::msg(format!(
+                    "injected fault: trap on a read of {}",
+                    file.path.display()
+                )));
+            }
+        }
+        Ok(file.pread(offset, len))
     }
 
     fn drop(&mut self, file: Resource<HostFile>) -> wasmtime::Result<()> {

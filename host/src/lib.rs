@@ -12,3 +12,4 @@ pub mod cli;
 pub mod files;
 pub mod runtime;
 pub mod sandbox;
+pub mod verify;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use erofs_host::{bench, cat};
+use erofs_host::{bench, cat, verify};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +28,8 @@ enum Command {
     Cat(cat::CatArgs),
     /// Measure read throughput and latency of the device
     Bench(bench::BenchArgs),
+    /// Check the whole EROFS metadata inside the sandbox (what --backend loop/nbd do first)
+    Verify(verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Cat(args) => cat::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Verify(args) => verify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

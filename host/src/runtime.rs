@@ -36,6 +36,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use erofs::reader::types::Error as WitError;
+pub use exports::erofs::reader::filesystem::{Attributes, DirEntry, FileKind, VerifyReport};
 pub use exports::erofs::reader::tarindex::{DeviceStats, OpenOptions};
 
 /// One epoch tick. Deadlines are whole ticks, so they are accurate to about 10 ms.

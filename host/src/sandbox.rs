@@ -8,16 +8,20 @@
 //! and the instance stays.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use wasmtime::component::ResourceAny;
 use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtx;
 
 use crate::files::HostFile;
-use crate::runtime::{DeviceStats, OpenOptions, Reader, Runtime, StoreState, WitError, EPOCH_TICK};
+use crate::runtime::{
+    Attributes, DeviceStats, DirEntry, OpenOptions, Reader, Runtime, StoreState, VerifyReport,
+    WitError, EPOCH_TICK,
+};
 
 /// Sandbox limits.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +39,16 @@ pub struct DeviceSpec {
     pub blob: PathBuf,
     pub zinfo: Option<PathBuf>,
     pub options: OpenOptions,
+    /// Fault injection for tests: the blob read after this many more blob reads (over
+    /// all instances) traps the component, once.
+    pub trap_after_blob_reads: Option<Arc<AtomicI64>>,
+}
+
+/// What the instance serves: the raw device, or the EROFS filesystem on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Device,
+    Filesystem,
 }
 
 /// Why a call failed.
@@ -50,11 +64,17 @@ impl CallError {
     /// The errno a filesystem or block bridge should report.
     pub fn errno(&self) -> i32 {
         match self {
-            CallError::Component(WitError::OutOfRange(_)) => libc::EINVAL,
-            CallError::Component(WitError::Unsupported(_)) => libc::EOPNOTSUPP,
-            CallError::Component(WitError::BadInput(_)) | CallError::Component(WitError::Io(_)) => {
-                libc::EIO
-            }
+            CallError::Component(e) => match e {
+                WitError::OutOfRange(_) | WitError::NotSymlink => libc::EINVAL,
+                WitError::Unsupported(_) => libc::EOPNOTSUPP,
+                WitError::BadInput(_) | WitError::Io(_) => libc::EIO,
+                WitError::Corrupt(_) => libc::EUCLEAN,
+                WitError::NotFound => libc::ENOENT,
+                WitError::NotDirectory => libc::ENOTDIR,
+                WitError::IsDirectory => libc::EISDIR,
+                WitError::NoAttribute => libc::ENODATA,
+                WitError::NameTooLong => libc::ENAMETOOLONG,
+            },
             CallError::Trap(_) => libc::EIO,
         }
     }
@@ -77,18 +97,30 @@ pub fn describe(e: &WitError) -> String {
         WitError::Io(m) => format!("I/O error: {m}"),
         WitError::OutOfRange(m) => format!("out of range: {m}"),
         WitError::Unsupported(m) => format!("unsupported: {m}"),
+        WitError::Corrupt(m) => format!("corrupt image: {m}"),
+        WitError::NotFound => "no such file or directory".into(),
+        WitError::NotDirectory => "not a directory".into(),
+        WitError::IsDirectory => "is a directory".into(),
+        WitError::NotSymlink => "not a symlink".into(),
+        WitError::NoAttribute => "no such extended attribute".into(),
+        WitError::NameTooLong => "name too long".into(),
     }
 }
 
 struct Live {
     store: Store<StoreState>,
     bindings: Reader,
-    device: ResourceAny,
+    /// A `device`, or a `filesystem` (which owns its device), per `mode`.
+    handle: ResourceAny,
 }
+
+/// The result of one raw call into the guest: the outer error is a trap.
+type GuestResult<R> = wasmtime::Result<Result<R, WitError>>;
 
 pub struct SandboxedDevice {
     runtime: Arc<Runtime>,
     spec: DeviceSpec,
+    mode: Mode,
     limits: Limits,
     live: Option<Live>,
     size: u64,
@@ -100,31 +132,58 @@ pub struct SandboxedDevice {
 impl SandboxedDevice {
     /// Instantiate the component and open the device. Errors name the file at fault.
     pub fn open(runtime: Arc<Runtime>, spec: DeviceSpec, limits: Limits) -> Result<Self> {
+        Self::open_as(runtime, spec, limits, Mode::Device)
+    }
+
+    /// Instantiate the component, open the device and parse its EROFS superblock.
+    pub fn open_filesystem(
+        runtime: Arc<Runtime>,
+        spec: DeviceSpec,
+        limits: Limits,
+    ) -> Result<Self> {
+        Self::open_as(runtime, spec, limits, Mode::Filesystem)
+    }
+
+    fn open_as(
+        runtime: Arc<Runtime>,
+        spec: DeviceSpec,
+        limits: Limits,
+        mode: Mode,
+    ) -> Result<Self> {
+        let meta_size = std::fs::metadata(&spec.meta).map(|m| m.len()).unwrap_or(0);
         let mut this = SandboxedDevice {
             runtime,
             spec,
+            mode,
             limits,
             live: None,
             size: 0,
-            meta_size: 0,
+            meta_size,
             traps: 0,
         };
-        let live = this.start().map_err(|e| anyhow::anyhow!("{e}"))?;
-        this.live = Some(live);
-        let (size, meta_size) = this.with_live(|b, store, dev| {
-            let d = b.erofs_reader_tarindex().device();
-            Ok((
-                d.call_size(&mut *store, dev)?,
-                d.call_meta_size(&mut *store, dev)?,
-            ))
-        })?;
-        this.size = size;
-        this.meta_size = meta_size;
+        this.live = Some(this.start().map_err(|e| anyhow::anyhow!("{e}"))?);
+        this.size = this
+            .call(|b, s, h| match mode {
+                Mode::Device => Ok(Ok(b.erofs_reader_tarindex().device().call_size(s, h)?)),
+                Mode::Filesystem => Ok(Ok(b
+                    .erofs_reader_filesystem()
+                    .filesystem()
+                    .call_device_size(s, h)?)),
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(this)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    pub fn meta_size(&self) -> u64 {
+        self.meta_size
     }
 
     /// Change the deadline for later calls.
@@ -132,29 +191,117 @@ impl SandboxedDevice {
         self.limits.call_timeout = timeout;
     }
 
-    pub fn meta_size(&self) -> u64 {
-        self.meta_size
-    }
-
     /// Read device bytes. See the WIT `device.pread` for the contract.
     pub fn pread(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, CallError> {
-        self.call(|b, store, dev| {
-            b.erofs_reader_tarindex()
-                .device()
-                .call_pread(store, dev, offset, len)
-        })
+        match self.mode {
+            Mode::Device => self.call(|b, s, h| {
+                b.erofs_reader_tarindex()
+                    .device()
+                    .call_pread(s, h, offset, len)
+            }),
+            Mode::Filesystem => self.call(|b, s, h| {
+                b.erofs_reader_filesystem()
+                    .filesystem()
+                    .call_device_pread(s, h, offset, len)
+            }),
+        }
     }
 
+    /// The device's counters (device mode only: a filesystem owns its device).
     pub fn stats(&mut self) -> Result<DeviceStats, CallError> {
-        self.call(|b, store, dev| {
+        match self.mode {
+            Mode::Device => {
+                self.call(|b, s, h| Ok(Ok(b.erofs_reader_tarindex().device().call_stats(s, h)?)))
+            }
+            Mode::Filesystem => Err(CallError::Component(WitError::Unsupported(
+                "stats of a filesystem".into(),
+            ))),
+        }
+    }
+
+    pub fn root(&mut self) -> Result<u64, CallError> {
+        self.fs_call(|b, s, h| {
             Ok(Ok(b
-                .erofs_reader_tarindex()
-                .device()
-                .call_stats(store, dev)?))
+                .erofs_reader_filesystem()
+                .filesystem()
+                .call_root(s, h)?))
         })
     }
 
-    /// Build a store and an instance, and open the device in it.
+    pub fn getattr(&mut self, ino: u64) -> Result<Attributes, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_getattr(s, h, ino)
+        })
+    }
+
+    pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Result<Attributes, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_lookup(s, h, parent, name)
+        })
+    }
+
+    pub fn readdir(&mut self, ino: u64, cookie: u64, max: u32) -> Result<Vec<DirEntry>, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_readdir(s, h, ino, cookie, max)
+        })
+    }
+
+    pub fn read(&mut self, ino: u64, offset: u64, len: u32) -> Result<Vec<u8>, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_read(s, h, ino, offset, len)
+        })
+    }
+
+    pub fn readlink(&mut self, ino: u64) -> Result<Vec<u8>, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_readlink(s, h, ino)
+        })
+    }
+
+    pub fn listxattr(&mut self, ino: u64) -> Result<Vec<Vec<u8>>, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_listxattr(s, h, ino)
+        })
+    }
+
+    pub fn getxattr(&mut self, ino: u64, name: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_getxattr(s, h, ino, name)
+        })
+    }
+
+    /// Walk the whole EROFS tree in the sandbox (see the WIT `filesystem.verify`).
+    pub fn verify(&mut self) -> Result<VerifyReport, CallError> {
+        self.fs_call(|b, s, h| b.erofs_reader_filesystem().filesystem().call_verify(s, h))
+    }
+
+    fn fs_call<R>(
+        &mut self,
+        f: impl FnOnce(&Reader, &mut Store<StoreState>, ResourceAny) -> GuestResult<R>,
+    ) -> Result<R, CallError> {
+        if self.mode != Mode::Filesystem {
+            return Err(CallError::Component(WitError::Unsupported(
+                "a filesystem call on a raw device".into(),
+            )));
+        }
+        self.call(f)
+    }
+
+    /// Build a store and an instance, and open the device (and filesystem) in it.
     fn start(&self) -> Result<Live, CallError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.limits.memory).unwrap_or(usize::MAX))
@@ -169,67 +316,70 @@ impl SandboxedDevice {
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limits);
-        self.arm_deadline(&mut store);
-        let open_files = |store: &mut Store<StoreState>| -> Result<_> {
-            let meta = store
-                .data_mut()
-                .table
-                .push(HostFile::open(&self.spec.meta)?)?;
-            let blob = store
-                .data_mut()
-                .table
-                .push(HostFile::open(&self.spec.blob)?)?;
-            let zinfo = match &self.spec.zinfo {
-                Some(z) => Some(store.data_mut().table.push(HostFile::open(z)?)?),
-                None => None,
-            };
-            Ok((meta, blob, zinfo))
-        };
-        let (meta, blob, zinfo) = open_files(&mut store)
-            .map_err(|e| CallError::Component(WitError::Io(format!("{e:#}"))))?;
-        let bindings = self
-            .runtime
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| CallError::Trap(format!("{e:#}")))?;
-        let opened = bindings
+        store.set_epoch_deadline(self.deadline_ticks());
+        store.epoch_deadline_trap();
+
+        let io = |e: anyhow::Error| CallError::Component(WitError::Io(format!("{e:#}")));
+        let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
+        let meta = HostFile::open(&self.spec.meta).map_err(io)?;
+        let mut blob = HostFile::open(&self.spec.blob).map_err(io)?;
+        blob.trap_after_reads = self.spec.trap_after_blob_reads.clone();
+        let zinfo = self
+            .spec
+            .zinfo
+            .as_ref()
+            .map(|z| HostFile::open(z))
+            .transpose()
+            .map_err(io)?;
+        let table = &mut store.data_mut().table;
+        let meta = table.push(meta).map_err(|e| io(e.into()))?;
+        let blob = table.push(blob).map_err(|e| io(e.into()))?;
+        let zinfo = zinfo
+            .map(|z| table.push(z))
+            .transpose()
+            .map_err(|e| io(e.into()))?;
+
+        let bindings = self.runtime.pre.instantiate(&mut store).map_err(trap)?;
+        let device = bindings
             .erofs_reader_tarindex()
             .call_open(&mut store, meta, blob, zinfo, self.spec.options)
-            .map_err(|e| CallError::Trap(format!("{e:#}")))?;
-        let device = opened.map_err(CallError::Component)?;
+            .map_err(trap)?
+            .map_err(CallError::Component)?;
+        let handle = match self.mode {
+            Mode::Device => device,
+            Mode::Filesystem => bindings
+                .erofs_reader_filesystem()
+                .call_open(&mut store, device)
+                .map_err(trap)?
+                .map_err(CallError::Component)?,
+        };
         Ok(Live {
             store,
             bindings,
-            device,
+            handle,
         })
     }
 
-    fn arm_deadline(&self, store: &mut Store<StoreState>) {
-        let ticks = (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
     }
 
     /// Run one call with a fresh deadline; rebuild the instance first if a trap killed
     /// it, and discard it if this call traps.
     fn call<R>(
         &mut self,
-        f: impl FnOnce(
-            &Reader,
-            &mut Store<StoreState>,
-            ResourceAny,
-        ) -> wasmtime::Result<Result<R, WitError>>,
+        f: impl FnOnce(&Reader, &mut Store<StoreState>, ResourceAny) -> GuestResult<R>,
     ) -> Result<R, CallError> {
         if self.live.is_none() {
             self.live = Some(self.start()?);
         }
+        let ticks = self.deadline_ticks();
         let live = self
             .live
             .as_mut()
             .ok_or_else(|| CallError::Trap("no instance".into()))?;
-        let ticks = (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         live.store.set_epoch_deadline(ticks);
-        match f(&live.bindings, &mut live.store, live.device) {
+        match f(&live.bindings, &mut live.store, live.handle) {
             Ok(result) => result.map_err(CallError::Component),
             Err(trap) => {
                 self.traps += 1;
@@ -238,14 +388,5 @@ impl SandboxedDevice {
                 Err(CallError::Trap(format!("{trap:#}")))
             }
         }
-    }
-
-    fn with_live<R>(
-        &mut self,
-        f: impl FnOnce(&Reader, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<R>,
-    ) -> Result<R> {
-        let live = self.live.as_mut().context("no instance")?;
-        f(&live.bindings, &mut live.store, live.device)
-            .map_err(|e| anyhow::anyhow!("the component trapped: {e:#}"))
     }
 }

@@ -17,10 +17,7 @@ pub fn fixtures_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("EROFS_FIXTURES") {
         return PathBuf::from(p);
     }
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
 }
 
 pub fn expected(name: &str) -> serde_json::Value {
