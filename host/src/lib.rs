@@ -12,4 +12,5 @@ pub mod cli;
 pub mod files;
 pub mod runtime;
 pub mod sandbox;
+pub mod serve_nbd;
 pub mod verify;

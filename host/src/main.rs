@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use erofs_host::{bench, cat, verify};
+use erofs_host::{bench, cat, serve_nbd, verify};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +30,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Check the whole EROFS metadata inside the sandbox (what --backend loop/nbd do first)
     Verify(verify::VerifyArgs),
+    /// Export the device over NBD (TCP or a unix socket), read-only
+    ServeNbd(serve_nbd::ServeNbdArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Cat(args) => cat::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::ServeNbd(args) => serve_nbd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
