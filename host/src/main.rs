@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use erofs_host::{bench, cat, serve_nbd, verify};
+use erofs_host::{bench, cat, mount, mounts, serve_nbd, verify};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +28,10 @@ enum Command {
     Cat(cat::CatArgs),
     /// Measure read throughput and latency of the device
     Bench(bench::BenchArgs),
+    /// Mount a layer (FUSE with the image parsed in the sandbox, or a kernel backend)
+    Mount(mount::MountArgs),
+    /// Unmount a layer mounted by `erofs-host mount` and stop its server
+    Umount(mounts::UmountArgs),
     /// Check the whole EROFS metadata inside the sandbox (what --backend loop/nbd do first)
     Verify(verify::VerifyArgs),
     /// Export the device over NBD (TCP or a unix socket), read-only
@@ -45,6 +49,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Cat(args) => cat::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Mount(args) => mount::run(args),
+        Command::Umount(args) => mounts::umount(args),
         Command::Verify(args) => verify::run(args),
         Command::ServeNbd(args) => serve_nbd::run(args),
     };
