@@ -117,6 +117,11 @@ fn errno(e: &CallError) -> Errno {
 }
 
 impl Filesystem for ErofsFuse {
+    /// Nothing is ever written, so there is nothing to flush.
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: fuser::LockOwner, reply: fuser::ReplyEmpty) {
+        reply.ok();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.to_nid(parent);
         match self.pool.get().lookup(parent, name.as_bytes()) {

@@ -55,6 +55,11 @@ impl DeviceImage {
 }
 
 impl Filesystem for DeviceImage {
+    /// Nothing is ever written, so there is nothing to flush.
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: fuser::LockOwner, reply: fuser::ReplyEmpty) {
+        reply.ok();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if parent == ROOT && name == IMAGE_NAME {
             reply.entry(&TTL, &self.attr(IMAGE), Generation(0));
