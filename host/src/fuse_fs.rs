@@ -89,6 +89,19 @@ impl ErofsFuse {
     }
 }
 
+/// Ask for large requests: 1 MiB reads and readahead (or the most the kernel allows).
+/// Fewer, larger requests cut the per-request cost of FUSE and of the sandbox call.
+pub fn tune_kernel(config: &mut fuser::KernelConfig) {
+    const WANT: u32 = 1 << 20;
+    if let Err(most) = config.set_max_readahead(WANT) {
+        let _ = config.set_max_readahead(most);
+    }
+    // max_pages (the largest read) follows the larger of max_write and max_readahead.
+    if let Err(most) = config.set_max_write(WANT) {
+        let _ = config.set_max_write(most);
+    }
+}
+
 /// The kernel's "new" device encoding, which FUSE's 32-bit rdev carries.
 fn encode_dev(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
@@ -117,6 +130,11 @@ fn errno(e: &CallError) -> Errno {
 }
 
 impl Filesystem for ErofsFuse {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        tune_kernel(config);
+        Ok(())
+    }
+
     /// Nothing is ever written, so there is nothing to flush.
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: fuser::LockOwner, reply: fuser::ReplyEmpty) {
         reply.ok();

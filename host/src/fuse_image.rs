@@ -55,6 +55,11 @@ impl DeviceImage {
 }
 
 impl Filesystem for DeviceImage {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        crate::fuse_fs::tune_kernel(config);
+        Ok(())
+    }
+
     /// Nothing is ever written, so there is nothing to flush.
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: fuser::LockOwner, reply: fuser::ReplyEmpty) {
         reply.ok();

@@ -59,9 +59,10 @@ pub struct MountArgs {
     #[arg(long)]
     pub no_verify: bool,
 
-    /// Sandboxed instances serving requests in parallel [default 2: one per core here;
-    /// each has its own cache]
-    #[arg(long, default_value_t = 2)]
+    /// Sandboxed instances serving requests in parallel [default 1: a sequential reader
+    /// through two instances decodes the stream twice (measured: 2x slower tar of the
+    /// tree); more only pay off for independent random readers]. Each has its own cache.
+    #[arg(long, default_value_t = 1)]
     pub instances: usize,
 
     /// Internal: print "ready" on stdout once mounted (used by the daemon's parent)
@@ -226,6 +227,11 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
     }
     served.teardown();
     let _ = std::fs::remove_file(&reg_path);
+    // The daemon's log holds only warnings; an empty one is not worth keeping.
+    let log = mounts::state_dir()?.join(format!("{id}.log"));
+    if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(&log);
+    }
     Ok(())
 }
 
@@ -302,6 +308,9 @@ fn fuse_session<FS: fuser::Filesystem + 'static>(
         // Root mounts layers for others (containers, services): allow_other.
         config.acl = SessionACL::All;
     }
+    // One FUSE thread per instance. (Measured: two threads on one instance are slower,
+    // 0.32-0.51 s against 0.21 s for a tar of `large`: interleaved readahead requests
+    // make the cursors restart.)
     config.n_threads = Some(threads.max(1));
     let session = fuser::Session::new(fs, at, &config)
         .with_context(|| format!("{}: FUSE mount failed", at.display()))?;

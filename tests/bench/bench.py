@@ -80,6 +80,8 @@ def main():
     row("warm (device read once; 64M cache)", warm["reads_per_s"], "reads/s", "cold", cold["reads_per_s"], ">= 50,000")
     print(f"  {'':<44} warm p50 {warm['p50_us']:.1f} us, p99 {warm['p99_us']:.1f} us")
 
+    fuse_section()
+
     if os.path.exists(WASM_MINIZ):
         print("\nthe same with miniz_oxide (the design card's engine)")
         m_seq = bench(WASM_MINIZ, "--pattern", "seq", "--io-size", "32K")
@@ -88,6 +90,56 @@ def main():
         row("miniz: cold random 4 KiB", m_cold["reads_per_s"], "reads/s", "zlib-rs", cold["reads_per_s"])
     else:
         print(f"\n(miniz_oxide build not found at {WASM_MINIZ}; `just build-miniz` makes it)")
+
+
+def drop_caches():
+    """Cold page cache for every tree walk, when we may (root)."""
+    try:
+        subprocess.run(["sync"], check=False)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def tar_tree(path):
+    """Seconds to archive a whole tree; piped through cat, so GNU tar must read every file."""
+    drop_caches()
+    start = time.perf_counter()
+    subprocess.run(f"tar -cf - -C '{path}' . | cat > /dev/null", shell=True, check=True)
+    return time.perf_counter() - start
+
+
+def fuse_section():
+    """tar of the mounted `large` tree through each backend, beside an extracted copy."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        print("\n*** SKIPPED: FUSE tree walk (needs root and /dev/fuse) ***")
+        return
+    import tempfile
+    work = tempfile.mkdtemp(prefix="erofs-bench-")
+    extracted = os.path.join(work, "extracted")
+    os.makedirs(extracted)
+    subprocess.run(["tar", "-xzf", f"{LARGE}/layer.tar.gz", "-C", extracted], check=True)
+    base = min(tar_tree(extracted) for _ in range(3))
+    cold = drop_caches()
+    print(f"\ntar -cf - of the whole `large` tree ({'page cache dropped before each run' if cold else 'page cache NOT dropped'})")
+    print(f"  {'extracted directory (tar -x), reference':<44} {base*1000:>12.1f} ms")
+    for backend in ("fuse", "loop"):
+        mp = os.path.join(work, backend)
+        os.makedirs(mp)
+        times = []
+        for _ in range(3):
+            # A fresh mount each run: the sandbox starts cold too.
+            subprocess.run([HOST, "mount", WASM, f"{LARGE}/layer.tar.gz", mp, *DEVICE[:-1], "--backend", backend], check=True)
+            try:
+                times.append(tar_tree(mp))
+            finally:
+                subprocess.run([HOST, "umount", mp], check=True)
+        t = min(times)
+        target = "   target >= 0.50x" if backend == "fuse" else ""
+        print(f"  {'--backend ' + backend + ' (fresh mount)':<44} {t*1000:>12.1f} ms       {base/t:>8.2f}x extracted{target}")
+    subprocess.run(["rm", "-rf", work], check=True)
 
 
 if __name__ == "__main__":
