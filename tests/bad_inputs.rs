@@ -282,7 +282,7 @@ fn metadata_defects() {
         (
             "bad superblock magic",
             Box::new(|i| i.meta[1024] ^= 0xff),
-            "field `magic`",
+            "meta: corrupt image: bad superblock magic",
         ),
         (
             "meta size not a multiple of 512",
@@ -297,12 +297,13 @@ fn metadata_defects() {
         (
             "meta too small",
             Box::new(|i| i.meta.truncate(512)),
-            "too small to hold a superblock",
+            "has no superblock",
         ),
         (
             "blkszbits 12",
             Box::new(|i| i.meta[1024 + 12] = 12),
-            "field `blkszbits` is 12",
+            // 4 KiB blocks: the superblock's block count no longer fits the file.
+            "bytes of metadata but the device has",
         ),
         (
             "no device table",
@@ -316,7 +317,7 @@ fn metadata_defects() {
                     u16::from_le_bytes([i.meta[1024 + 88], i.meta[1024 + 89]]) as usize * 128 + 68;
                 i.meta[at] ^= 1;
             }),
-            "field `uniaddr`",
+            "uniaddr",
         ),
         (
             "device table outside the image",
@@ -324,14 +325,22 @@ fn metadata_defects() {
                 i.meta[1024 + 88] = 0xff;
                 i.meta[1024 + 89] = 0xff;
             }),
-            "`devt_slotoff`",
+            "device table past end of metadata",
         ),
     ];
     for (case, tamper, expect) in cases {
         let mut i = inputs("basic");
         tamper(&mut i);
+        // Keep the superblock checksum right, so the defect under test is the one found.
+        if i.meta.len() >= 1536 {
+            fix_superblock_checksum(&mut i.meta);
+        }
         expect_error(case, &i, expect, Written::Nothing);
     }
+    // A bad superblock checksum on its own.
+    let mut i = inputs("basic");
+    i.meta[1024 + 100] ^= 1;
+    expect_error("superblock checksum", &i, "superblock checksum", Written::Nothing);
     // A plain tar shorter than the metadata's device table says.
     let mut i = inputs("plain-tar");
     i.blob.truncate(100_000);

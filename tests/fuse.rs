@@ -201,28 +201,6 @@ fn dirent_offset(meta: &[u8], nid: u64, file_type: u8) -> usize {
         .unwrap_or_else(|| panic!("no dirent for nid {nid}"))
 }
 
-/// CRC32C (Castagnoli), bit by bit: the superblock checksum's algorithm.
-fn crc32c(mut crc: u32, data: &[u8]) -> u32 {
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
-        }
-    }
-    crc
-}
-
-/// After tampering inside the first block, make the superblock checksum match again, so
-/// the defect under test is the one reached (512-byte blocks: the sum covers 1024..1536).
-fn fix_superblock_checksum(meta: &mut [u8]) {
-    if meta[1024 + 8] & 1 == 0 {
-        return;
-    }
-    meta[1028..1032].fill(0);
-    let sum = crc32c(0xFFFF_FFFF, &meta[1024..1536]);
-    meta[1028..1032].copy_from_slice(&sum.to_le_bytes());
-}
-
 /// Mount a copy of `basic` with its metadata changed by `tamper`, through FUSE.
 fn mount_tampered(tamper: impl Fn(&mut Vec<u8>)) -> (Mounted, TempDir) {
     let tmp = TempDir::new("tampered");

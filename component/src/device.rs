@@ -11,14 +11,9 @@ use crate::gzip::MAGIC as GZIP_MAGIC;
 use crate::gzran::{GzRan, Options};
 use crate::source::SizedSource;
 
-const SUPERBLOCK_OFFSET: u64 = 1024;
-const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
 /// Tar index images always use 512-byte blocks (spec §2.1: `--tar=i` forces it).
 const TAR_INDEX_BLKSZBITS: u8 = 9;
 const BLOCK: u64 = 512;
-const INCOMPAT_DEVICE_TABLE: u32 = 0x8;
-const INCOMPAT_48BIT: u32 = 0x80;
-const DEVICE_SLOT_SIZE: u64 = 128;
 
 /// What the superblock says about the layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +24,24 @@ pub struct Layout {
     pub tar_blocks: u64,
 }
 
-/// Check the superblock and the first device slot. `meta` is the metadata file.
+/// The metadata file alone, as the EROFS reader's byte source.
+struct MetaOnly<'a>(&'a SizedSource);
+
+impl erofs_image::ReadAt for MetaOnly<'_> {
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), erofs_image::Error> {
+        let bytes = self.0.read_exact(offset, buf.len()).map_err(to_image_error)?;
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.0.size
+    }
+}
+
+/// Check the superblock (with the EROFS reader: magic, checksum, feature bits, root
+/// inode) and then what a tar index needs on top: 512-byte blocks, a device table whose
+/// first slot's unified address is the metadata's own block count, and a metadata file of
+/// exactly that many blocks.
 pub fn check_layout(meta: &SizedSource) -> Result<Layout> {
     let name = "meta";
     if !meta.size.is_multiple_of(BLOCK) {
@@ -38,68 +50,52 @@ pub fn check_layout(meta: &SizedSource) -> Result<Layout> {
             meta.size
         )));
     }
-    if meta.size < SUPERBLOCK_OFFSET + 128 {
+    let fs = erofs_image::Filesystem::open(&mut MetaOnly(meta)).map_err(|e| from_image_error(e).context(name))?;
+    let sb = fs.superblock();
+    if sb.blkszbits != TAR_INDEX_BLKSZBITS {
         return Err(Error::bad(format!(
-            "{name}: {} bytes is too small to hold a superblock",
+            "{name}: superblock field `blkszbits` is {}; a tar index uses 9 (512-byte blocks)",
+            sb.blkszbits
+        )));
+    }
+    let Some(slot) = fs.devices().first() else {
+        return Err(Error::bad(format!(
+            "{name}: superblock has no device table (feature_incompat {:#x}, extra_devices {}): not a tar index",
+            sb.feature_incompat, sb.extra_devices
+        )));
+    };
+    if slot.uniaddr != sb.blocks {
+        return Err(Error::bad(format!(
+            "{name}: device slot 0 field `uniaddr` is {}, but the superblock's `blocks` is {}; the tar must start right after the metadata",
+            slot.uniaddr, sb.blocks
+        )));
+    }
+    if sb.blocks.checked_mul(BLOCK) != Some(meta.size) {
+        return Err(Error::bad(format!(
+            "{name}: superblock field `blocks` is {} ({} bytes), but the file is {} bytes",
+            sb.blocks,
+            sb.blocks.saturating_mul(BLOCK),
             meta.size
         )));
     }
-    let sb = meta.read_exact(SUPERBLOCK_OFFSET, 128)?;
-    let u16_at = |o: usize| u16::from_le_bytes([sb[o], sb[o + 1]]);
-    let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
+    Ok(Layout { meta_size: meta.size, tar_blocks: slot.blocks })
+}
 
-    let magic = u32_at(0);
-    if magic != EROFS_MAGIC {
-        return Err(Error::bad(format!(
-            "{name}: superblock field `magic` is {magic:#010x}, not EROFS's {EROFS_MAGIC:#010x}"
-        )));
+fn to_image_error(e: Error) -> erofs_image::Error {
+    match e {
+        Error::BadInput(m) => erofs_image::Error::Corrupt(m),
+        Error::Io(m) => erofs_image::Error::Io(m),
+        Error::OutOfRange(m) => erofs_image::Error::Range(m),
+        Error::Unsupported(m) => erofs_image::Error::Unsupported(m),
     }
-    let blkszbits = sb[12];
-    if blkszbits != TAR_INDEX_BLKSZBITS {
-        return Err(Error::bad(format!(
-            "{name}: superblock field `blkszbits` is {blkszbits}; a tar index uses 9 (512-byte blocks)"
-        )));
-    }
-    let incompat = u32_at(80);
-    let wide = incompat & INCOMPAT_48BIT != 0;
-    if incompat & INCOMPAT_DEVICE_TABLE == 0 || u16_at(86) == 0 {
-        return Err(Error::bad(format!(
-            "{name}: superblock has no device table (feature_incompat {incompat:#x}, extra_devices {}): not a tar index",
-            u16_at(86)
-        )));
-    }
-    // With 48-bit addressing, the 16-bit root nid slot holds the high bits of `blocks`.
-    let blocks = u32_at(36) as u64 | if wide { (u16_at(14) as u64) << 32 } else { 0 };
+}
 
-    let slot_at = u16_at(88) as u64 * DEVICE_SLOT_SIZE;
-    if slot_at < SUPERBLOCK_OFFSET + 128 || slot_at + DEVICE_SLOT_SIZE > meta.size {
-        return Err(Error::bad(format!(
-            "{name}: superblock field `devt_slotoff` puts the device table at byte {slot_at}, outside the image"
-        )));
+fn from_image_error(e: erofs_image::Error) -> Error {
+    match e {
+        erofs_image::Error::Io(m) => Error::Io(m),
+        erofs_image::Error::Unsupported(m) => Error::Unsupported(m),
+        other => Error::BadInput(other.to_string()),
     }
-    let slot = meta.read_exact(slot_at, DEVICE_SLOT_SIZE as usize)?;
-    let s16 = |o: usize| u16::from_le_bytes([slot[o], slot[o + 1]]) as u64;
-    let s32 =
-        |o: usize| u32::from_le_bytes([slot[o], slot[o + 1], slot[o + 2], slot[o + 3]]) as u64;
-    let tar_blocks = s32(64) | if wide { s16(72) << 32 } else { 0 };
-    let uniaddr = s32(68) | if wide { s16(74) << 32 } else { 0 };
-
-    if uniaddr != blocks {
-        return Err(Error::bad(format!(
-            "{name}: device slot 0 field `uniaddr` is {uniaddr}, but the superblock's `blocks` is {blocks}; the tar must start right after the metadata"
-        )));
-    }
-    if blocks.checked_mul(BLOCK) != Some(meta.size) {
-        return Err(Error::bad(format!(
-            "{name}: superblock field `blocks` is {blocks} ({} bytes), but the file is {} bytes",
-            blocks.saturating_mul(BLOCK),
-            meta.size
-        )));
-    }
-    Ok(Layout {
-        meta_size: meta.size,
-        tar_blocks,
-    })
 }
 
 /// Where the tar bytes come from.
@@ -242,12 +238,7 @@ impl erofs_image::ReadAt for Device {
         let len = u32::try_from(buf.len()).map_err(|_| {
             erofs_image::Error::Range(format!("read of {} bytes is too large", buf.len()))
         })?;
-        let bytes = self.pread(offset, len).map_err(|e| match e {
-            Error::BadInput(m) => erofs_image::Error::Corrupt(m),
-            Error::Io(m) => erofs_image::Error::Io(m),
-            Error::OutOfRange(m) => erofs_image::Error::Range(m),
-            Error::Unsupported(m) => erofs_image::Error::Unsupported(m),
-        })?;
+        let bytes = self.pread(offset, len).map_err(to_image_error)?;
         if bytes.len() != buf.len() {
             return Err(erofs_image::Error::Corrupt(format!(
                 "device read of {} bytes at {offset} passes the device end ({})",

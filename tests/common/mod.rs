@@ -337,3 +337,31 @@ impl Drop for MountGuard {
             .status();
     }
 }
+
+/// CRC32C (Castagnoli), bit by bit: the superblock checksum's algorithm.
+pub fn crc32c(mut crc: u32, data: &[u8]) -> u32 {
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+        }
+    }
+    crc
+}
+
+/// After tampering inside the first block, make the superblock checksum match again, so
+/// the defect under test is the one reached.
+pub fn fix_superblock_checksum(meta: &mut [u8]) {
+    if meta[1024 + 8] & 1 == 0 {
+        return;
+    }
+    let block = 1usize << meta[1024 + 12].min(20);
+    let len = if block <= 1024 { block } else { block - 1024 };
+    if meta.len() < 1024 + len {
+        return;
+    }
+    meta[1028..1032].fill(0);
+    let sum = crc32c(0xFFFF_FFFF, &meta[1024..1024 + len]);
+    meta[1028..1032].copy_from_slice(&sum.to_le_bytes());
+}
+
