@@ -19,7 +19,9 @@ use erofs::reader::vfile::Vfile;
 use exports::erofs::reader::filesystem::{
     self as wit_fs, Attributes, DirEntry as WitDirEntry, FileKind, GuestFilesystem, VerifyReport,
 };
-use exports::erofs::reader::tarindex::{self, DeviceStats, GuestDevice, OpenOptions};
+use exports::erofs::reader::tarindex::{
+    self, BlobLocation, DeviceStats, GuestDevice, OpenOptions, RemoteOptions, RemoteStats,
+};
 
 impl From<Error> for WitError {
     fn from(e: Error) -> Self {
@@ -76,8 +78,29 @@ impl Source for ImportedFile {
 
 struct Component;
 
+fn options_from_wit(options: OpenOptions) -> Options {
+    let defaults = Options::default();
+    Options {
+        cache_bytes: options.cache_bytes.unwrap_or(defaults.cache_bytes),
+        max_cursors: options.max_cursors.map_or(defaults.max_cursors, |n| n as usize),
+        learn_interval: options.learn_interval.unwrap_or(defaults.learn_interval),
+        max_learned: options.max_learned.map_or(defaults.max_learned, |n| n as usize),
+    }
+}
+
 impl tarindex::Guest for Component {
     type Device = DeviceResource;
+
+    fn open_remote(
+        meta: Vfile,
+        blob: BlobLocation,
+        zinfo: Option<Vfile>,
+        options: OpenOptions,
+        remote: RemoteOptions,
+    ) -> Result<tarindex::Device, WitError> {
+        let _ = (meta, blob, zinfo, options, remote);
+        Err(WitError::Unsupported("remote blobs are not available in this build".into()))
+    }
 
     fn open(
         meta: Vfile,
@@ -85,17 +108,7 @@ impl tarindex::Guest for Component {
         zinfo: Option<Vfile>,
         options: OpenOptions,
     ) -> Result<tarindex::Device, WitError> {
-        let defaults = Options::default();
-        let options = Options {
-            cache_bytes: options.cache_bytes.unwrap_or(defaults.cache_bytes),
-            max_cursors: options
-                .max_cursors
-                .map_or(defaults.max_cursors, |n| n as usize),
-            learn_interval: options.learn_interval.unwrap_or(defaults.learn_interval),
-            max_learned: options
-                .max_learned
-                .map_or(defaults.max_learned, |n| n as usize),
-        };
+        let options = options_from_wit(options);
         let meta = SizedSource::new("meta", Box::new(ImportedFile(meta)))?;
         let blob = SizedSource::new("blob", Box::new(ImportedFile(blob)))?;
         let zinfo = zinfo
@@ -135,6 +148,10 @@ impl GuestDevice for DeviceResource {
     fn stats(&self) -> DeviceStats {
         self.with(|d| stats(d))
             .unwrap_or_else(|_| stats_of_nothing())
+    }
+
+    fn remote_stats(&self) -> RemoteStats {
+        RemoteStats { requests: 0, bytes_fetched: 0, retries: 0, chunk_hits: 0 }
     }
 }
 
