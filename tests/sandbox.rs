@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use common::*;
 use erofs_host::runtime::{OpenOptions, Runtime};
-use erofs_host::sandbox::{CallError, DeviceSpec, Limits, SandboxedDevice};
+use erofs_host::sandbox::{BlobSource, CallError, DeviceSpec, Limits, SandboxedDevice};
 
 fn spec(dir: &str, cache: u64) -> DeviceSpec {
     let f = fixture(dir);
     DeviceSpec {
         meta: f.join("meta.erofs"),
-        blob: f.join("layer.tar.gz"),
+        blob: BlobSource::Local(f.join("layer.tar.gz")),
         zinfo: Some(f.join("layer.zinfo")),
         trap_after_blob_reads: None,
         options: OpenOptions {

@@ -55,8 +55,36 @@ pub fn run(args: CatArgs) -> Result<()> {
     }
     out.flush().context("writing to stdout")?;
     if args.stats {
-        let s = device.stats()?;
-        eprintln!("{s:#?}");
+        print_stats(&mut device)?;
+    }
+    Ok(())
+}
+
+/// `--stats`: the device's counters, the remote fetcher's, and the host's egress ones.
+pub fn print_stats(device: &mut SandboxedDevice) -> Result<()> {
+    let s = device.stats()?;
+    eprintln!(
+        "device: {} B decoded, cache {} hits / {} misses, {} cursor starts ({} from learned checkpoints), {} learned, blob {} reads / {} B",
+        s.bytes_decoded, s.cache_hits, s.cache_misses, s.cursor_starts, s.learned_starts, s.learned_checkpoints, s.blob_reads, s.blob_bytes_read
+    );
+    let r = device.remote_stats()?;
+    if r.requests > 0 {
+        eprintln!(
+            "remote (component): {} requests, {} B fetched, {} retries, {} chunk hits",
+            r.requests, r.bytes_fetched, r.retries, r.chunk_hits
+        );
+    }
+    if let Some(egress) = crate::cli::egress() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let e = &egress.stats;
+        eprintln!(
+            "network (host): {} requests, {} B fetched, {} range-cache hits ({} B), {} refused",
+            e.requests.load(Relaxed),
+            e.bytes_fetched.load(Relaxed),
+            e.cache_hits.load(Relaxed),
+            e.cache_bytes.load(Relaxed),
+            e.denied.load(Relaxed)
+        );
     }
     Ok(())
 }

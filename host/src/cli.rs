@@ -2,14 +2,18 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicI64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::runtime::OpenOptions;
-use crate::sandbox::{DeviceSpec, Limits};
+use crate::credentials;
+use crate::egress::EgressPolicy;
+use crate::http_send::Timeouts;
+use crate::range_cache::RangeCache;
+use crate::runtime::{BlobLocation, OciBlob, OpenOptions, RemoteOptions};
+use crate::sandbox::{BlobSource, DeviceSpec, Limits};
 
 /// The component, the layer and its index: what every device-serving command takes.
 #[derive(Debug, Args, Clone)]
@@ -17,8 +21,9 @@ pub struct DeviceArgs {
     /// The erofs-wasm component (.wasm), e.g. target/wasm32-wasip2/release/erofs_component.wasm
     pub component: PathBuf,
 
-    /// The layer blob: a gzip layer (with --zinfo) or an uncompressed tar
-    pub blob: PathBuf,
+    /// The layer blob: a path, an http(s):// URL (read with Range requests), or
+    /// oci://REGISTRY/REPO:TAG | oci://REGISTRY/REPO@sha256:... (see --layer, --blob-digest)
+    pub blob: String,
 
     /// The EROFS tar-index metadata image (`mkfs.erofs --tar=i`)
     #[arg(long, value_name = "META")]
@@ -28,14 +33,52 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "ZINFO")]
     pub zinfo: Option<PathBuf>,
 
-    /// erofs-utils option spelling: oci.tarindex=PATH,oci.zinfo=PATH
+    /// erofs-utils option spelling: oci.tarindex=PATH,oci.zinfo=PATH,oci.layer=N,
+    /// oci.blob=sha256:...,oci.platform=os/arch[/variant],oci.insecure
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
+
+    /// oci:// only: the layer to read, by its index in the image manifest
+    #[arg(long, value_name = "N")]
+    pub layer: Option<u32>,
+
+    /// oci:// only: the layer to read, by digest (sha256:...)
+    #[arg(long, value_name = "DIGEST")]
+    pub blob_digest: Option<String>,
+
+    /// oci:// only: the platform to pick from an image index [default linux/amd64]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+
+    /// Registry user; the password is read from stdin (--password-stdin). Without them:
+    /// EROFS_REGISTRY_USERNAME/EROFS_REGISTRY_PASSWORD, then ~/.docker/config.json
+    #[arg(long, value_name = "USER")]
+    pub username: Option<String>,
+
+    /// Read the registry password from stdin (never from the command line)
+    #[arg(long)]
+    pub password_stdin: bool,
+
+    /// Also trust the CA certificates in this PEM file (a private registry)
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Allow plain http:// to the registry or blob URL (default: https only)
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// Keep fetched compressed ranges of registry blobs here, across runs and processes
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Bound of the --cache-dir cache [default 1G: a few large layers]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+    pub cache_size: u64,
 
     /// Decoded-byte cache in the component [default 32M: a FUSE readahead window and a
     /// few hot files]. 0 turns it off.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub cache_size: Option<u64>,
+    pub decode_cache: Option<u64>,
 
     /// Live inflater cursors per device [default 4: a few files read at once]
     #[arg(long, value_name = "N")]
@@ -45,8 +88,8 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub learn_interval: Option<u64>,
 
-    /// Cap on the component's memory [default: 192M plus the cache size, for the cache,
-    /// learned checkpoints (<= 8M), cursors and a 32M read]
+    /// Cap on the component's memory [default: 192M plus the decode cache, for the cache,
+    /// learned checkpoints (<= 8M), cursors, remote chunks and a 32M read]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory_limit: Option<u64>,
 
@@ -61,40 +104,62 @@ pub struct DeviceArgs {
     pub inject_trap_after_blob_reads: Option<i64>,
 }
 
+/// Everything `-o` can say.
+#[derive(Default)]
+struct EroFsUtilsOptions {
+    tarindex: Option<PathBuf>,
+    zinfo: Option<PathBuf>,
+    layer: Option<u32>,
+    blob: Option<String>,
+    platform: Option<String>,
+    insecure: bool,
+}
+
 impl DeviceArgs {
     /// The metadata image path, from --tarindex or -o oci.tarindex= (for messages).
     pub fn tarindex_path(&self) -> PathBuf {
-        self.spec()
-            .map(|(spec, _)| spec.meta)
-            .unwrap_or_else(|_| PathBuf::from("meta"))
+        self.dash_o().ok().and_then(|o| o.tarindex).or_else(|| self.tarindex.clone()).unwrap_or_else(|| PathBuf::from("meta"))
     }
 
-    /// Resolve -o options and defaults into what the sandbox needs.
-    pub fn spec(&self) -> Result<(DeviceSpec, Limits)> {
-        let mut tarindex = self.tarindex.clone();
-        let mut zinfo = self.zinfo.clone();
+    fn dash_o(&self) -> Result<EroFsUtilsOptions> {
+        let mut o = EroFsUtilsOptions::default();
         for list in &self.options {
             for opt in list.split(',').filter(|o| !o.is_empty()) {
                 let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
                 match key {
-                    "oci.tarindex" => tarindex = Some(PathBuf::from(value)),
-                    "oci.zinfo" => zinfo = Some(PathBuf::from(value)),
+                    "oci.tarindex" => o.tarindex = Some(PathBuf::from(value)),
+                    "oci.zinfo" => o.zinfo = Some(PathBuf::from(value)),
+                    "oci.layer" => o.layer = Some(value.parse().with_context(|| format!("-o {opt}: not a layer index"))?),
+                    // erofs-utils takes a bare hex digest too.
+                    "oci.blob" if value.starts_with("sha256:") => o.blob = Some(value.to_string()),
+                    "oci.blob" => o.blob = Some(format!("sha256:{value}")),
+                    "oci.platform" => o.platform = Some(value.to_string()),
+                    "oci.insecure" => o.insecure = true,
+                    "oci.username" | "oci.password" => bail!(
+                        "-o {key}: credentials are never taken from the command line; use --username with --password-stdin, EROFS_REGISTRY_USERNAME/PASSWORD, or ~/.docker/config.json"
+                    ),
                     "ro" => {}
                     _ => bail!(
-                        "-o {opt}: unknown option (known: oci.tarindex=PATH, oci.zinfo=PATH, ro)"
+                        "-o {opt}: unknown option (known: oci.tarindex, oci.zinfo, oci.layer, oci.blob, oci.platform, oci.insecure, ro)"
                     ),
                 }
             }
         }
-        let meta = tarindex
+        Ok(o)
+    }
+
+    /// Resolve -o options and defaults into what the sandbox needs.
+    pub fn spec(&self) -> Result<(DeviceSpec, Limits)> {
+        let o = self.dash_o()?;
+        let meta = o
+            .tarindex
+            .or_else(|| self.tarindex.clone())
             .context("no metadata image: pass --tarindex META (or -o oci.tarindex=META)")?;
-        let cache = self.cache_size.unwrap_or(32 << 20);
+        let zinfo = o.zinfo.or_else(|| self.zinfo.clone());
+        let cache = self.decode_cache.unwrap_or(32 << 20);
         let memory = self.memory_limit.unwrap_or(cache + (192 << 20));
         if !(self.call_timeout > 0.0 && self.call_timeout < 86_400.0) {
-            bail!(
-                "--call-timeout {}: must be between 0 and 86400 seconds",
-                self.call_timeout
-            );
+            bail!("--call-timeout {}: must be between 0 and 86400 seconds", self.call_timeout);
         }
         let options = OpenOptions {
             cache_bytes: Some(cache),
@@ -102,21 +167,108 @@ impl DeviceArgs {
             learn_interval: self.learn_interval,
             max_learned: None,
         };
+        let remote = RemoteRequest {
+            layer: self.layer.or(o.layer),
+            digest: self.blob_digest.clone().or(o.blob),
+            platform: self.platform.clone().or(o.platform),
+            insecure: self.insecure || o.insecure,
+        };
+        let blob = self.blob_source(remote)?;
         Ok((
             DeviceSpec {
                 meta,
-                blob: self.blob.clone(),
+                blob,
                 zinfo,
                 options,
-                trap_after_blob_reads: self
-                    .inject_trap_after_blob_reads
-                    .map(|n| Arc::new(AtomicI64::new(n))),
+                trap_after_blob_reads: self.inject_trap_after_blob_reads.map(|n| Arc::new(AtomicI64::new(n))),
             },
-            Limits {
-                memory,
-                call_timeout: Duration::from_secs_f64(self.call_timeout),
-            },
+            Limits { memory, call_timeout: Duration::from_secs_f64(self.call_timeout) },
         ))
+    }
+
+    /// A path, a URL or an OCI reference; for the network ones, the egress policy too
+    /// (made once per process: every instance shares its allow-list and counters).
+    fn blob_source(&self, r: RemoteRequest) -> Result<BlobSource> {
+        let text = self.blob.as_str();
+        let is_url = text.starts_with("http://") || text.starts_with("https://");
+        let is_oci = text.starts_with("oci://");
+        if !is_url && !is_oci {
+            if r.layer.is_some() || r.digest.is_some() || r.platform.is_some() {
+                bail!("--layer, --blob-digest and --platform (oci.layer/oci.blob/oci.platform) need an oci:// blob");
+            }
+            return Ok(BlobSource::Local(PathBuf::from(text)));
+        }
+        let (location, origin) = if is_url {
+            let origin = egress_origin_of_url(text).with_context(|| format!("{text}: not a valid URL"))?;
+            (BlobLocation::Url(text.to_string()), origin)
+        } else {
+            let origin = registry_origin(text, r.insecure);
+            let location = BlobLocation::Oci(OciBlob {
+                reference: text.to_string(),
+                layer: r.layer,
+                digest: r.digest,
+                platform: r.platform,
+            });
+            (location, origin)
+        };
+        let egress = EGRESS
+            .get_or_init(|| {
+                let credentials = credentials::find(origin.split(':').next().unwrap_or(&origin), self.username.as_deref(), self.password_stdin)
+                    .and_then(|c| c.map_or(Ok(None), |c| Ok(Some(c))));
+                let credentials = match credentials {
+                    Ok(c) => c,
+                    Err(e) => return Err(format!("{e:#}")),
+                };
+                let cache = match &self.cache_dir {
+                    Some(dir) => Some(RangeCache::open(dir, self.cache_size).map_err(|e| format!("{e:#}"))?),
+                    None => None,
+                };
+                EgressPolicy::new(Some(origin.clone()), credentials, r.insecure, self.ca_file.as_deref(), Timeouts::default(), cache)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let options = RemoteOptions { insecure: Some(r.insecure), chunk_size: None, readahead_max: None, max_retries: None };
+        Ok(BlobSource::Remote { location, options, egress })
+    }
+}
+
+struct RemoteRequest {
+    layer: Option<u32>,
+    digest: Option<String>,
+    platform: Option<String>,
+    insecure: bool,
+}
+
+/// The process's one egress policy (see `blob_source`).
+static EGRESS: OnceLock<Result<Arc<EgressPolicy>, String>> = OnceLock::new();
+
+/// The egress policy of this process, if a remote blob was opened (for --stats).
+pub fn egress() -> Option<Arc<EgressPolicy>> {
+    EGRESS.get().and_then(|r| r.as_ref().ok()).cloned()
+}
+
+fn egress_origin_of_url(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let port = uri.port_u16().unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTP) { 80 } else { 443 });
+    Some(format!("{}:{port}", uri.host()?))
+}
+
+/// The registry's `host:port` of an `oci://` reference (the component parses the
+/// reference fully; the host only needs the host to allow).
+fn registry_origin(reference: &str, insecure: bool) -> String {
+    let rest = reference.trim_start_matches("oci://");
+    let first = rest.split('/').next().unwrap_or("");
+    let has_registry = rest.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let host = if !has_registry || first == "docker.io" || first == "index.docker.io" {
+        "registry-1.docker.io".to_string()
+    } else {
+        first.to_string()
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        host
+    } else {
+        format!("{host}:{}", if insecure { 80 } else { 443 })
     }
 }
 
@@ -154,5 +306,20 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("x").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::*;
+
+    #[test]
+    fn registry_origins() {
+        assert_eq!(registry_origin("oci://127.0.0.1:5000/fixtures/basic:latest", false), "127.0.0.1:5000");
+        assert_eq!(registry_origin("oci://ghcr.io/a/b@sha256:00", false), "ghcr.io:443");
+        assert_eq!(registry_origin("oci://busybox", false), "registry-1.docker.io:443");
+        assert_eq!(registry_origin("oci://library/busybox:1", false), "registry-1.docker.io:443");
+        assert_eq!(registry_origin("oci://localhost/x", true), "localhost:80");
+        assert_eq!(egress_origin_of_url("https://h.example/blob").as_deref(), Some("h.example:443"));
     }
 }

@@ -141,12 +141,7 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
     let (spec, limits) = args.device.spec()?;
     let runtime = Runtime::load(&args.device.component)?;
     let id = mounts::mount_id(mountpoint);
-    let blob_name = args
-        .device
-        .blob
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let blob_name = spec.blob.display_name();
 
     let mut served = match args.backend {
         Backend::Fuse => {

@@ -18,7 +18,9 @@ use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtx;
 
 use crate::files::HostFile;
+use crate::egress::{Egress, EgressPolicy};
 use crate::runtime::{
+    BlobLocation, RemoteOptions, RemoteStats,
     Attributes, DeviceStats, DirEntry, OpenOptions, Reader, Runtime, StoreState, VerifyReport,
     WitError, EPOCH_TICK,
 };
@@ -36,12 +38,41 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct DeviceSpec {
     pub meta: PathBuf,
-    pub blob: PathBuf,
+    pub blob: BlobSource,
     pub zinfo: Option<PathBuf>,
     pub options: OpenOptions,
     /// Fault injection for tests: the blob read after this many more blob reads (over
     /// all instances) traps the component, once.
     pub trap_after_blob_reads: Option<Arc<AtomicI64>>,
+}
+
+/// Where the layer blob comes from.
+#[derive(Clone)]
+pub enum BlobSource {
+    /// A local file, given to the component as a vfile.
+    Local(PathBuf),
+    /// Fetched by the component over wasi:http, through the egress policy.
+    Remote { location: BlobLocation, options: RemoteOptions, egress: Arc<EgressPolicy> },
+}
+
+impl std::fmt::Debug for BlobSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlobSource::Local(p) => write!(f, "{}", p.display()),
+            BlobSource::Remote { location, .. } => write!(f, "{location:?}"),
+        }
+    }
+}
+
+impl BlobSource {
+    /// A short name for messages and FUSE's fsname.
+    pub fn display_name(&self) -> String {
+        match self {
+            BlobSource::Local(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            BlobSource::Remote { location: BlobLocation::Url(u), .. } => u.rsplit('/').next().unwrap_or(u).to_string(),
+            BlobSource::Remote { location: BlobLocation::Oci(o), .. } => o.reference.clone(),
+        }
+    }
 }
 
 /// What the instance serves: the raw device, or the EROFS filesystem on it.
@@ -127,6 +158,8 @@ pub struct SandboxedDevice {
     meta_size: u64,
     /// Traps survived so far.
     pub traps: u64,
+    /// The policy for stores of local-blob devices: no network at all.
+    deny_all: Arc<EgressPolicy>,
 }
 
 impl SandboxedDevice {
@@ -160,6 +193,7 @@ impl SandboxedDevice {
             size: 0,
             meta_size,
             traps: 0,
+            deny_all: EgressPolicy::deny_all()?,
         };
         this.live = Some(this.start().map_err(|e| anyhow::anyhow!("{e}"))?);
         this.size = this
@@ -216,6 +250,14 @@ impl SandboxedDevice {
             Mode::Filesystem => Err(CallError::Component(WitError::Unsupported(
                 "stats of a filesystem".into(),
             ))),
+        }
+    }
+
+    /// The remote fetcher's counters (device mode).
+    pub fn remote_stats(&mut self) -> Result<RemoteStats, CallError> {
+        match self.mode {
+            Mode::Device => self.call(|b, s, h| Ok(Ok(b.erofs_reader_tarindex().device().call_remote_stats(s, h)?))),
+            Mode::Filesystem => Err(CallError::Component(WitError::Unsupported("stats of a filesystem".into()))),
         }
     }
 
@@ -309,10 +351,16 @@ impl SandboxedDevice {
             .tables(16)
             .memories(4)
             .build();
+        let egress = match &self.spec.blob {
+            BlobSource::Remote { egress, .. } => egress.clone(),
+            BlobSource::Local(_) => self.deny_all.clone(),
+        };
         let state = StoreState {
             wasi: WasiCtx::builder().build(),
             table: Default::default(),
             limits,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            egress: Egress(egress),
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -322,29 +370,26 @@ impl SandboxedDevice {
         let io = |e: anyhow::Error| CallError::Component(WitError::Io(format!("{e:#}")));
         let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
         let meta = HostFile::open(&self.spec.meta).map_err(io)?;
-        let mut blob = HostFile::open(&self.spec.blob).map_err(io)?;
-        blob.trap_after_reads = self.spec.trap_after_blob_reads.clone();
-        let zinfo = self
-            .spec
-            .zinfo
-            .as_ref()
-            .map(|z| HostFile::open(z))
-            .transpose()
-            .map_err(io)?;
+        let zinfo = self.spec.zinfo.as_ref().map(|z| HostFile::open(z)).transpose().map_err(io)?;
         let table = &mut store.data_mut().table;
         let meta = table.push(meta).map_err(|e| io(e.into()))?;
-        let blob = table.push(blob).map_err(|e| io(e.into()))?;
-        let zinfo = zinfo
-            .map(|z| table.push(z))
-            .transpose()
-            .map_err(|e| io(e.into()))?;
+        let zinfo = zinfo.map(|z| table.push(z)).transpose().map_err(|e| io(e.into()))?;
 
         let bindings = self.runtime.pre.instantiate(&mut store).map_err(trap)?;
-        let device = bindings
-            .erofs_reader_tarindex()
-            .call_open(&mut store, meta, blob, zinfo, self.spec.options)
-            .map_err(trap)?
-            .map_err(CallError::Component)?;
+        let tarindex = bindings.erofs_reader_tarindex();
+        let device = match &self.spec.blob {
+            BlobSource::Local(path) => {
+                let mut blob = HostFile::open(path).map_err(io)?;
+                blob.trap_after_reads = self.spec.trap_after_blob_reads.clone();
+                let blob = store.data_mut().table.push(blob).map_err(|e| io(e.into()))?;
+                tarindex.call_open(&mut store, meta, blob, zinfo, self.spec.options)
+            }
+            BlobSource::Remote { location, options, .. } => {
+                tarindex.call_open_remote(&mut store, meta, location, zinfo, self.spec.options, *options)
+            }
+        }
+        .map_err(trap)?
+        .map_err(CallError::Component)?;
         let handle = match self.mode {
             Mode::Device => device,
             Mode::Filesystem => bindings

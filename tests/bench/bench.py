@@ -73,7 +73,7 @@ def main():
 
     cold = bench(WASM, "--pattern", "random", "--io-size", "4K", "--cold", "--count", "300")
     mixed = bench(WASM, "--pattern", "random", "--io-size", "4K", "--count", "5000")
-    warm = bench(WASM, "--pattern", "random", "--io-size", "4K", "--count", "200000", "--warm", "--cache-size", "64M")
+    warm = bench(WASM, "--pattern", "random", "--io-size", "4K", "--count", "200000", "--warm", "--decode-cache", "64M")
     print("\nrandom 4 KiB reads")
     print(f"  {'cold: every read restarts at a zinfo checkpoint':<44} {cold['reads_per_s']:>12.0f} reads/s  p50 {cold['p50_us']:.0f} us p99 {cold['p99_us']:.0f} us   target >= 200 (erofs-utils: 131)")
     row("from open, default 32M cache, learning", mixed["reads_per_s"], "reads/s", "cold", cold["reads_per_s"])
