@@ -343,7 +343,11 @@ pub fn crc32c(mut crc: u32, data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     crc
@@ -364,4 +368,3 @@ pub fn fix_superblock_checksum(meta: &mut [u8]) {
     let sum = crc32c(0xFFFF_FFFF, &meta[1024..1024 + len]);
     meta[1028..1032].copy_from_slice(&sum.to_le_bytes());
 }
-
