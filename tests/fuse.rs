@@ -372,3 +372,23 @@ fn read_direct(path: &Path) -> std::io::Result<Vec<u8>> {
         all.extend_from_slice(&buf[..n]);
     }
 }
+
+#[test]
+fn nbd_backend_mounts_where_the_kernel_has_nbd_and_fails_clearly_where_not() {
+    if !fuse_available() {
+        return;
+    }
+    let have_nbd = Path::new("/dev/nbd0").exists() || Path::new("/sys/block/nbd0").exists();
+    let started = Instant::now();
+    let result = Mounted::new(&device_args("basic"), "nbd");
+    assert!(started.elapsed() < Duration::from_secs(60), "mount --backend nbd must not hang");
+    if have_nbd {
+        let m = result.unwrap_or_else(|e| panic!("mount --backend nbd failed: {e}"));
+        let failures = compare_tree(&m.path(), &fixture("basic").join("expected.json"));
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    } else {
+        skip("mount --backend nbd (kernel attach)", "this kernel has no nbd driver (/dev/nbd*); only the clear refusal is checked");
+        let err = result.err().expect("without /dev/nbd* the nbd backend must fail");
+        assert!(err.contains("nbd"), "{err}");
+    }
+}

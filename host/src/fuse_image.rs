@@ -10,7 +10,7 @@ use fuser::{
     OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
 
-use crate::pool::Pool;
+use crate::device_pool::DevicePool;
 
 pub const IMAGE_NAME: &str = "device.img";
 const ROOT: INodeNo = INodeNo(1);
@@ -18,12 +18,12 @@ const IMAGE: INodeNo = INodeNo(2);
 const TTL: Duration = Duration::from_secs(3600);
 
 pub struct DeviceImage {
-    pool: Pool,
+    pool: DevicePool,
     size: u64,
 }
 
 impl DeviceImage {
-    pub fn new(pool: Pool) -> DeviceImage {
+    pub fn new(pool: DevicePool) -> DeviceImage {
         let size = pool.size();
         DeviceImage { pool, size }
     }
@@ -104,7 +104,7 @@ impl Filesystem for DeviceImage {
         if ino != IMAGE {
             return reply.error(Errno::EISDIR);
         }
-        match self.pool.get().pread(offset, size) {
+        match self.pool.pread(offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => {
                 tracing::warn!("device read at {offset}: {e}");

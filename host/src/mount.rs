@@ -25,9 +25,9 @@ use crate::cli::DeviceArgs;
 use crate::fuse_fs::ErofsFuse;
 use crate::fuse_image::{DeviceImage, IMAGE_NAME};
 use crate::mounts::{self, Registration};
+use crate::device_pool::DevicePool;
 use crate::pool::Pool;
 use crate::runtime::Runtime;
-use crate::sandbox::Mode;
 use crate::verify::verify_image;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -145,7 +145,7 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
 
     let mut served = match args.backend {
         Backend::Fuse => {
-            let pool = Pool::open(runtime, &spec, limits, Mode::Filesystem, args.instances)?;
+            let pool = Pool::open(runtime, &spec, limits, args.instances)?;
             let fs = ErofsFuse::new(pool).map_err(|e| anyhow!("{}: {e}", spec.meta.display()))?;
             let session = fuse_session(fs, mountpoint, &blob_name, args.instances)?;
             Served {
@@ -161,7 +161,7 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
             let backing = mounts::state_dir()?.join(&id);
             std::fs::create_dir_all(&backing)
                 .with_context(|| format!("{}: creating", backing.display()))?;
-            let pool = Pool::open(runtime, &spec, limits, Mode::Device, args.instances)?;
+            let pool = DevicePool::open(runtime, spec.clone(), limits, args.instances)?;
             let session =
                 fuse_session(DeviceImage::new(pool), &backing, &blob_name, args.instances)?;
             let mut served = Served {

@@ -1,6 +1,6 @@
-//! A small pool of sandboxed instances, so that FUSE or NBD worker threads can be served
-//! at once. Each instance has its own store, cache and cursors; a trap in one rebuilds
-//! only that one.
+//! A small pool of sandboxed filesystem instances for the FUSE bridge's worker threads.
+//! Each instance has its own store, cache and cursors; a trap in one rebuilds only that
+//! one. (Raw device reads use `device_pool.rs`, which routes reads by offset.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::{Context, Result};
 
 use crate::runtime::Runtime;
-use crate::sandbox::{DeviceSpec, Limits, Mode, SandboxedDevice};
+use crate::sandbox::{DeviceSpec, Limits, SandboxedDevice};
 
 pub struct Pool {
     instances: Vec<Mutex<SandboxedDevice>>,
@@ -16,30 +16,15 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// `count` instances (at least 1) opened on the same files in the same mode.
-    pub fn open(
-        runtime: Arc<Runtime>,
-        spec: &DeviceSpec,
-        limits: Limits,
-        mode: Mode,
-        count: usize,
-    ) -> Result<Pool> {
+    /// `count` filesystem instances (at least 1) opened on the same files.
+    pub fn open(runtime: Arc<Runtime>, spec: &DeviceSpec, limits: Limits, count: usize) -> Result<Pool> {
         let mut instances = Vec::new();
         for i in 0..count.max(1) {
-            let open = match mode {
-                Mode::Device => SandboxedDevice::open(runtime.clone(), spec.clone(), limits),
-                Mode::Filesystem => {
-                    SandboxedDevice::open_filesystem(runtime.clone(), spec.clone(), limits)
-                }
-            };
-            instances.push(Mutex::new(
-                open.with_context(|| format!("opening sandbox instance {i}"))?,
-            ));
+            let fs = SandboxedDevice::open_filesystem(runtime.clone(), spec.clone(), limits)
+                .with_context(|| format!("opening sandbox instance {i}"))?;
+            instances.push(Mutex::new(fs));
         }
-        Ok(Pool {
-            instances,
-            next: AtomicUsize::new(0),
-        })
+        Ok(Pool { instances, next: AtomicUsize::new(0) })
     }
 
     /// An idle instance if there is one, else the next in turn (waiting for it).
@@ -52,12 +37,6 @@ impl Pool {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.instances.len();
         // A poisoned lock means a thread panicked while holding it; the instance itself
         // is still consistent (a trap is not a panic), so keep using it.
-        self.instances[i]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub fn size(&self) -> u64 {
-        self.get().size()
+        self.instances[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
