@@ -7,6 +7,7 @@ use crate::device::{Device, Tar};
 use crate::error::Error;
 use crate::fs::{Filesystem, FsError};
 use crate::gzran::Options;
+use crate::remote;
 use crate::source::{SizedSource, Source};
 
 wit_bindgen::generate!({
@@ -98,8 +99,48 @@ impl tarindex::Guest for Component {
         options: OpenOptions,
         remote: RemoteOptions,
     ) -> Result<tarindex::Device, WitError> {
-        let _ = (meta, blob, zinfo, options, remote);
-        Err(WitError::Unsupported("remote blobs are not available in this build".into()))
+        let defaults = remote::RemoteOptions::default();
+        let remote_options = remote::RemoteOptions {
+            insecure: remote.insecure.unwrap_or(defaults.insecure),
+            chunk_size: remote.chunk_size.unwrap_or(defaults.chunk_size),
+            readahead_max: remote.readahead_max.unwrap_or(defaults.readahead_max),
+            max_retries: remote.max_retries.unwrap_or(defaults.max_retries),
+            ..defaults
+        };
+        let location = match blob {
+            BlobLocation::Url(url) => remote::BlobLocation::Url(url),
+            BlobLocation::Oci(o) => remote::BlobLocation::Oci {
+                reference: o.reference,
+                layer: o.layer,
+                digest: o.digest,
+                platform: o.platform,
+            },
+        };
+        let transport = Box::new(remote::WasiTransport::default());
+        let (blob, info) = remote::open_blob(&location, transport, &remote_options)?;
+        // The layer's media type decides whether a zinfo belongs with it.
+        match (info.compression, zinfo.is_some()) {
+            (remote::Compression::Gzip, false) => {
+                return Err(WitError::BadInput(format!(
+                    "{}: the layer is gzip ({}); pass its zinfo",
+                    info.url,
+                    info.media_type.as_deref().unwrap_or("gzip")
+                )))
+            }
+            (remote::Compression::Uncompressed, true) => {
+                return Err(WitError::BadInput(format!(
+                    "{}: the layer is an uncompressed tar ({}); it takes no zinfo",
+                    info.url,
+                    info.media_type.as_deref().unwrap_or("tar")
+                )))
+            }
+            _ => {}
+        }
+        let meta = SizedSource::new("meta", Box::new(ImportedFile(meta)))?;
+        let blob = SizedSource::new("blob", Box::new(blob))?;
+        let zinfo = zinfo.map(|z| SizedSource::new("zinfo", Box::new(ImportedFile(z)))).transpose()?;
+        let device = Device::open(meta, blob, zinfo, options_from_wit(options))?;
+        Ok(tarindex::Device::new(DeviceResource(RefCell::new(Some(device)))))
     }
 
     fn open(
@@ -151,7 +192,8 @@ impl GuestDevice for DeviceResource {
     }
 
     fn remote_stats(&self) -> RemoteStats {
-        RemoteStats { requests: 0, bytes_fetched: 0, retries: 0, chunk_hits: 0 }
+        let r = self.with(|d| d.remote_stats()).ok().flatten().unwrap_or_default();
+        RemoteStats { requests: r.requests, bytes_fetched: r.bytes_fetched, retries: r.retries, chunk_hits: r.chunk_hits }
     }
 }
 

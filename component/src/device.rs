@@ -179,6 +179,14 @@ impl Device {
         self.layout.meta_size + self.tar_size
     }
 
+    /// The remote fetcher's counters, when the blob is remote.
+    pub fn remote_stats(&self) -> Option<crate::remote::RemoteStats> {
+        match &self.tar {
+            Tar::Plain(blob) => blob.remote_stats(),
+            Tar::Gzip(gz) => gz.blob().remote_stats(),
+        }
+    }
+
     pub fn tar(&self) -> &Tar {
         &self.tar
     }

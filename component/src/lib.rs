@@ -16,6 +16,7 @@ pub mod inflate;
 #[cfg(feature = "miniz")]
 mod inflate_miniz;
 pub mod input;
+pub mod remote;
 pub mod source;
 pub mod zinfo;
 

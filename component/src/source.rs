@@ -10,6 +10,10 @@ use crate::error::{Error, Result};
 pub trait Source {
     fn size(&self) -> Result<u64>;
     fn pread(&self, offset: u64, len: u32) -> Result<Vec<u8>>;
+    /// The network counters of a remote source; None for everything else.
+    fn remote_stats(&self) -> Option<crate::remote::RemoteStats> {
+        None
+    }
 }
 
 /// A source whose size was read once at open and is trusted from then on, with a name
@@ -33,6 +37,10 @@ impl SizedSource {
             reads: Cell::new(0),
             bytes_read: Cell::new(0),
         })
+    }
+
+    pub fn remote_stats(&self) -> Option<crate::remote::RemoteStats> {
+        self.inner.remote_stats()
     }
 
     /// Read exactly `len` bytes at `offset`, all of which must lie inside the source.

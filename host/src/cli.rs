@@ -88,15 +88,17 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub learn_interval: Option<u64>,
 
-    /// Cap on the component's memory [default: 192M plus the decode cache, for the cache,
-    /// learned checkpoints (<= 8M), cursors, remote chunks and a 32M read]
+    /// Cap on the component's memory [default: 192M plus the decode cache, for learned
+    /// checkpoints (<= 8M), cursors and a 32M read; 128M more for remote blobs: 32M of
+    /// fetched chunks and a whole small blob from a server that ignores Range]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory_limit: Option<u64>,
 
-    /// Deadline for one call into the component, in seconds [default 30: a 32 MiB read
-    /// takes well under a second; a stuck guest is stopped]
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
-    pub call_timeout: f64,
+    /// Deadline for one call into the component, in seconds [default 30 for local blobs:
+    /// a 32 MiB read takes well under a second, so a guest still busy is stuck; 120 for
+    /// remote ones: a read may wait for retries with backoff]
+    #[arg(long, value_name = "SECONDS")]
+    pub call_timeout: Option<f64>,
 
     /// Testing only: make the component trap on the blob read that follows N more
     /// blob reads, once (to check that a trap costs one request, not the mount)
@@ -157,9 +159,11 @@ impl DeviceArgs {
             .context("no metadata image: pass --tarindex META (or -o oci.tarindex=META)")?;
         let zinfo = o.zinfo.or_else(|| self.zinfo.clone());
         let cache = self.decode_cache.unwrap_or(32 << 20);
-        let memory = self.memory_limit.unwrap_or(cache + (192 << 20));
-        if !(self.call_timeout > 0.0 && self.call_timeout < 86_400.0) {
-            bail!("--call-timeout {}: must be between 0 and 86400 seconds", self.call_timeout);
+        let is_remote = self.blob.contains("://");
+        let memory = self.memory_limit.unwrap_or(cache + (192 << 20) + if is_remote { 128 << 20 } else { 0 });
+        let call_timeout = self.call_timeout.unwrap_or(if is_remote { 120.0 } else { 30.0 });
+        if !(call_timeout > 0.0 && call_timeout < 86_400.0) {
+            bail!("--call-timeout {call_timeout}: must be between 0 and 86400 seconds");
         }
         let options = OpenOptions {
             cache_bytes: Some(cache),
@@ -182,7 +186,7 @@ impl DeviceArgs {
                 options,
                 trap_after_blob_reads: self.inject_trap_after_blob_reads.map(|n| Arc::new(AtomicI64::new(n))),
             },
-            Limits { memory, call_timeout: Duration::from_secs_f64(self.call_timeout) },
+            Limits { memory, call_timeout: Duration::from_secs_f64(call_timeout) },
         ))
     }
 

@@ -20,17 +20,17 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Timeouts for one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// TCP connect plus TLS handshake. 10 s: a registry that does not answer by then is
-    /// down, and the read fails instead of hanging the mount.
+    /// TCP connect plus TLS handshake. 5 s: a registry that does not answer by then is
+    /// down; the component retries, and a read fails instead of hanging the mount.
     pub connect: Duration,
-    /// From sending the request to the response headers. 30 s: generous for a loaded
-    /// registry, short enough that a stuck one gives EIO in reasonable time.
+    /// From sending the request to the response headers. 15 s: generous for a loaded
+    /// registry, short enough that the component's retries fit the call deadline.
     pub first_byte: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(10), first_byte: Duration::from_secs(30) }
+        Timeouts { connect: Duration::from_secs(5), first_byte: Duration::from_secs(15) }
     }
 }
 

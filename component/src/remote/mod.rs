@@ -1,0 +1,209 @@
+//! The network client: a layer blob read lazily from a plain `http(s)://` URL or from an
+//! OCI registry by image reference, through a [`Transport`] (`wasi:http` in the component,
+//! a fake in unit tests).
+//!
+//! Every byte from the network, manifests and auth challenges included, is parsed here,
+//! inside the sandbox. The host grants and polices the network and adds credentials; the
+//! component never sees a password.
+
+pub mod auth;
+pub mod blob;
+pub mod manifest;
+pub mod net;
+pub mod reference;
+pub mod transport;
+pub mod url;
+#[cfg(target_arch = "wasm32")]
+pub mod wasi_transport;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+
+pub use blob::RemoteBlob;
+pub use net::RemoteStats;
+pub use transport::{HttpRequest, HttpResponse, Method, Transport};
+#[cfg(target_arch = "wasm32")]
+pub use wasi_transport::WasiTransport;
+
+use self::auth::Auth;
+use self::manifest::{Platform, DEFAULT_PLATFORM};
+use self::net::Net;
+use self::reference::Reference;
+use self::url::{Scheme, Url};
+use crate::error::Result;
+
+/// Where the layer blob lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobLocation {
+    /// An `https://` (or, with `insecure`, `http://`) URL that serves Range requests.
+    Url(String),
+    /// `oci://REGISTRY/REPO:TAG` or `…@sha256:…` (the `oci://` is optional), with the
+    /// layer chosen by index and/or digest, and the platform (`os/arch[/variant]`,
+    /// default linux/amd64) when the reference names an image index.
+    Oci {
+        reference: String,
+        layer: Option<u32>,
+        digest: Option<String>,
+        platform: Option<String>,
+    },
+}
+
+/// How the layer blob is compressed, as far as its source says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A gzip'd tar: needs a zinfo.
+    Gzip,
+    /// A plain tar: no zinfo.
+    Uncompressed,
+    /// A plain URL says nothing; look at the bytes (gzip starts with 1f 8b).
+    Unknown,
+}
+
+/// Tuning, with the defaults and the reasons for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteOptions {
+    /// Allow plain `http://` (and use it for `oci://` references other than Docker Hub).
+    /// Off: plain HTTP shows the layer and the registry token to anyone on the path.
+    pub insecure: bool,
+    /// Bytes per cached chunk; requests are aligned to chunks. 1 MiB: a request for 1 MiB
+    /// costs barely more than one for 64 KiB at usual round-trip times, and it holds
+    /// about one zinfo span (4 MiB of tar) of compressed data.
+    pub chunk_size: u64,
+    /// Largest readahead window of a sequential stream (it doubles from one chunk up to
+    /// this). 8 MiB: tens of milliseconds of transfer on a fast link, so a stream pays
+    /// one round trip per several spans. Capped at half the cache.
+    pub readahead_max: u64,
+    /// Bytes of fetched chunks kept in memory (least recently used out first). 32 MiB:
+    /// four readahead windows, so prefetched chunks survive a few interleaved streams.
+    /// It counts against the instance's memory limit. 0 turns caching and readahead off.
+    pub cache_bytes: u64,
+    /// Attempts after the first, for connection errors, 408/429/5xx and responses that
+    /// fail their checks. 4: five attempts with about 1.5 s of backoff in all, well inside
+    /// a 30 s call deadline.
+    pub max_retries: u32,
+    /// First backoff, doubled for each further retry. 100 ms: long enough for a
+    /// restarting proxy or a reset connection pool, short next to a human's patience.
+    pub backoff_initial_ms: u64,
+    /// Backoff ceiling. 2 s: retries never stall a read for long.
+    pub backoff_max_ms: u64,
+    /// A server that ignores Range sends the whole blob; a blob up to this size is then
+    /// kept in memory once and served from there. 64 MiB: most layers that a server
+    /// without Range support would hold, at a bounded memory cost. Larger blobs fail with
+    /// a clear error instead of being downloaded again on every read.
+    pub memory_cap_for_full_body: u64,
+    /// Redirects followed per request. 5: registries redirect once, to blob storage;
+    /// this leaves room for a CDN hop without allowing loops.
+    pub max_redirects: u32,
+    /// Largest manifest or index read. 4 MiB: the size the distribution spec asks
+    /// registries to accept.
+    pub max_manifest_bytes: u64,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        Self {
+            insecure: false,
+            chunk_size: 1 << 20,
+            readahead_max: 8 << 20,
+            cache_bytes: 32 << 20,
+            max_retries: 4,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 2000,
+            memory_cap_for_full_body: 64 << 20,
+            max_redirects: 5,
+            max_manifest_bytes: 4 << 20,
+        }
+    }
+}
+
+/// What was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// The URL blob reads go to (before any redirect).
+    pub url: String,
+    pub size: u64,
+    /// The layer's digest (OCI only).
+    pub digest: Option<String>,
+    /// The layer's media type (OCI only).
+    pub media_type: Option<String>,
+    pub compression: Compression,
+    /// Digest of the image manifest the layer came from, its index in that manifest, and
+    /// the platform picked from an image index (OCI only).
+    pub manifest_digest: Option<String>,
+    pub layer_index: Option<u32>,
+    pub platform: Option<String>,
+}
+
+/// Open a remote blob: for a URL, probe its size; for an OCI reference, resolve the
+/// manifest (authenticating as the registry asks) down to one layer. The returned blob is
+/// a [`crate::source::Source`] and keeps the transport, the token and the caches.
+pub fn open_blob(
+    location: &BlobLocation,
+    transport: Box<dyn Transport>,
+    opts: &RemoteOptions,
+) -> Result<(RemoteBlob, BlobInfo)> {
+    let net = Net::new(transport, opts);
+    match location {
+        BlobLocation::Url(text) => {
+            let url = Url::parse(text)?;
+            let blob = RemoteBlob::probe(net, url, opts)?;
+            let info = BlobInfo {
+                url: blob.url().to_string(),
+                size: blob.size(),
+                digest: None,
+                media_type: None,
+                compression: Compression::Unknown,
+                manifest_digest: None,
+                layer_index: None,
+                platform: None,
+            };
+            Ok((blob, info))
+        }
+        BlobLocation::Oci {
+            reference,
+            layer,
+            digest,
+            platform,
+        } => {
+            let r = Reference::parse(reference)?;
+            if let Some(d) = digest {
+                reference::validate_digest(d).map_err(|e| e.context("--blob-digest"))?;
+            }
+            let platform = Platform::parse(platform.as_deref().unwrap_or(DEFAULT_PLATFORM))?;
+            // Docker Hub serves only https, whatever `insecure` says.
+            let scheme = if opts.insecure && !r.is_docker_hub() {
+                Scheme::Http
+            } else {
+                Scheme::Https
+            };
+            let base = Url::parse(&format!("{}://{}/", scheme.as_str(), r.api_host))?;
+            let auth = RefCell::new(Auth::new(base.clone(), &r.repository));
+            let resolved =
+                manifest::resolve(&net, &auth, &base, &r, &platform, *layer, digest.as_deref())?;
+            let l = resolved.layer;
+            let info = BlobInfo {
+                url: resolved.blob_url.to_string(),
+                size: l.size,
+                digest: Some(l.digest.clone()),
+                media_type: Some(l.media_type),
+                compression: l.compression,
+                manifest_digest: Some(resolved.manifest_digest),
+                layer_index: Some(l.index),
+                platform: resolved.platform,
+            };
+            let blob = RemoteBlob::new(
+                net,
+                resolved.blob_url,
+                l.size,
+                Some(auth.into_inner()),
+                Some(l.digest),
+                opts,
+            )?;
+            Ok((blob, info))
+        }
+    }
+}
