@@ -90,16 +90,30 @@ pub fn device_args(dir: &str) -> Vec<String> {
 
 /// Run erofs-host with a deadline: a hang is a failure, never a stuck test run.
 pub fn run_host<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> Output {
-    let mut child = Command::new(host_bin())
-        .args(args)
-        .env(
-            "EROFS_WASM_CACHE_DIR",
-            std::env::temp_dir().join("erofs-e2e-cwasm"),
-        )
+    run_host_with(args, &[], None, timeout)
+}
+
+/// `run_host` with extra environment variables and, optionally, bytes on stdin.
+pub fn run_host_with<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Output {
+    let mut cmd = Command::new(host_bin());
+    cmd.args(args)
+        .env("EROFS_WASM_CACHE_DIR", std::env::temp_dir().join("erofs-e2e-cwasm"))
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn erofs-host");
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn erofs-host");
+    if let (Some(bytes), Some(mut input)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        let _ = input.write_all(bytes);
+    }
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || read_all(stdout));
@@ -119,11 +133,7 @@ pub fn run_host<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> Out
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Output {
-        status,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
+    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
 }
 
 fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
