@@ -457,8 +457,11 @@ impl RemoteBlob {
         }
         if sequential && self.readahead_max > 0 {
             let s = &mut st.streams[stream];
+            // The first sequential read already asks for a zinfo span's worth (4 chunks
+            // of 1 MiB): with 20 ms of latency per request, starting at one chunk costs
+            // two extra round trips before the window is useful.
             s.window = if s.window == 0 {
-                cs
+                cs.saturating_mul(4)
             } else {
                 s.window.saturating_mul(2)
             }

@@ -108,7 +108,7 @@ impl Default for RemoteOptions {
         Self {
             insecure: false,
             chunk_size: 1 << 20,
-            readahead_max: 8 << 20,
+            readahead_max: 16 << 20,
             cache_bytes: 32 << 20,
             max_retries: 4,
             backoff_initial_ms: 100,
