@@ -17,9 +17,16 @@ build:
 build-miniz:
     cargo build --release --target wasm32-wasip2 -p erofs-component --features miniz --target-dir target/miniz
 
-# Run every test: unit, property, end-to-end (mounts need root; they say so when they skip)
-test: build
+# Run every test: unit, property, end-to-end (mounts need root; they say so when they skip), then test-runtimes
+test: build && _runtime-tests
     cargo test --release --workspace
+
+# The same component in Node.js (jco) and Python (wasmtime-py); each skips loudly without its runtime
+test-runtimes: build _runtime-tests
+
+_runtime-tests:
+    tests/node/run.sh
+    tests/python/run.sh
 
 # clippy and rustfmt, as CI wants them
 lint:
@@ -34,3 +41,6 @@ demo: build
 # Read-path benchmarks with references measured in the same run
 bench: build build-miniz
     python3 tests/bench/bench.py
+    python3 tests/bench/nbd_bench.py
+    python3 tests/bench/network_bench.py
+    tests/bench/runtimes_bench.sh
