@@ -170,8 +170,11 @@ pub fn is_root() -> bool {
 }
 
 /// Say loudly that a test did not run, and why.
+/// Written to the real stderr, not through `eprintln!`, so that the test harness's
+/// output capture cannot hide it: a skip must show in every `cargo test` run.
 pub fn skip(test: &str, why: &str) {
-    eprintln!("\n*** SKIPPED: {test}: {why} ***\n");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {test}: {why} ***\n");
 }
 
 /// Compare the tree under `mountpoint` with a fixture's expected.json. Returns the list of
