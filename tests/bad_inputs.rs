@@ -340,7 +340,12 @@ fn metadata_defects() {
     // A bad superblock checksum on its own.
     let mut i = inputs("basic");
     i.meta[1024 + 100] ^= 1;
-    expect_error("superblock checksum", &i, "superblock checksum", Written::Nothing);
+    expect_error(
+        "superblock checksum",
+        &i,
+        "superblock checksum",
+        Written::Nothing,
+    );
     // A plain tar shorter than the metadata's device table says.
     let mut i = inputs("plain-tar");
     i.blob.truncate(100_000);

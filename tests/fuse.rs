@@ -64,7 +64,8 @@ fn fuse_available() -> bool {
 }
 
 fn mount(dir: &str, backend: &str) -> Mounted {
-    Mounted::new(&device_args(dir), backend).unwrap_or_else(|e| panic!("{dir} ({backend}): mount failed: {e}"))
+    Mounted::new(&device_args(dir), backend)
+        .unwrap_or_else(|e| panic!("{dir} ({backend}): mount failed: {e}"))
 }
 
 #[test]
@@ -76,19 +77,34 @@ fn every_fixture_matches_the_kernel_view_on_every_backend() {
         for dir in ALL_FIXTURES {
             let m = mount(dir, backend);
             let failures = compare_tree(&m.path(), &fixture(dir).join("expected.json"));
-            let entries = serde_json::from_slice::<serde_json::Value>(&std::fs::read(fixture(dir).join("expected.json")).unwrap())
-                .unwrap()["entries"]
+            let entries = serde_json::from_slice::<serde_json::Value>(
+                &std::fs::read(fixture(dir).join("expected.json")).unwrap(),
+            )
+            .unwrap()["entries"]
                 .as_array()
                 .unwrap()
                 .len();
-            eprintln!("{dir} via {backend}: {} passed, {} failed", entries.saturating_sub(failures.len()), failures.len());
-            assert!(failures.is_empty(), "{dir} via {backend}:\n{}", failures.join("\n"));
+            eprintln!(
+                "{dir} via {backend}: {} passed, {} failed",
+                entries.saturating_sub(failures.len()),
+                failures.len()
+            );
+            assert!(
+                failures.is_empty(),
+                "{dir} via {backend}:\n{}",
+                failures.join("\n")
+            );
         }
     }
 }
 
 fn sh(cmd: &str, dir: &Path) -> std::process::Output {
-    Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().unwrap()
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -99,23 +115,50 @@ fn find_ls_tar_and_cp_work_on_the_mounted_tree() {
     let m = mount("basic", "fuse");
     let entries = 351;
     let out = sh("find . | wc -l", &m.path());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (entries + 1).to_string(), "find");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (entries + 1).to_string(),
+        "find"
+    );
     let out = sh("ls -lR . > /dev/null", &m.path());
-    assert!(out.status.success(), "ls -lR: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ls -lR: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // tar reads every file (output to a pipe, so GNU tar cannot skip the reads).
     let out = sh("tar -cf - . | tar -tf - | wc -l", &m.path());
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (entries + 1).to_string(), "tar -c lists every entry");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (entries + 1).to_string(),
+        "tar -c lists every entry"
+    );
     // cp -a out, then the copy must match the kernel's view too.
     let dest = TempDir::new("cp");
-    let out = Command::new("cp").arg("-a").arg(m.path().join(".")).arg(dest.path()).output().unwrap();
-    assert!(out.status.success(), "cp -a: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(m.path().join("."))
+        .arg(dest.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cp -a: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A copy on a real filesystem has that filesystem's directory sizes; all else must match.
     let failures: Vec<_> = compare_tree(dest.path(), &fixture("basic").join("expected.json"))
         .into_iter()
-        .filter(|f| !(f.contains(": size ") && dest.path().join(f.split(':').next().unwrap_or("")).is_dir()))
+        .filter(|f| {
+            !(f.contains(": size ") && dest.path().join(f.split(':').next().unwrap_or("")).is_dir())
+        })
         .collect();
-    assert!(failures.is_empty(), "cp -a copy differs:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "cp -a copy differs:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -124,7 +167,9 @@ fn eight_concurrent_readers_of_one_file_get_the_same_bytes() {
         return;
     }
     let m = mount("basic", "fuse");
-    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("basic").join("expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("basic").join("expected.json")).unwrap())
+            .unwrap();
     let big = expected["entries"]
         .as_array()
         .unwrap()
@@ -166,7 +211,10 @@ fn getfattr_and_listxattr_show_the_xattrs() {
     }
     let m = mount("basic", "fuse");
     let file = m.path().join("xattrs/file");
-    let out = Command::new("getfattr").args(["-d", "-m", "-", "-e", "hex", "--absolute-names"]).arg(&file).output();
+    let out = Command::new("getfattr")
+        .args(["-d", "-m", "-", "-e", "hex", "--absolute-names"])
+        .arg(&file)
+        .output();
     match out {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
@@ -183,9 +231,19 @@ fn getfattr_and_listxattr_show_the_xattrs() {
     let name = std::ffi::CString::new("user.absent").unwrap();
     let mut buf = [0u8; 16];
     // SAFETY: valid C strings and buffer.
-    let n = unsafe { libc::lgetxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     assert_eq!(n, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA));
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENODATA)
+    );
 }
 
 /// The nid of a path, as the FUSE mount reports it (st_ino is the nid, except the root).
@@ -212,7 +270,10 @@ fn mount_tampered(tamper: impl Fn(&mut Vec<u8>)) -> (Mounted, TempDir) {
     let mut args = device_args("basic");
     let i = args.iter().position(|a| a.ends_with("meta.erofs")).unwrap();
     args[i] = meta_path.to_string_lossy().into_owned();
-    (Mounted::new(&args, "fuse").unwrap_or_else(|e| panic!("mount failed: {e}")), tmp)
+    (
+        Mounted::new(&args, "fuse").unwrap_or_else(|e| panic!("mount failed: {e}")),
+        tmp,
+    )
 }
 
 fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
@@ -221,7 +282,9 @@ fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
 
 /// The rest of the tree still reads right: every regular file outside `except`.
 fn rest_is_readable(mp: &Path, except: &[&str]) {
-    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("basic").join("expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("basic").join("expected.json")).unwrap())
+            .unwrap();
     let mut checked = 0;
     for e in expected["entries"].as_array().unwrap() {
         let path = e["path"].as_str().unwrap();
@@ -260,19 +323,32 @@ fn corrupt_images_fail_only_the_affected_path() {
     });
     // The kernel answers an unknown layout with EOPNOTSUPP; so do we.
     let e = errno_of(std::fs::read(m.path().join("sizes/f513")));
-    assert!(eio_like(e) || e == Some(libc::EOPNOTSUPP), "bad inode layout: {e:?}");
+    assert!(
+        eio_like(e) || e == Some(libc::EOPNOTSUPP),
+        "bad inode layout: {e:?}"
+    );
     rest_is_readable(&m.path(), &["sizes/f513", "names/hardlink-to-f513"]);
 
     // 2. A chunk index pointing past the tar.
     let (m, _t) = mount_tampered(|meta| {
         let inode = (f4097 * 32) as usize;
         let icount = u16::from_le_bytes([meta[inode + 2], meta[inode + 3]]) as usize;
-        let xattr = if icount == 0 { 0 } else { 12 + 4 * (icount - 1) };
+        let xattr = if icount == 0 {
+            0
+        } else {
+            12 + 4 * (icount - 1)
+        };
         let index = (inode + 64 + xattr).div_ceil(8) * 8;
         meta[index + 4..index + 8].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
     });
-    assert!(std::fs::metadata(m.path().join("sizes/f4097")).is_ok(), "stat still works");
-    assert!(eio_like(errno_of(std::fs::read(m.path().join("sizes/f4097")))), "chunk past the tar");
+    assert!(
+        std::fs::metadata(m.path().join("sizes/f4097")).is_ok(),
+        "stat still works"
+    );
+    assert!(
+        eio_like(errno_of(std::fs::read(m.path().join("sizes/f4097")))),
+        "chunk past the tar"
+    );
     rest_is_readable(&m.path(), &["sizes/f4097"]);
 
     // 3. A dirent whose name offset is past its block.
@@ -280,7 +356,13 @@ fn corrupt_images_fail_only_the_affected_path() {
         let at = dirent_offset(meta, f1, 1);
         meta[at + 8..at + 10].copy_from_slice(&0xfff0u16.to_le_bytes());
     });
-    assert!(eio_like(errno_of(std::fs::read_dir(m.path().join("sizes")).and_then(|d| d.collect::<Result<Vec<_>, _>>()))), "nameoff past the block");
+    assert!(
+        eio_like(errno_of(
+            std::fs::read_dir(m.path().join("sizes"))
+                .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+        )),
+        "nameoff past the block"
+    );
     rest_is_readable(&m.path(), &["sizes/"]);
 
     // 4. A dirent whose nid is far outside the image.
@@ -288,7 +370,10 @@ fn corrupt_images_fail_only_the_affected_path() {
         let at = dirent_offset(meta, owners, 2);
         meta[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     });
-    assert!(eio_like(errno_of(std::fs::metadata(m.path().join("owners")))), "nid out of range");
+    assert!(
+        eio_like(errno_of(std::fs::metadata(m.path().join("owners")))),
+        "nid out of range"
+    );
     rest_is_readable(&m.path(), &["owners/"]);
 
     // 5. A directory cycle: d00/d01 points back at d00. Walking it must end.
@@ -297,8 +382,14 @@ fn corrupt_images_fail_only_the_affected_path() {
         meta[at..at + 8].copy_from_slice(&d00.to_le_bytes());
     });
     let started = Instant::now();
-    let _ = sh("find . > /dev/null 2>&1; ls -R . > /dev/null 2>&1", &m.path());
-    assert!(started.elapsed() < Duration::from_secs(60), "find did not end on a cycle");
+    let _ = sh(
+        "find . > /dev/null 2>&1; ls -R . > /dev/null 2>&1",
+        &m.path(),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "find did not end on a cycle"
+    );
     rest_is_readable(&m.path(), &["names/"]);
 }
 
@@ -320,7 +411,9 @@ fn loop_backend_refuses_an_image_that_fails_verification() {
     let mut args = device_args("basic");
     let i = args.iter().position(|a| a.ends_with("meta.erofs")).unwrap();
     args[i] = meta_path.to_string_lossy().into_owned();
-    let err = Mounted::new(&args, "loop").err().expect("a corrupt image must be refused");
+    let err = Mounted::new(&args, "loop")
+        .err()
+        .expect("a corrupt image must be refused");
     assert!(err.contains("failed verification"), "{err}");
 }
 
@@ -334,10 +427,16 @@ fn a_trap_gives_eio_and_the_next_read_works() {
     args.insert(1, "--inject-trap-after-blob-reads".into());
     args.insert(2, "12".into());
     let m = Mounted::new(&args, "fuse").unwrap();
-    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("basic").join("expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("basic").join("expected.json")).unwrap())
+            .unwrap();
     let mut failed = Vec::new();
     for e in expected["entries"].as_array().unwrap() {
-        let (Some(want), Some(path)) = (e.get("sha256").and_then(|v| v.as_str()), e["path"].as_str()) else { continue };
+        let (Some(want), Some(path)) =
+            (e.get("sha256").and_then(|v| v.as_str()), e["path"].as_str())
+        else {
+            continue;
+        };
         // O_DIRECT: each read is one FUSE request, so an EIO is not hidden by the
         // kernel retrying a failed readahead.
         match read_direct(&m.path().join(path)) {
@@ -348,7 +447,11 @@ fn a_trap_gives_eio_and_the_next_read_works() {
             }
         }
     }
-    assert_eq!(failed.len(), 1, "exactly one read meets the injected trap: {failed:?}");
+    assert_eq!(
+        failed.len(),
+        1,
+        "exactly one read meets the injected trap: {failed:?}"
+    );
     let (path, want) = &failed[0];
     let data = read_direct(&m.path().join(path)).expect("the next read works");
     assert_eq!(&sha256_hex(&data), want);
@@ -358,7 +461,10 @@ fn a_trap_gives_eio_and_the_next_read_works() {
 fn read_direct(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
     const CHUNK: usize = 128 * 1024;
     let mut backing = vec![0u8; CHUNK + 4096];
     let skew = backing.as_ptr().align_offset(4096);
@@ -381,14 +487,22 @@ fn nbd_backend_mounts_where_the_kernel_has_nbd_and_fails_clearly_where_not() {
     let have_nbd = Path::new("/dev/nbd0").exists() || Path::new("/sys/block/nbd0").exists();
     let started = Instant::now();
     let result = Mounted::new(&device_args("basic"), "nbd");
-    assert!(started.elapsed() < Duration::from_secs(60), "mount --backend nbd must not hang");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "mount --backend nbd must not hang"
+    );
     if have_nbd {
         let m = result.unwrap_or_else(|e| panic!("mount --backend nbd failed: {e}"));
         let failures = compare_tree(&m.path(), &fixture("basic").join("expected.json"));
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     } else {
-        skip("mount --backend nbd (kernel attach)", "this kernel has no nbd driver (/dev/nbd*); only the clear refusal is checked");
-        let err = result.err().expect("without /dev/nbd* the nbd backend must fail");
+        skip(
+            "mount --backend nbd (kernel attach)",
+            "this kernel has no nbd driver (/dev/nbd*); only the clear refusal is checked",
+        );
+        let err = result
+            .err()
+            .expect("without /dev/nbd* the nbd backend must fail");
         assert!(err.contains("nbd"), "{err}");
     }
 }

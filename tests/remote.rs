@@ -21,7 +21,8 @@ struct Registry {
 
 impl Registry {
     fn start(auth: &str, extra: &[&str]) -> Option<Registry> {
-        let workdir = std::env::temp_dir().join(format!("erofs-e2e-registry-{auth}-{}", std::process::id()));
+        let workdir =
+            std::env::temp_dir().join(format!("erofs-e2e-registry-{auth}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&workdir);
         let pid = std::process::id().to_string();
         let out = Command::new("python3")
@@ -34,10 +35,15 @@ impl Registry {
             .ok()?;
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stderr);
-            skip("registry tests", &format!("the test registry did not start: {text}"));
+            skip(
+                "registry tests",
+                &format!("the test registry did not start: {text}"),
+            );
             return None;
         }
-        Some(Registry { info: serde_json::from_slice(&out.stdout).ok()? })
+        Some(Registry {
+            info: serde_json::from_slice(&out.stdout).ok()?,
+        })
     }
 
     fn s(&self, key: &str) -> String {
@@ -50,7 +56,10 @@ impl Registry {
 
     /// Credentials through the environment (the host reads them; the component never does).
     fn env(&self) -> Vec<(&'static str, String)> {
-        vec![("EROFS_REGISTRY_USERNAME", self.s("username")), ("EROFS_REGISTRY_PASSWORD", self.s("password"))]
+        vec![
+            ("EROFS_REGISTRY_USERNAME", self.s("username")),
+            ("EROFS_REGISTRY_PASSWORD", self.s("password")),
+        ]
     }
 
     /// A proxy with a fault in front of this registry.
@@ -62,7 +71,11 @@ impl Registry {
             .args(extra)
             .output()
             .unwrap();
-        assert!(out.status.success(), "proxy: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "proxy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -74,16 +87,32 @@ fn basic_registry() -> Option<&'static Registry> {
 
 fn token_registry() -> Option<&'static Registry> {
     static R: OnceLock<Option<Registry>> = OnceLock::new();
-    R.get_or_init(|| Registry::start("token", &["--token-ttl", "4", "--images", "basic,pigz,large"])).as_ref()
+    R.get_or_init(|| {
+        Registry::start(
+            "token",
+            &["--token-ttl", "4", "--images", "basic,pigz,large"],
+        )
+    })
+    .as_ref()
 }
 
 /// `erofs-host CMD COMPONENT BLOB --tarindex … [--zinfo …] --ca-file CA EXTRA…` for a fixture.
 fn args(cmd: &str, blob: &str, fixture_dir: &str, ca: &str, extra: &[&str]) -> Vec<String> {
     let f = fixture(fixture_dir);
-    let mut a = vec![cmd.to_string(), component().to_string_lossy().into_owned(), blob.to_string()];
-    a.extend(["--tarindex".into(), f.join("meta.erofs").to_string_lossy().into_owned()]);
+    let mut a = vec![
+        cmd.to_string(),
+        component().to_string_lossy().into_owned(),
+        blob.to_string(),
+    ];
+    a.extend([
+        "--tarindex".into(),
+        f.join("meta.erofs").to_string_lossy().into_owned(),
+    ]);
     if fixture_dir != "plain-tar" {
-        a.extend(["--zinfo".into(), f.join("layer.zinfo").to_string_lossy().into_owned()]);
+        a.extend([
+            "--zinfo".into(),
+            f.join("layer.zinfo").to_string_lossy().into_owned(),
+        ]);
     }
     a.extend(["--ca-file".into(), ca.to_string()]);
     a.extend(extra.iter().map(|s| s.to_string()));
@@ -97,8 +126,15 @@ fn run(reg: &Registry, a: &[String]) -> Output {
 }
 
 fn assert_device(out: &Output, dir: &str, what: &str) {
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(sha256_hex(&out.stdout) == sha256_hex(&expected_device(dir)), "{what}: device bytes differ");
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        sha256_hex(&out.stdout) == sha256_hex(&expected_device(dir)),
+        "{what}: device bytes differ"
+    );
 }
 
 #[test]
@@ -106,19 +142,38 @@ fn oci_cat_gives_the_exact_device_for_every_fixture() {
     let Some(reg) = basic_registry() else { return };
     for dir in ALL_FIXTURES {
         let reference = format!("oci://{}", reg.image(dir)["reference"].as_str().unwrap());
-        let out = run(reg, &args("cat", &reference, dir, &reg.s("ca_file"), &["--stats"]));
+        let out = run(
+            reg,
+            &args("cat", &reference, dir, &reg.s("ca_file"), &["--stats"]),
+        );
         assert_device(&out, dir, dir);
     }
     // A digest reference: the manifest is verified against it.
-    let reference = format!("oci://{}", reg.image("basic")["digest_reference"].as_str().unwrap());
-    assert_device(&run(reg, &args("cat", &reference, "basic", &reg.s("ca_file"), &[])), "basic", "digest reference");
+    let reference = format!(
+        "oci://{}",
+        reg.image("basic")["digest_reference"].as_str().unwrap()
+    );
+    assert_device(
+        &run(
+            reg,
+            &args("cat", &reference, "basic", &reg.s("ca_file"), &[]),
+        ),
+        "basic",
+        "digest reference",
+    );
 }
 
 #[test]
 fn password_from_stdin_and_no_credentials() {
     let Some(reg) = basic_registry() else { return };
     let reference = format!("oci://{}", reg.image("pigz")["reference"].as_str().unwrap());
-    let mut a = args("cat", &reference, "pigz", &reg.s("ca_file"), &["--username", &reg.s("username"), "--password-stdin"]);
+    let mut a = args(
+        "cat",
+        &reference,
+        "pigz",
+        &reg.s("ca_file"),
+        &["--username", &reg.s("username"), "--password-stdin"],
+    );
     let out = run_host_with(&a, &[], Some(reg.s("password").as_bytes()), T);
     assert_device(&out, "pigz", "--password-stdin");
     // Without credentials the registry's Basic challenge is a clear error.
@@ -128,23 +183,41 @@ fn password_from_stdin_and_no_credentials() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.to_lowercase().contains("auth"), "{err}");
     // Credentials on the command line are refused outright.
-    let out = run_host(&args("cat", &reference, "pigz", &reg.s("ca_file"), &["-o", "oci.password=x"]), T);
+    let out = run_host(
+        &args(
+            "cat",
+            &reference,
+            "pigz",
+            &reg.s("ca_file"),
+            &["-o", "oci.password=x"],
+        ),
+        T,
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("never taken from the command line"));
 }
 
 #[test]
 fn token_auth_with_expiring_tokens() {
     let Some(reg) = token_registry() else { return };
-    let reference = format!("oci://{}", reg.image("large")["reference"].as_str().unwrap());
+    let reference = format!(
+        "oci://{}",
+        reg.image("large")["reference"].as_str().unwrap()
+    );
     // A proxy that answers 401 (expired token) to every third authorized request: the
     // component fetches a new token and carries on.
     let proxy = reg.proxy("expire-token", &["--every", "3", "--first", "3"]);
     let via_proxy = reference.replace(&reg.s("registry"), proxy["proxy"].as_str().unwrap());
-    let out = run(reg, &args("cat", &via_proxy, "large", &reg.s("ca_file"), &["--stats"]));
+    let out = run(
+        reg,
+        &args("cat", &via_proxy, "large", &reg.s("ca_file"), &["--stats"]),
+    );
     assert_device(&out, "large", "token refresh");
     // And through a FUSE mount, with the 4 s token lifetime passing during the reads.
     if is_root() && Path::new("/dev/fuse").exists() {
-        let m = RemoteMount::new(reg, &args("mount", &reference, "large", &reg.s("ca_file"), &[]));
+        let m = RemoteMount::new(
+            reg,
+            &args("mount", &reference, "large", &reg.s("ca_file"), &[]),
+        );
         std::thread::sleep(Duration::from_secs(5));
         let failures = compare_tree(&m.path(), &fixture("large").join("expected.json"));
         assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -155,31 +228,103 @@ fn token_auth_with_expiring_tokens() {
 fn platforms_layers_and_media_types() {
     let Some(reg) = basic_registry() else { return };
     let ca = reg.s("ca_file");
-    let multi = format!("oci://{}", reg.image("multi")["reference"].as_str().unwrap());
-    assert_device(&run(reg, &args("cat", &multi, "basic", &ca, &[])), "basic", "index, default platform");
-    assert_device(&run(reg, &args("cat", &multi, "basic", &ca, &["--platform", "linux/arm64/v8"])), "basic", "arm64 entry without variant");
-    assert_device(&run(reg, &args("cat", &multi, "pigz", &ca, &["--platform", "linux/arm/v7"])), "pigz", "arm/v7");
-    let nomedia = format!("oci://{}", reg.image("nomediatype")["reference"].as_str().unwrap());
-    assert_device(&run(reg, &args("cat", &nomedia, "basic", &ca, &[])), "basic", "manifest without mediaType");
-    let docker = format!("oci://{}", reg.image("docker")["reference"].as_str().unwrap());
-    assert_device(&run(reg, &args("cat", &docker, "basic", &ca, &[])), "basic", "docker schema 2");
+    let multi = format!(
+        "oci://{}",
+        reg.image("multi")["reference"].as_str().unwrap()
+    );
+    assert_device(
+        &run(reg, &args("cat", &multi, "basic", &ca, &[])),
+        "basic",
+        "index, default platform",
+    );
+    assert_device(
+        &run(
+            reg,
+            &args(
+                "cat",
+                &multi,
+                "basic",
+                &ca,
+                &["--platform", "linux/arm64/v8"],
+            ),
+        ),
+        "basic",
+        "arm64 entry without variant",
+    );
+    assert_device(
+        &run(
+            reg,
+            &args("cat", &multi, "pigz", &ca, &["--platform", "linux/arm/v7"]),
+        ),
+        "pigz",
+        "arm/v7",
+    );
+    let nomedia = format!(
+        "oci://{}",
+        reg.image("nomediatype")["reference"].as_str().unwrap()
+    );
+    assert_device(
+        &run(reg, &args("cat", &nomedia, "basic", &ca, &[])),
+        "basic",
+        "manifest without mediaType",
+    );
+    let docker = format!(
+        "oci://{}",
+        reg.image("docker")["reference"].as_str().unwrap()
+    );
+    assert_device(
+        &run(reg, &args("cat", &docker, "basic", &ca, &[])),
+        "basic",
+        "docker schema 2",
+    );
     let multilayer = reg.image("multilayer");
     let ml = format!("oci://{}", multilayer["reference"].as_str().unwrap());
-    assert_device(&run(reg, &args("cat", &ml, "plain-tar", &ca, &["--layer", "1"])), "plain-tar", "--layer 1");
+    assert_device(
+        &run(reg, &args("cat", &ml, "plain-tar", &ca, &["--layer", "1"])),
+        "plain-tar",
+        "--layer 1",
+    );
     let pigz_digest = multilayer["layers"][2]["digest"].as_str().unwrap();
-    assert_device(&run(reg, &args("cat", &ml, "pigz", &ca, &["--blob-digest", pigz_digest])), "pigz", "--blob-digest");
-    let o = format!("oci.layer=0,oci.tarindex={}", fixture("aufs").join("meta.erofs").display());
-    assert_device(&run(reg, &args("cat", &ml, "aufs", &ca, &["-o", &o])), "aufs", "-o oci.layer");
+    assert_device(
+        &run(
+            reg,
+            &args("cat", &ml, "pigz", &ca, &["--blob-digest", pigz_digest]),
+        ),
+        "pigz",
+        "--blob-digest",
+    );
+    let o = format!(
+        "oci.layer=0,oci.tarindex={}",
+        fixture("aufs").join("meta.erofs").display()
+    );
+    assert_device(
+        &run(reg, &args("cat", &ml, "aufs", &ca, &["-o", &o])),
+        "aufs",
+        "-o oci.layer",
+    );
     // zstd is refused clearly; a gzip layer without a zinfo too.
     let zstd = format!("oci://{}", reg.image("zstd")["reference"].as_str().unwrap());
     let out = run(reg, &args("cat", &zstd, "aufs", &ca, &[]));
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("zstd"), "{}", String::from_utf8_lossy(&out.stderr));
-    let basic = format!("oci://{}", reg.image("basic")["reference"].as_str().unwrap());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("zstd"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let basic = format!(
+        "oci://{}",
+        reg.image("basic")["reference"].as_str().unwrap()
+    );
     let mut a = args("cat", &basic, "basic", &ca, &[]);
     let z = a.iter().position(|x| x == "--zinfo").unwrap();
     a.drain(z..z + 2);
     let out = run(reg, &a);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("zinfo"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("zinfo"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -189,26 +334,54 @@ fn plain_https_urls_with_range_requests() {
     // blob store) does not. Fetch the blob through a plain URL: the registry's own blob
     // endpoint, with the host adding Basic auth.
     let digest = reg.image("pigz")["layer_digest"].as_str().unwrap();
-    let url = format!("https://{}/v2/fixtures/pigz/blobs/{digest}", reg.s("registry"));
-    assert_device(&run(reg, &args("cat", &url, "pigz", &reg.s("ca_file"), &[])), "pigz", "https URL");
+    let url = format!(
+        "https://{}/v2/fixtures/pigz/blobs/{digest}",
+        reg.s("registry")
+    );
+    assert_device(
+        &run(reg, &args("cat", &url, "pigz", &reg.s("ca_file"), &[])),
+        "pigz",
+        "https URL",
+    );
     // http:// needs --insecure.
     let plain = url.replace("https://", "http://");
     let out = run(reg, &args("cat", &plain, "pigz", &reg.s("ca_file"), &[]));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("insecure"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("insecure"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn faults_give_the_right_bytes_or_an_error_never_wrong_bytes() {
     let Some(reg) = basic_registry() else { return };
-    let reference = format!("oci://{}", reg.image("basic")["reference"].as_str().unwrap());
+    let reference = format!(
+        "oci://{}",
+        reg.image("basic")["reference"].as_str().unwrap()
+    );
     let want = sha256_hex(&expected_device("basic"));
-    for fault in ["reset", "500", "long", "short", "long-honest", "short-honest", "truncate", "ignore-range", "slow", "redirect"] {
+    for fault in [
+        "reset",
+        "500",
+        "long",
+        "short",
+        "long-honest",
+        "short-honest",
+        "truncate",
+        "ignore-range",
+        "slow",
+        "redirect",
+    ] {
         for every in ["2", "1"] {
             let proxy = reg.proxy(fault, &["--every", every, "--match", "/blobs/"]);
             let via = reference.replace(&reg.s("registry"), proxy["proxy"].as_str().unwrap());
             let started = Instant::now();
-            let out = run(reg, &args("cat", &via, "basic", &reg.s("ca_file"), &["--stats"]));
+            let out = run(
+                reg,
+                &args("cat", &via, "basic", &reg.s("ca_file"), &["--stats"]),
+            );
             let took = started.elapsed();
             let what = format!("fault {fault} every {every}");
             assert!(took < Duration::from_secs(150), "{what}: took {took:?}");
@@ -219,12 +392,25 @@ fn faults_give_the_right_bytes_or_an_error_never_wrong_bytes() {
                 assert!(!err.contains("panicked"), "{what}: {err}");
                 // With retries that succeed (every 2nd request faulted), every fault but a
                 // too-large ignore-range must be survived.
-                assert!(every == "1" || fault == "ignore-range", "{what}: failed although retries could succeed: {err}");
+                assert!(
+                    every == "1" || fault == "ignore-range",
+                    "{what}: failed although retries could succeed: {err}"
+                );
                 // Whatever was written before the error is the device's own bytes.
                 let good = expected_device("basic");
-                assert!(good.starts_with(&out.stdout), "{what}: wrong bytes before the error");
+                assert!(
+                    good.starts_with(&out.stdout),
+                    "{what}: wrong bytes before the error"
+                );
             }
-            eprintln!("{what}: {}", if out.status.success() { "right bytes" } else { "clean error" });
+            eprintln!(
+                "{what}: {}",
+                if out.status.success() {
+                    "right bytes"
+                } else {
+                    "clean error"
+                }
+            );
         }
     }
 }
@@ -246,7 +432,10 @@ fn hosts_outside_the_allow_list_are_refused() {
         }
     });
     let url = format!("http://127.0.0.1:{port}/layer.tar.gz");
-    let out = run(reg, &args("cat", &url, "pigz", &reg.s("ca_file"), &["--insecure"]));
+    let out = run(
+        reg,
+        &args("cat", &url, "pigz", &reg.s("ca_file"), &["--insecure"]),
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("denied") || err.contains("allow"), "{err}");
@@ -258,9 +447,27 @@ fn the_range_cache_serves_a_second_run() {
     let cache = TempDir::new("rangecache");
     let reference = format!("oci://{}", reg.image("pigz")["reference"].as_str().unwrap());
     let dir = cache.path().to_string_lossy().into_owned();
-    let first = run(reg, &args("cat", &reference, "pigz", &reg.s("ca_file"), &["--stats", "--cache-dir", &dir]));
+    let first = run(
+        reg,
+        &args(
+            "cat",
+            &reference,
+            "pigz",
+            &reg.s("ca_file"),
+            &["--stats", "--cache-dir", &dir],
+        ),
+    );
     assert_device(&first, "pigz", "first run");
-    let second = run(reg, &args("cat", &reference, "pigz", &reg.s("ca_file"), &["--stats", "--cache-dir", &dir]));
+    let second = run(
+        reg,
+        &args(
+            "cat",
+            &reference,
+            "pigz",
+            &reg.s("ca_file"),
+            &["--stats", "--cache-dir", &dir],
+        ),
+    );
     assert_device(&second, "pigz", "second run");
     let stats = String::from_utf8_lossy(&second.stderr);
     let hits: u64 = stats
@@ -282,7 +489,11 @@ fn oci_mount_matches_the_kernel_view_for_every_fixture() {
         let reference = format!("oci://{}", reg.image(dir)["reference"].as_str().unwrap());
         let m = RemoteMount::new(reg, &args("mount", &reference, dir, &reg.s("ca_file"), &[]));
         let failures = compare_tree(&m.path(), &fixture(dir).join("expected.json"));
-        assert!(failures.is_empty(), "{dir} over oci://: {}", failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{dir} over oci://: {}",
+            failures.join("\n")
+        );
         eprintln!("{dir} over oci:// through FUSE: 0 failed");
     }
 }
@@ -302,7 +513,11 @@ impl RemoteMount {
         full.push(mp.to_string_lossy().into_owned());
         full.extend(a[3..].iter().cloned());
         let out = run(reg, &full);
-        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         RemoteMount { dir }
     }
 

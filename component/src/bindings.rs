@@ -83,9 +83,13 @@ fn options_from_wit(options: OpenOptions) -> Options {
     let defaults = Options::default();
     Options {
         cache_bytes: options.cache_bytes.unwrap_or(defaults.cache_bytes),
-        max_cursors: options.max_cursors.map_or(defaults.max_cursors, |n| n as usize),
+        max_cursors: options
+            .max_cursors
+            .map_or(defaults.max_cursors, |n| n as usize),
         learn_interval: options.learn_interval.unwrap_or(defaults.learn_interval),
-        max_learned: options.max_learned.map_or(defaults.max_learned, |n| n as usize),
+        max_learned: options
+            .max_learned
+            .map_or(defaults.max_learned, |n| n as usize),
     }
 }
 
@@ -138,9 +142,13 @@ impl tarindex::Guest for Component {
         }
         let meta = SizedSource::new("meta", Box::new(ImportedFile(meta)))?;
         let blob = SizedSource::new("blob", Box::new(blob))?;
-        let zinfo = zinfo.map(|z| SizedSource::new("zinfo", Box::new(ImportedFile(z)))).transpose()?;
+        let zinfo = zinfo
+            .map(|z| SizedSource::new("zinfo", Box::new(ImportedFile(z))))
+            .transpose()?;
         let device = Device::open(meta, blob, zinfo, options_from_wit(options))?;
-        Ok(tarindex::Device::new(DeviceResource(RefCell::new(Some(device)))))
+        Ok(tarindex::Device::new(DeviceResource(RefCell::new(Some(
+            device,
+        )))))
     }
 
     fn open(
@@ -192,8 +200,17 @@ impl GuestDevice for DeviceResource {
     }
 
     fn remote_stats(&self) -> RemoteStats {
-        let r = self.with(|d| d.remote_stats()).ok().flatten().unwrap_or_default();
-        RemoteStats { requests: r.requests, bytes_fetched: r.bytes_fetched, retries: r.retries, chunk_hits: r.chunk_hits }
+        let r = self
+            .with(|d| d.remote_stats())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        RemoteStats {
+            requests: r.requests,
+            bytes_fetched: r.bytes_fetched,
+            retries: r.retries,
+            chunk_hits: r.chunk_hits,
+        }
     }
 }
 

@@ -28,8 +28,15 @@ pub struct Layout {
 struct MetaOnly<'a>(&'a SizedSource);
 
 impl erofs_image::ReadAt for MetaOnly<'_> {
-    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), erofs_image::Error> {
-        let bytes = self.0.read_exact(offset, buf.len()).map_err(to_image_error)?;
+    fn read_exact_at(
+        &mut self,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), erofs_image::Error> {
+        let bytes = self
+            .0
+            .read_exact(offset, buf.len())
+            .map_err(to_image_error)?;
         buf.copy_from_slice(&bytes);
         Ok(())
     }
@@ -50,7 +57,8 @@ pub fn check_layout(meta: &SizedSource) -> Result<Layout> {
             meta.size
         )));
     }
-    let fs = erofs_image::Filesystem::open(&mut MetaOnly(meta)).map_err(|e| from_image_error(e).context(name))?;
+    let fs = erofs_image::Filesystem::open(&mut MetaOnly(meta))
+        .map_err(|e| from_image_error(e).context(name))?;
     let sb = fs.superblock();
     if sb.blkszbits != TAR_INDEX_BLKSZBITS {
         return Err(Error::bad(format!(
@@ -78,7 +86,10 @@ pub fn check_layout(meta: &SizedSource) -> Result<Layout> {
             meta.size
         )));
     }
-    Ok(Layout { meta_size: meta.size, tar_blocks: slot.blocks })
+    Ok(Layout {
+        meta_size: meta.size,
+        tar_blocks: slot.blocks,
+    })
 }
 
 fn to_image_error(e: Error) -> erofs_image::Error {

@@ -11,7 +11,13 @@ use erofs_component::source::{MemSource, SizedSource};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 fn read(dir: &str, name: &str) -> Vec<u8> {
-    std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(dir).join(name)).unwrap()
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(dir)
+            .join(name),
+    )
+    .unwrap()
 }
 
 fn source(name: &'static str, bytes: Vec<u8>) -> SizedSource {
@@ -24,7 +30,11 @@ fn flip(rng: &mut SmallRng, bytes: &mut [u8], focus: usize) {
     }
     for _ in 0..rng.gen_range(1..8) {
         // Half the flips land in the first `focus` bytes (headers), half anywhere.
-        let limit = if rng.gen_bool(0.5) { focus.min(bytes.len()) } else { bytes.len() };
+        let limit = if rng.gen_bool(0.5) {
+            focus.min(bytes.len())
+        } else {
+            bytes.len()
+        };
         let at = rng.gen_range(0..limit);
         bytes[at] = match rng.gen_range(0..4) {
             0 => 0,
@@ -37,13 +47,20 @@ fn flip(rng: &mut SmallRng, bytes: &mut [u8], focus: usize) {
 
 #[test]
 fn random_damage_never_panics() {
-    let iterations: usize = std::env::var("FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let iterations: usize = std::env::var("FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let mut rng = SmallRng::seed_from_u64(0xE40F5);
     let fixtures = ["aufs", "pigz", "multimember"];
     let mut opened = 0;
     for i in 0..iterations {
         let dir = fixtures[i % fixtures.len()];
-        let (mut meta, mut blob, mut zinfo) = (read(dir, "meta.erofs"), read(dir, "layer.tar.gz"), read(dir, "layer.zinfo"));
+        let (mut meta, mut blob, mut zinfo) = (
+            read(dir, "meta.erofs"),
+            read(dir, "layer.tar.gz"),
+            read(dir, "layer.zinfo"),
+        );
         match rng.gen_range(0..4) {
             0 => flip(&mut rng, &mut zinfo, 12 + 17),
             1 => flip(&mut rng, &mut meta, 2048),
@@ -53,9 +70,18 @@ fn random_damage_never_panics() {
                 blob.truncate(cut);
             }
         }
-        let options = Options { cache_bytes: 64 * 1024, max_cursors: 2, learn_interval: 64 * 1024, max_learned: 4 };
-        let Ok(mut dev) = Device::open(source("meta", meta), source("blob", blob), Some(source("zinfo", zinfo)), options)
-        else {
+        let options = Options {
+            cache_bytes: 64 * 1024,
+            max_cursors: 2,
+            learn_interval: 64 * 1024,
+            max_learned: 4,
+        };
+        let Ok(mut dev) = Device::open(
+            source("meta", meta),
+            source("blob", blob),
+            Some(source("zinfo", zinfo)),
+            options,
+        ) else {
             continue;
         };
         opened += 1;

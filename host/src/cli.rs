@@ -120,7 +120,11 @@ struct EroFsUtilsOptions {
 impl DeviceArgs {
     /// The metadata image path, from --tarindex or -o oci.tarindex= (for messages).
     pub fn tarindex_path(&self) -> PathBuf {
-        self.dash_o().ok().and_then(|o| o.tarindex).or_else(|| self.tarindex.clone()).unwrap_or_else(|| PathBuf::from("meta"))
+        self.dash_o()
+            .ok()
+            .and_then(|o| o.tarindex)
+            .or_else(|| self.tarindex.clone())
+            .unwrap_or_else(|| PathBuf::from("meta"))
     }
 
     fn dash_o(&self) -> Result<EroFsUtilsOptions> {
@@ -160,8 +164,12 @@ impl DeviceArgs {
         let zinfo = o.zinfo.or_else(|| self.zinfo.clone());
         let cache = self.decode_cache.unwrap_or(32 << 20);
         let is_remote = self.blob.contains("://");
-        let memory = self.memory_limit.unwrap_or(cache + (192 << 20) + if is_remote { 128 << 20 } else { 0 });
-        let call_timeout = self.call_timeout.unwrap_or(if is_remote { 120.0 } else { 30.0 });
+        let memory = self
+            .memory_limit
+            .unwrap_or(cache + (192 << 20) + if is_remote { 128 << 20 } else { 0 });
+        let call_timeout = self
+            .call_timeout
+            .unwrap_or(if is_remote { 120.0 } else { 30.0 });
         if !(call_timeout > 0.0 && call_timeout < 86_400.0) {
             bail!("--call-timeout {call_timeout}: must be between 0 and 86400 seconds");
         }
@@ -184,9 +192,14 @@ impl DeviceArgs {
                 blob,
                 zinfo,
                 options,
-                trap_after_blob_reads: self.inject_trap_after_blob_reads.map(|n| Arc::new(AtomicI64::new(n))),
+                trap_after_blob_reads: self
+                    .inject_trap_after_blob_reads
+                    .map(|n| Arc::new(AtomicI64::new(n))),
             },
-            Limits { memory, call_timeout: Duration::from_secs_f64(call_timeout) },
+            Limits {
+                memory,
+                call_timeout: Duration::from_secs_f64(call_timeout),
+            },
         ))
     }
 
@@ -203,7 +216,8 @@ impl DeviceArgs {
             return Ok(BlobSource::Local(PathBuf::from(text)));
         }
         let (location, origin) = if is_url {
-            let origin = egress_origin_of_url(text).with_context(|| format!("{text}: not a valid URL"))?;
+            let origin =
+                egress_origin_of_url(text).with_context(|| format!("{text}: not a valid URL"))?;
             (BlobLocation::Url(text.to_string()), origin)
         } else {
             let origin = registry_origin(text, r.insecure);
@@ -217,23 +231,45 @@ impl DeviceArgs {
         };
         let egress = EGRESS
             .get_or_init(|| {
-                let credentials = credentials::find(origin.split(':').next().unwrap_or(&origin), self.username.as_deref(), self.password_stdin)
-                    .and_then(|c| c.map_or(Ok(None), |c| Ok(Some(c))));
+                let credentials = credentials::find(
+                    origin.split(':').next().unwrap_or(&origin),
+                    self.username.as_deref(),
+                    self.password_stdin,
+                )
+                .and_then(|c| c.map_or(Ok(None), |c| Ok(Some(c))));
                 let credentials = match credentials {
                     Ok(c) => c,
                     Err(e) => return Err(format!("{e:#}")),
                 };
                 let cache = match &self.cache_dir {
-                    Some(dir) => Some(RangeCache::open(dir, self.cache_size).map_err(|e| format!("{e:#}"))?),
+                    Some(dir) => {
+                        Some(RangeCache::open(dir, self.cache_size).map_err(|e| format!("{e:#}"))?)
+                    }
                     None => None,
                 };
-                EgressPolicy::new(Some(origin.clone()), credentials, r.insecure, self.ca_file.as_deref(), Timeouts::default(), cache)
-                    .map_err(|e| format!("{e:#}"))
+                EgressPolicy::new(
+                    Some(origin.clone()),
+                    credentials,
+                    r.insecure,
+                    self.ca_file.as_deref(),
+                    Timeouts::default(),
+                    cache,
+                )
+                .map_err(|e| format!("{e:#}"))
             })
             .clone()
             .map_err(|e| anyhow::anyhow!(e))?;
-        let options = RemoteOptions { insecure: Some(r.insecure), chunk_size: None, readahead_max: None, max_retries: None };
-        Ok(BlobSource::Remote { location, options, egress })
+        let options = RemoteOptions {
+            insecure: Some(r.insecure),
+            chunk_size: None,
+            readahead_max: None,
+            max_retries: None,
+        };
+        Ok(BlobSource::Remote {
+            location,
+            options,
+            egress,
+        })
     }
 }
 
@@ -254,7 +290,13 @@ pub fn egress() -> Option<Arc<EgressPolicy>> {
 
 fn egress_origin_of_url(url: &str) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
-    let port = uri.port_u16().unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTP) { 80 } else { 443 });
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+            80
+        } else {
+            443
+        });
     Some(format!("{}:{port}", uri.host()?))
 }
 
@@ -263,7 +305,8 @@ fn egress_origin_of_url(url: &str) -> Option<String> {
 fn registry_origin(reference: &str, insecure: bool) -> String {
     let rest = reference.trim_start_matches("oci://");
     let first = rest.split('/').next().unwrap_or("");
-    let has_registry = rest.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let has_registry =
+        rest.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     let host = if !has_registry || first == "docker.io" || first == "index.docker.io" {
         "registry-1.docker.io".to_string()
     } else {
@@ -319,11 +362,26 @@ mod origin_tests {
 
     #[test]
     fn registry_origins() {
-        assert_eq!(registry_origin("oci://127.0.0.1:5000/fixtures/basic:latest", false), "127.0.0.1:5000");
-        assert_eq!(registry_origin("oci://ghcr.io/a/b@sha256:00", false), "ghcr.io:443");
-        assert_eq!(registry_origin("oci://busybox", false), "registry-1.docker.io:443");
-        assert_eq!(registry_origin("oci://library/busybox:1", false), "registry-1.docker.io:443");
+        assert_eq!(
+            registry_origin("oci://127.0.0.1:5000/fixtures/basic:latest", false),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(
+            registry_origin("oci://ghcr.io/a/b@sha256:00", false),
+            "ghcr.io:443"
+        );
+        assert_eq!(
+            registry_origin("oci://busybox", false),
+            "registry-1.docker.io:443"
+        );
+        assert_eq!(
+            registry_origin("oci://library/busybox:1", false),
+            "registry-1.docker.io:443"
+        );
         assert_eq!(registry_origin("oci://localhost/x", true), "localhost:80");
-        assert_eq!(egress_origin_of_url("https://h.example/blob").as_deref(), Some("h.example:443"));
+        assert_eq!(
+            egress_origin_of_url("https://h.example/blob").as_deref(),
+            Some("h.example:443")
+        );
     }
 }

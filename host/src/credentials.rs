@@ -25,27 +25,40 @@ impl Credentials {
     /// The value of an `Authorization: Basic` header.
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
     }
 }
 
 /// Find credentials for `registry` (its authority, e.g. `127.0.0.1:5000`).
-pub fn find(registry: &str, username: Option<&str>, password_stdin: bool) -> Result<Option<Credentials>> {
+pub fn find(
+    registry: &str,
+    username: Option<&str>,
+    password_stdin: bool,
+) -> Result<Option<Credentials>> {
     if let Some(user) = username {
         if !password_stdin {
             bail!("--username needs --password-stdin (passwords are never taken from the command line)");
         }
         let mut password = String::new();
-        std::io::stdin().read_to_string(&mut password).context("reading the password from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut password)
+            .context("reading the password from stdin")?;
         let password = password.trim_end_matches(['\n', '\r']).to_string();
-        return Ok(Some(Credentials { username: user.to_string(), password }));
+        return Ok(Some(Credentials {
+            username: user.to_string(),
+            password,
+        }));
     }
     if password_stdin {
         bail!("--password-stdin needs --username");
     }
-    if let (Ok(username), Ok(password)) =
-        (std::env::var("EROFS_REGISTRY_USERNAME"), std::env::var("EROFS_REGISTRY_PASSWORD"))
-    {
+    if let (Ok(username), Ok(password)) = (
+        std::env::var("EROFS_REGISTRY_USERNAME"),
+        std::env::var("EROFS_REGISTRY_PASSWORD"),
+    ) {
         return Ok(Some(Credentials { username, password }));
     }
     docker_config(registry)
@@ -61,25 +74,44 @@ fn docker_config(registry: &str) -> Result<Option<Credentials>> {
             None => return Ok(None),
         },
     };
-    let Ok(text) = std::fs::read(&path) else { return Ok(None) };
-    let config: serde_json::Value =
-        serde_json::from_slice(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let hub = matches!(registry, "registry-1.docker.io" | "docker.io" | "index.docker.io");
+    let Ok(text) = std::fs::read(&path) else {
+        return Ok(None);
+    };
+    let config: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let hub = matches!(
+        registry,
+        "registry-1.docker.io" | "docker.io" | "index.docker.io"
+    );
     let keys: Vec<String> = if hub {
-        vec!["https://index.docker.io/v1/".into(), "docker.io".into(), "index.docker.io".into()]
+        vec![
+            "https://index.docker.io/v1/".into(),
+            "docker.io".into(),
+            "index.docker.io".into(),
+        ]
     } else {
-        vec![registry.to_string(), format!("https://{registry}"), format!("http://{registry}")]
+        vec![
+            registry.to_string(),
+            format!("https://{registry}"),
+            format!("http://{registry}"),
+        ]
     };
     for key in keys {
-        let Some(auth) = config["auths"][&key]["auth"].as_str() else { continue };
+        let Some(auth) = config["auths"][&key]["auth"].as_str() else {
+            continue;
+        };
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())
             .with_context(|| format!("{}: auths.{key}.auth is not base64", path.display()))?;
-        let decoded = String::from_utf8(decoded).with_context(|| format!("{}: auths.{key}.auth is not UTF-8", path.display()))?;
+        let decoded = String::from_utf8(decoded)
+            .with_context(|| format!("{}: auths.{key}.auth is not UTF-8", path.display()))?;
         let Some((username, password)) = decoded.split_once(':') else {
             bail!("{}: auths.{key}.auth is not user:password", path.display());
         };
-        return Ok(Some(Credentials { username: username.into(), password: password.into() }));
+        return Ok(Some(Credentials {
+            username: username.into(),
+            password: password.into(),
+        }));
     }
     Ok(None)
 }

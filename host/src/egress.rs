@@ -77,16 +77,29 @@ impl EgressPolicy {
     }
 
     fn is_allowed(&self, authority: &str) -> bool {
-        self.allowed.lock().map(|a| a.contains(authority)).unwrap_or(false)
+        self.allowed
+            .lock()
+            .map(|a| a.contains(authority))
+            .unwrap_or(false)
     }
 
     fn gets_credentials(&self, authority: &str) -> bool {
-        self.credentialed.lock().map(|a| a.contains(authority)).unwrap_or(false)
+        self.credentialed
+            .lock()
+            .map(|a| a.contains(authority))
+            .unwrap_or(false)
     }
 
     /// Learn the hosts a response legitimately sends us to.
-    fn observe(&self, request_path: &str, from_credentialed: bool, response: &http::Response<WasiBody>) {
-        let header = |name: http::header::HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok());
+    fn observe(
+        &self,
+        request_path: &str,
+        from_credentialed: bool,
+        response: &http::Response<WasiBody>,
+    ) {
+        let header = |name: http::header::HeaderName| {
+            response.headers().get(name).and_then(|v| v.to_str().ok())
+        };
         if response.status() == http::StatusCode::UNAUTHORIZED && from_credentialed {
             if let Some(realm) = header(http::header::WWW_AUTHENTICATE).and_then(realm_of) {
                 if let Some(authority) = authority_of(&realm) {
@@ -126,7 +139,13 @@ fn realm_of(challenge: &str) -> Option<String> {
 fn authority_of(url: &str) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
     let authority = uri.authority()?;
-    let port = uri.port_u16().unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTP) { 80 } else { 443 });
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+            80
+        } else {
+            443
+        });
     Some(format!("{}:{port}", authority.host()))
 }
 
@@ -153,7 +172,9 @@ fn cache_key(request: &http::Request<WasiBody>) -> Option<(String, u64, u64)> {
 }
 
 fn full_body(bytes: Bytes) -> WasiBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// The `WasiHttpHooks` of one store: a handle on the shared policy.
@@ -177,8 +198,10 @@ impl WasiHttpHooks for Egress {
     ) -> ResponseFuture {
         let policy = self.0.clone();
         Box::new(async move {
-            let done = || Box::new(async { Ok(()) }) as Box<dyn std::future::Future<Output = _> + Send>;
-            let authority = request_authority(request.uri()).ok_or(HttpError::HttpRequestUriInvalid)?;
+            let done =
+                || Box::new(async { Ok(()) }) as Box<dyn std::future::Future<Output = _> + Send>;
+            let authority =
+                request_authority(request.uri()).ok_or(HttpError::HttpRequestUriInvalid)?;
             let plain = request.uri().scheme() == Some(&http::uri::Scheme::HTTP);
             if !policy.is_allowed(&authority) || (plain && !policy.insecure) {
                 policy.stats.denied.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +209,11 @@ impl WasiHttpHooks for Egress {
                     "egress: refused {} {} ({})",
                     request.method(),
                     authority,
-                    if plain && !policy.insecure { "plain http needs --insecure" } else { "not an allowed host" }
+                    if plain && !policy.insecure {
+                        "plain http needs --insecure"
+                    } else {
+                        "not an allowed host"
+                    }
                 );
                 return Err(HttpError::HttpRequestDenied);
             }
@@ -196,7 +223,9 @@ impl WasiHttpHooks for Egress {
                     if let Ok(value) = http::HeaderValue::from_str(&creds.basic_header()) {
                         let mut value = value;
                         value.set_sensitive(true);
-                        request.headers_mut().insert(http::header::AUTHORIZATION, value);
+                        request
+                            .headers_mut()
+                            .insert(http::header::AUTHORIZATION, value);
                     }
                 }
             }
@@ -204,10 +233,16 @@ impl WasiHttpHooks for Egress {
             if let (Some(cache), Some((hex, start, end))) = (&policy.cache, &key) {
                 if let Some(hit) = cache.get(hex, *start, *end) {
                     policy.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    policy.stats.cache_bytes.fetch_add(hit.bytes.len() as u64, Ordering::Relaxed);
+                    policy
+                        .stats
+                        .cache_bytes
+                        .fetch_add(hit.bytes.len() as u64, Ordering::Relaxed);
                     let response = http::Response::builder()
                         .status(http::StatusCode::PARTIAL_CONTENT)
-                        .header(http::header::CONTENT_RANGE, format!("bytes {start}-{end}/{}", hit.total))
+                        .header(
+                            http::header::CONTENT_RANGE,
+                            format!("bytes {start}-{end}/{}", hit.total),
+                        )
                         .header(http::header::CONTENT_LENGTH, hit.bytes.len())
                         .body(full_body(Bytes::from(hit.bytes)))
                         .map_err(|_| HttpError::HttpProtocolError)?;
@@ -238,14 +273,20 @@ impl WasiHttpHooks for Egress {
                     // that is cut short fails here; the component sees the error.
                     let (parts, body) = response.into_parts();
                     let bytes = body.collect().await?.to_bytes();
-                    policy.stats.bytes_fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    policy
+                        .stats
+                        .bytes_fetched
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     if bytes.len() as u64 == end - start + 1 {
                         cache.put(&hex, start, end, total, &bytes);
                     }
                     Ok((http::Response::from_parts(parts, full_body(bytes)), done()))
                 }
                 _ => {
-                    policy.stats.bytes_fetched.fetch_add(length.unwrap_or(0), Ordering::Relaxed);
+                    policy
+                        .stats
+                        .bytes_fetched
+                        .fetch_add(length.unwrap_or(0), Ordering::Relaxed);
                     Ok((response, done()))
                 }
             }
@@ -260,13 +301,24 @@ mod tests {
     #[test]
     fn realms_and_authorities() {
         assert_eq!(
-            realm_of(r#"Bearer realm="https://auth.example:8443/token",service="registry",scope="repository:a:pull""#),
+            realm_of(
+                r#"Bearer realm="https://auth.example:8443/token",service="registry",scope="repository:a:pull""#
+            ),
             Some("https://auth.example:8443/token".into())
         );
-        assert_eq!(realm_of("Bearer realm=https://a/token,service=x"), Some("https://a/token".into()));
+        assert_eq!(
+            realm_of("Bearer realm=https://a/token,service=x"),
+            Some("https://a/token".into())
+        );
         assert_eq!(realm_of("Basic"), None);
-        assert_eq!(authority_of("https://auth.example/token"), Some("auth.example:443".into()));
-        assert_eq!(authority_of("http://127.0.0.1:5000/v2/"), Some("127.0.0.1:5000".into()));
+        assert_eq!(
+            authority_of("https://auth.example/token"),
+            Some("auth.example:443".into())
+        );
+        assert_eq!(
+            authority_of("http://127.0.0.1:5000/v2/"),
+            Some("127.0.0.1:5000".into())
+        );
         assert_eq!(authority_of("/relative"), None);
     }
 }

@@ -136,7 +136,14 @@ impl Filesystem for ErofsFuse {
     }
 
     /// Nothing is ever written, so there is nothing to flush.
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: fuser::LockOwner, reply: fuser::ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _owner: fuser::LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
         reply.ok();
     }
 

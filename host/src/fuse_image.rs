@@ -61,7 +61,14 @@ impl Filesystem for DeviceImage {
     }
 
     /// Nothing is ever written, so there is nothing to flush.
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: fuser::LockOwner, reply: fuser::ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _owner: fuser::LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
         reply.ok();
     }
 

@@ -30,13 +30,18 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(5), first_byte: Duration::from_secs(15) }
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(15),
+        }
     }
 }
 
 /// The TLS client configuration: Mozilla's roots, the system bundle, and `extra_ca`.
 pub fn tls_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
     if let Ok(certs) = CertificateDer::pem_file_iter(SYSTEM_CA_BUNDLE) {
         // Certificates the system store has that rustls cannot use are skipped.
         let (_added, _ignored) = roots.add_parsable_certificates(certs.flatten());
@@ -50,7 +55,9 @@ pub fn tls_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::Clie
             anyhow::bail!("{}: no certificates in the CA file", path.display());
         }
         for cert in certs {
-            roots.add(cert).with_context(|| format!("{}: unusable CA certificate", path.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("{}: unusable CA certificate", path.display()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -70,23 +77,36 @@ pub async fn send(
     timeouts: Timeouts,
 ) -> Result<http::Response<WasiBody>, HttpError> {
     let uri = request.uri().clone();
-    let host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?.trim_matches(['[', ']']).to_string();
+    let host = uri
+        .host()
+        .ok_or(HttpError::HttpRequestUriInvalid)?
+        .trim_matches(['[', ']'])
+        .to_string();
     let secure = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
 
     let connect = async {
-        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(HttpError::Connect)?;
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(HttpError::Connect)?;
         let _ = tcp.set_nodelay(true);
         if !secure {
             return Ok::<_, HttpError>(Box::new(tcp) as Box<dyn Stream>);
         }
-        let name = ServerName::try_from(host.clone()).map_err(|_| HttpError::HttpRequestUriInvalid)?;
-        let tls = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(HttpError::Tls)?;
+        let name =
+            ServerName::try_from(host.clone()).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(HttpError::Tls)?;
         Ok(Box::new(tls) as Box<dyn Stream>)
     };
-    let stream = tokio::time::timeout(timeouts.connect, connect).await.map_err(|_| HttpError::ConnectionTimeout)??;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(HttpError::from)?;
+    let stream = tokio::time::timeout(timeouts.connect, connect)
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)??;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(HttpError::from)?;
     // The connection does its I/O in its own task for as long as the body is read.
     tokio::spawn(async move {
         if let Err(e) = connection.await {

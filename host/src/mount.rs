@@ -22,10 +22,10 @@ use clap::{Args, ValueEnum};
 use fuser::{BackgroundSession, MountOption, SessionACL};
 
 use crate::cli::DeviceArgs;
+use crate::device_pool::DevicePool;
 use crate::fuse_fs::ErofsFuse;
 use crate::fuse_image::{DeviceImage, IMAGE_NAME};
 use crate::mounts::{self, Registration};
-use crate::device_pool::DevicePool;
 use crate::pool::Pool;
 use crate::runtime::Runtime;
 use crate::verify::verify_image;

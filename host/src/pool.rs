@@ -17,14 +17,22 @@ pub struct Pool {
 
 impl Pool {
     /// `count` filesystem instances (at least 1) opened on the same files.
-    pub fn open(runtime: Arc<Runtime>, spec: &DeviceSpec, limits: Limits, count: usize) -> Result<Pool> {
+    pub fn open(
+        runtime: Arc<Runtime>,
+        spec: &DeviceSpec,
+        limits: Limits,
+        count: usize,
+    ) -> Result<Pool> {
         let mut instances = Vec::new();
         for i in 0..count.max(1) {
             let fs = SandboxedDevice::open_filesystem(runtime.clone(), spec.clone(), limits)
                 .with_context(|| format!("opening sandbox instance {i}"))?;
             instances.push(Mutex::new(fs));
         }
-        Ok(Pool { instances, next: AtomicUsize::new(0) })
+        Ok(Pool {
+            instances,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// An idle instance if there is one, else the next in turn (waiting for it).
@@ -37,6 +45,8 @@ impl Pool {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.instances.len();
         // A poisoned lock means a thread panicked while holding it; the instance itself
         // is still consistent (a trap is not a panic), so keep using it.
-        self.instances[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.instances[i]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -30,8 +30,13 @@ pub struct Hit {
 
 impl RangeCache {
     pub fn open(dir: &Path, limit: u64) -> Result<RangeCache> {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the cache directory", dir.display()))?;
-        Ok(RangeCache { dir: dir.to_path_buf(), limit, since_check: AtomicU64::new(u64::MAX / 2) })
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the cache directory", dir.display()))?;
+        Ok(RangeCache {
+            dir: dir.to_path_buf(),
+            limit,
+            since_check: AtomicU64::new(u64::MAX / 2),
+        })
     }
 
     fn blob_dir(&self, digest_hex: &str) -> PathBuf {
@@ -42,7 +47,11 @@ impl RangeCache {
         let dir = self.blob_dir(digest_hex);
         let path = dir.join(format!("{start}-{end}"));
         let bytes = std::fs::read(&path).ok()?;
-        let total = std::fs::read_to_string(dir.join("size")).ok()?.trim().parse().ok()?;
+        let total = std::fs::read_to_string(dir.join("size"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         // A file of the wrong length (a crash between write and rename cannot leave one,
         // but a full disk can) is a miss, and is removed.
         if bytes.len() as u64 != end - start + 1 {
@@ -59,7 +68,10 @@ impl RangeCache {
         if let Err(e) = self.try_put(digest_hex, start, end, total, bytes) {
             tracing::debug!("range cache: {e:#}");
         }
-        let written = self.since_check.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
+        let written = self
+            .since_check
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed)
+            + bytes.len() as u64;
         // Checking the size walks the directory: do it about every tenth of the bound.
         if written >= self.limit / 10 {
             self.since_check.store(0, Ordering::Relaxed);
@@ -69,7 +81,14 @@ impl RangeCache {
         }
     }
 
-    fn try_put(&self, digest_hex: &str, start: u64, end: u64, total: u64, bytes: &[u8]) -> Result<()> {
+    fn try_put(
+        &self,
+        digest_hex: &str,
+        start: u64,
+        end: u64,
+        total: u64,
+        bytes: &[u8],
+    ) -> Result<()> {
         let dir = self.blob_dir(digest_hex);
         std::fs::create_dir_all(&dir)?;
         let unique = format!("{}.{:?}", std::process::id(), std::thread::current().id());
@@ -90,7 +109,9 @@ impl RangeCache {
         let mut files = Vec::new();
         let mut total = 0u64;
         for blob in std::fs::read_dir(&self.dir)?.flatten() {
-            let Ok(entries) = std::fs::read_dir(blob.path()) else { continue };
+            let Ok(entries) = std::fs::read_dir(blob.path()) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name();
                 if name == "size" || name.to_string_lossy().starts_with('.') {
@@ -98,7 +119,11 @@ impl RangeCache {
                 }
                 let Ok(md) = e.metadata() else { continue };
                 total += md.len();
-                files.push((md.modified().unwrap_or(SystemTime::UNIX_EPOCH), md.len(), e.path()));
+                files.push((
+                    md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    md.len(),
+                    e.path(),
+                ));
             }
         }
         if total <= self.limit {
@@ -134,7 +159,11 @@ mod tests {
             cache.put("ab", i * 1000, i * 1000 + 999, 50_000, &[1u8; 1000]);
         }
         cache.evict().unwrap();
-        let kept: u64 = std::fs::read_dir(dir.join("sha256-ab")).unwrap().flatten().filter(|e| e.file_name() != "size").count() as u64;
+        let kept: u64 = std::fs::read_dir(dir.join("sha256-ab"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != "size")
+            .count() as u64;
         assert!(kept * 1000 <= 10_000, "{kept} ranges kept");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -37,7 +37,9 @@ wasmtime::component::bindgen!({
 
 pub use erofs::reader::types::Error as WitError;
 pub use exports::erofs::reader::filesystem::{Attributes, DirEntry, FileKind, VerifyReport};
-pub use exports::erofs::reader::tarindex::{BlobLocation, DeviceStats, OciBlob, OpenOptions, RemoteOptions, RemoteStats};
+pub use exports::erofs::reader::tarindex::{
+    BlobLocation, DeviceStats, OciBlob, OpenOptions, RemoteOptions, RemoteStats,
+};
 
 /// One epoch tick. Deadlines are whole ticks, so they are accurate to about 10 ms.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -54,7 +56,11 @@ pub struct StoreState {
 
 impl wasmtime_wasi_http::WasiHttpView for StoreState {
     fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
-        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.egress,
+        }
     }
 }
 
@@ -86,7 +92,8 @@ impl Runtime {
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| wt(e, "linking WASI"))?;
         // wasi:http goes through the egress policy in each store (egress.rs).
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(|e| wt(e, "linking wasi:http"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+            .map_err(|e| wt(e, "linking wasi:http"))?;
         Reader::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
             &mut linker,
             |s| s,

@@ -17,12 +17,11 @@ use wasmtime::component::ResourceAny;
 use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtx;
 
-use crate::files::HostFile;
 use crate::egress::{Egress, EgressPolicy};
+use crate::files::HostFile;
 use crate::runtime::{
-    BlobLocation, RemoteOptions, RemoteStats,
-    Attributes, DeviceStats, DirEntry, OpenOptions, Reader, Runtime, StoreState, VerifyReport,
-    WitError, EPOCH_TICK,
+    Attributes, BlobLocation, DeviceStats, DirEntry, OpenOptions, Reader, RemoteOptions,
+    RemoteStats, Runtime, StoreState, VerifyReport, WitError, EPOCH_TICK,
 };
 
 /// Sandbox limits.
@@ -52,7 +51,11 @@ pub enum BlobSource {
     /// A local file, given to the component as a vfile.
     Local(PathBuf),
     /// Fetched by the component over wasi:http, through the egress policy.
-    Remote { location: BlobLocation, options: RemoteOptions, egress: Arc<EgressPolicy> },
+    Remote {
+        location: BlobLocation,
+        options: RemoteOptions,
+        egress: Arc<EgressPolicy>,
+    },
 }
 
 impl std::fmt::Debug for BlobSource {
@@ -68,9 +71,18 @@ impl BlobSource {
     /// A short name for messages and FUSE's fsname.
     pub fn display_name(&self) -> String {
         match self {
-            BlobSource::Local(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            BlobSource::Remote { location: BlobLocation::Url(u), .. } => u.rsplit('/').next().unwrap_or(u).to_string(),
-            BlobSource::Remote { location: BlobLocation::Oci(o), .. } => o.reference.clone(),
+            BlobSource::Local(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            BlobSource::Remote {
+                location: BlobLocation::Url(u),
+                ..
+            } => u.rsplit('/').next().unwrap_or(u).to_string(),
+            BlobSource::Remote {
+                location: BlobLocation::Oci(o),
+                ..
+            } => o.reference.clone(),
         }
     }
 }
@@ -256,8 +268,15 @@ impl SandboxedDevice {
     /// The remote fetcher's counters (device mode).
     pub fn remote_stats(&mut self) -> Result<RemoteStats, CallError> {
         match self.mode {
-            Mode::Device => self.call(|b, s, h| Ok(Ok(b.erofs_reader_tarindex().device().call_remote_stats(s, h)?))),
-            Mode::Filesystem => Err(CallError::Component(WitError::Unsupported("stats of a filesystem".into()))),
+            Mode::Device => self.call(|b, s, h| {
+                Ok(Ok(b
+                    .erofs_reader_tarindex()
+                    .device()
+                    .call_remote_stats(s, h)?))
+            }),
+            Mode::Filesystem => Err(CallError::Component(WitError::Unsupported(
+                "stats of a filesystem".into(),
+            ))),
         }
     }
 
@@ -370,10 +389,19 @@ impl SandboxedDevice {
         let io = |e: anyhow::Error| CallError::Component(WitError::Io(format!("{e:#}")));
         let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
         let meta = HostFile::open(&self.spec.meta).map_err(io)?;
-        let zinfo = self.spec.zinfo.as_ref().map(|z| HostFile::open(z)).transpose().map_err(io)?;
+        let zinfo = self
+            .spec
+            .zinfo
+            .as_ref()
+            .map(|z| HostFile::open(z))
+            .transpose()
+            .map_err(io)?;
         let table = &mut store.data_mut().table;
         let meta = table.push(meta).map_err(|e| io(e.into()))?;
-        let zinfo = zinfo.map(|z| table.push(z)).transpose().map_err(|e| io(e.into()))?;
+        let zinfo = zinfo
+            .map(|z| table.push(z))
+            .transpose()
+            .map_err(|e| io(e.into()))?;
 
         let bindings = self.runtime.pre.instantiate(&mut store).map_err(trap)?;
         let tarindex = bindings.erofs_reader_tarindex();
@@ -381,12 +409,23 @@ impl SandboxedDevice {
             BlobSource::Local(path) => {
                 let mut blob = HostFile::open(path).map_err(io)?;
                 blob.trap_after_reads = self.spec.trap_after_blob_reads.clone();
-                let blob = store.data_mut().table.push(blob).map_err(|e| io(e.into()))?;
+                let blob = store
+                    .data_mut()
+                    .table
+                    .push(blob)
+                    .map_err(|e| io(e.into()))?;
                 tarindex.call_open(&mut store, meta, blob, zinfo, self.spec.options)
             }
-            BlobSource::Remote { location, options, .. } => {
-                tarindex.call_open_remote(&mut store, meta, location, zinfo, self.spec.options, *options)
-            }
+            BlobSource::Remote {
+                location, options, ..
+            } => tarindex.call_open_remote(
+                &mut store,
+                meta,
+                location,
+                zinfo,
+                self.spec.options,
+                *options,
+            ),
         }
         .map_err(trap)?
         .map_err(CallError::Component)?;

@@ -102,8 +102,15 @@ pub fn run_host_with<S: AsRef<std::ffi::OsStr>>(
 ) -> Output {
     let mut cmd = Command::new(host_bin());
     cmd.args(args)
-        .env("EROFS_WASM_CACHE_DIR", std::env::temp_dir().join("erofs-e2e-cwasm"))
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .env(
+            "EROFS_WASM_CACHE_DIR",
+            std::env::temp_dir().join("erofs-e2e-cwasm"),
+        )
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -133,7 +140,11 @@ pub fn run_host_with<S: AsRef<std::ffi::OsStr>>(
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
 }
 
 fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
