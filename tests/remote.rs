@@ -370,6 +370,7 @@ fn faults_give_the_right_bytes_or_an_error_never_wrong_bytes() {
         "long-honest",
         "short-honest",
         "truncate",
+        "stall",
         "ignore-range",
         "slow",
         "redirect",
@@ -533,4 +534,33 @@ impl Drop for RemoteMount {
             let _ = run_host(&["umount", "--lazy", &mp], T);
         }
     }
+}
+
+#[test]
+fn a_stalled_body_times_out_and_the_read_is_retried() {
+    let Some(reg) = basic_registry() else { return };
+    let reference = format!("oci://{}", reg.image("pigz")["reference"].as_str().unwrap());
+    // The first blob response stops after half its body and stays silent for 40 s: the
+    // host's 15 s between-bytes timeout fails that attempt and the component retries.
+    let proxy = reg.proxy(
+        "stall",
+        &["--match", "/blobs/", "--limit", "1", "--delay-ms", "40000"],
+    );
+    let via = reference.replace(&reg.s("registry"), proxy["proxy"].as_str().unwrap());
+    let started = Instant::now();
+    let out = run(
+        reg,
+        &args("cat", &via, "pigz", &reg.s("ca_file"), &["--stats"]),
+    );
+    let took = started.elapsed();
+    assert_device(&out, "pigz", "stalled body");
+    assert!(
+        took < Duration::from_secs(35),
+        "took {took:?}: the stall was not cut short"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 retries"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

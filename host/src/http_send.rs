@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use std::future::Future;
+
 use http_body_util::BodyExt;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -26,6 +28,10 @@ pub struct Timeouts {
     /// From sending the request to the response headers. 15 s: generous for a loaded
     /// registry, short enough that the component's retries fit the call deadline.
     pub first_byte: Duration,
+    /// Between two pieces of a response body. 15 s: a server that stalls mid-body fails
+    /// that request (the component retries) instead of holding the read until the
+    /// sandbox's call deadline.
+    pub between_bytes: Duration,
 }
 
 impl Default for Timeouts {
@@ -33,6 +39,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(5),
             first_byte: Duration::from_secs(15),
+            between_bytes: Duration::from_secs(15),
         }
     }
 }
@@ -121,7 +128,54 @@ pub async fn send(
         .await
         .map_err(|_| HttpError::ConnectionReadTimeout)?
         .map_err(HttpError::from)?;
-    Ok(response.map(|body| body.map_err(HttpError::from).boxed_unsync()))
+    let between = timeouts.between_bytes;
+    Ok(response.map(|body| StallGuard::new(body, between).boxed_unsync()))
+}
+
+/// A response body that fails with `ConnectionReadTimeout` when no data arrives for
+/// `limit`.
+struct StallGuard {
+    body: hyper::body::Incoming,
+    limit: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl StallGuard {
+    fn new(body: hyper::body::Incoming, limit: Duration) -> Self {
+        StallGuard {
+            body,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl http_body::Body for StallGuard {
+    type Data = bytes::Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                // Data arrived (or the body ended): the clock starts again.
+                let next = tokio::time::Instant::now() + self.limit;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(HttpError::from)))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
 }
 
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
