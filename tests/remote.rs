@@ -54,6 +54,14 @@ impl Registry {
         &self.info["images"][name]
     }
 
+    /// `oci://` reference of an image, by tag.
+    fn oci(&self, name: &str) -> String {
+        format!(
+            "oci://{}",
+            self.image(name)["reference"].as_str().unwrap_or_default()
+        )
+    }
+
     /// Credentials through the environment (the host reads them; the component never does).
     fn env(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -141,7 +149,7 @@ fn assert_device(out: &Output, dir: &str, what: &str) {
 fn oci_cat_gives_the_exact_device_for_every_fixture() {
     let Some(reg) = basic_registry() else { return };
     for dir in ALL_FIXTURES {
-        let reference = format!("oci://{}", reg.image(dir)["reference"].as_str().unwrap());
+        let reference = reg.oci(dir);
         let out = run(
             reg,
             &args("cat", &reference, dir, &reg.s("ca_file"), &["--stats"]),
@@ -166,7 +174,7 @@ fn oci_cat_gives_the_exact_device_for_every_fixture() {
 #[test]
 fn password_from_stdin_and_no_credentials() {
     let Some(reg) = basic_registry() else { return };
-    let reference = format!("oci://{}", reg.image("pigz")["reference"].as_str().unwrap());
+    let reference = reg.oci("pigz");
     let mut a = args(
         "cat",
         &reference,
@@ -199,10 +207,7 @@ fn password_from_stdin_and_no_credentials() {
 #[test]
 fn token_auth_with_expiring_tokens() {
     let Some(reg) = token_registry() else { return };
-    let reference = format!(
-        "oci://{}",
-        reg.image("large")["reference"].as_str().unwrap()
-    );
+    let reference = reg.oci("large");
     // A proxy that answers 401 (expired token) to every third authorized request: the
     // component fetches a new token and carries on.
     let proxy = reg.proxy("expire-token", &["--every", "3", "--first", "3"]);
@@ -228,10 +233,7 @@ fn token_auth_with_expiring_tokens() {
 fn platforms_layers_and_media_types() {
     let Some(reg) = basic_registry() else { return };
     let ca = reg.s("ca_file");
-    let multi = format!(
-        "oci://{}",
-        reg.image("multi")["reference"].as_str().unwrap()
-    );
+    let multi = reg.oci("multi");
     assert_device(
         &run(reg, &args("cat", &multi, "basic", &ca, &[])),
         "basic",
@@ -259,19 +261,13 @@ fn platforms_layers_and_media_types() {
         "pigz",
         "arm/v7",
     );
-    let nomedia = format!(
-        "oci://{}",
-        reg.image("nomediatype")["reference"].as_str().unwrap()
-    );
+    let nomedia = reg.oci("nomediatype");
     assert_device(
         &run(reg, &args("cat", &nomedia, "basic", &ca, &[])),
         "basic",
         "manifest without mediaType",
     );
-    let docker = format!(
-        "oci://{}",
-        reg.image("docker")["reference"].as_str().unwrap()
-    );
+    let docker = reg.oci("docker");
     assert_device(
         &run(reg, &args("cat", &docker, "basic", &ca, &[])),
         "basic",
@@ -303,7 +299,7 @@ fn platforms_layers_and_media_types() {
         "-o oci.layer",
     );
     // zstd is refused clearly; a gzip layer without a zinfo too.
-    let zstd = format!("oci://{}", reg.image("zstd")["reference"].as_str().unwrap());
+    let zstd = reg.oci("zstd");
     let out = run(reg, &args("cat", &zstd, "aufs", &ca, &[]));
     assert!(
         String::from_utf8_lossy(&out.stderr)
@@ -312,10 +308,7 @@ fn platforms_layers_and_media_types() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let basic = format!(
-        "oci://{}",
-        reg.image("basic")["reference"].as_str().unwrap()
-    );
+    let basic = reg.oci("basic");
     let mut a = args("cat", &basic, "basic", &ca, &[]);
     let z = a.iter().position(|x| x == "--zinfo").unwrap();
     a.drain(z..z + 2);
@@ -357,10 +350,7 @@ fn plain_https_urls_with_range_requests() {
 #[test]
 fn faults_give_the_right_bytes_or_an_error_never_wrong_bytes() {
     let Some(reg) = basic_registry() else { return };
-    let reference = format!(
-        "oci://{}",
-        reg.image("basic")["reference"].as_str().unwrap()
-    );
+    let reference = reg.oci("basic");
     let want = sha256_hex(&expected_device("basic"));
     for fault in [
         "reset",
@@ -446,7 +436,7 @@ fn hosts_outside_the_allow_list_are_refused() {
 fn the_range_cache_serves_a_second_run() {
     let Some(reg) = basic_registry() else { return };
     let cache = TempDir::new("rangecache");
-    let reference = format!("oci://{}", reg.image("pigz")["reference"].as_str().unwrap());
+    let reference = reg.oci("pigz");
     let dir = cache.path().to_string_lossy().into_owned();
     let first = run(
         reg,
@@ -487,7 +477,7 @@ fn oci_mount_matches_the_kernel_view_for_every_fixture() {
         return skip("oci mount", "needs root and /dev/fuse");
     }
     for dir in ALL_FIXTURES {
-        let reference = format!("oci://{}", reg.image(dir)["reference"].as_str().unwrap());
+        let reference = reg.oci(dir);
         let m = RemoteMount::new(reg, &args("mount", &reference, dir, &reg.s("ca_file"), &[]));
         let failures = compare_tree(&m.path(), &fixture(dir).join("expected.json"));
         assert!(
@@ -539,7 +529,7 @@ impl Drop for RemoteMount {
 #[test]
 fn a_stalled_body_times_out_and_the_read_is_retried() {
     let Some(reg) = basic_registry() else { return };
-    let reference = format!("oci://{}", reg.image("pigz")["reference"].as_str().unwrap());
+    let reference = reg.oci("pigz");
     // The first blob response stops after half its body and stays silent for 40 s: the
     // host's 15 s between-bytes timeout fails that attempt and the component retries.
     let proxy = reg.proxy(
