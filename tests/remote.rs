@@ -554,3 +554,39 @@ fn a_stalled_body_times_out_and_the_read_is_retried() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn mount_with_the_password_on_stdin() {
+    let Some(reg) = basic_registry() else { return };
+    if !is_root() || !Path::new("/dev/fuse").exists() {
+        return skip("mount --password-stdin", "needs root and /dev/fuse");
+    }
+    let dir = TempDir::new("pwmnt");
+    let mp = dir.path().join("m");
+    std::fs::create_dir(&mp).unwrap();
+    let a = args(
+        "mount",
+        &reg.oci("aufs"),
+        "aufs",
+        &reg.s("ca_file"),
+        &["--username", &reg.s("username"), "--password-stdin"],
+    );
+    let mut full = a[..3].to_vec();
+    full.push(mp.to_string_lossy().into_owned());
+    full.extend(a[3..].iter().cloned());
+    // HOME elsewhere: no docker config to fall back on; the password comes only from stdin.
+    let out = run_host_with(
+        &full,
+        &[("HOME", "/nonexistent")],
+        Some(reg.s("password").as_bytes()),
+        T,
+    );
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failures = compare_tree(&mp, &fixture("aufs").join("expected.json"));
+    let _ = run_host(&["umount", &mp.to_string_lossy()], T);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -76,21 +76,33 @@ pub fn run(args: MountArgs) -> Result<()> {
     if args.foreground {
         serve(args, &mountpoint)
     } else {
-        daemonize(&mountpoint)
+        daemonize(&mountpoint, args.device.password_stdin)
     }
 }
 
 /// Start `erofs-host mount … --foreground --notify-ready` in a new session and wait for
 /// its word: "ready" on its stdout, or an error on its stderr.
-fn daemonize(mountpoint: &Path) -> Result<()> {
+fn daemonize(mountpoint: &Path, password_stdin: bool) -> Result<()> {
+    // The password arrives on our stdin; the daemon reads it from a pipe we fill, so it
+    // never appears in an argument list or the environment.
+    let mut password = Vec::new();
+    if password_stdin {
+        std::io::stdin()
+            .read_to_end(&mut password)
+            .context("reading the password from stdin")?;
+    }
     let exe = std::env::current_exe().context("finding erofs-host's own path")?;
     let mut cmd = Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
         .arg("--foreground")
         .arg("--notify-ready");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if password_stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal so
     // that a Ctrl-C meant for this shell does not reach it.
     unsafe {
@@ -100,6 +112,12 @@ fn daemonize(mountpoint: &Path) -> Result<()> {
         });
     }
     let mut child = cmd.spawn().context("starting the mount daemon")?;
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(&password)
+            .context("handing the password to the mount daemon")?;
+        // Dropping `input` closes the pipe: the daemon reads to its end.
+    }
     let stdout = child.stdout.take().context("daemon stdout")?;
     let mut stderr = child.stderr.take().context("daemon stderr")?;
     let errors = std::thread::spawn(move || {
