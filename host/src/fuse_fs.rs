@@ -147,6 +147,23 @@ impl Filesystem for ErofsFuse {
         reply.ok();
     }
 
+    /// Tools probe with ioctls (e.g. `cp -a` asks for inode flags): EROFS has none to
+    /// offer, and "not a typewriter" is the answer they expect for that.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.to_nid(parent);
         match self.pool.get().lookup(parent, name.as_bytes()) {
