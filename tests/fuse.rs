@@ -261,6 +261,14 @@ fn dirent_offset(meta: &[u8], nid: u64, file_type: u8) -> usize {
 
 /// Mount a copy of `basic` with its metadata changed by `tamper`, through FUSE.
 fn mount_tampered(tamper: impl Fn(&mut Vec<u8>)) -> (Mounted, TempDir) {
+    let (args, tmp) = tampered_args(tamper);
+    let m = Mounted::new(&args, "fuse").unwrap_or_else(|e| panic!("mount failed: {e}"));
+    (m, tmp)
+}
+
+/// The device arguments of `basic` with a tampered copy of its metadata (kept in the
+/// returned directory), its superblock checksum made right again.
+fn tampered_args(tamper: impl Fn(&mut Vec<u8>)) -> (Vec<String>, TempDir) {
     let tmp = TempDir::new("tampered");
     let mut meta = std::fs::read(fixture("basic").join("meta.erofs")).unwrap();
     tamper(&mut meta);
@@ -270,10 +278,7 @@ fn mount_tampered(tamper: impl Fn(&mut Vec<u8>)) -> (Mounted, TempDir) {
     let mut args = device_args("basic");
     let i = args.iter().position(|a| a.ends_with("meta.erofs")).unwrap();
     args[i] = meta_path.to_string_lossy().into_owned();
-    (
-        Mounted::new(&args, "fuse").unwrap_or_else(|e| panic!("mount failed: {e}")),
-        tmp,
-    )
+    (args, tmp)
 }
 
 fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
@@ -398,19 +403,13 @@ fn loop_backend_refuses_an_image_that_fails_verification() {
     if !fuse_available() {
         return;
     }
-    let tmp = TempDir::new("badloop");
     let clean = mount("basic", "fuse");
     let owners = nid_of(&clean.path(), "owners");
     drop(clean);
-    let mut meta = std::fs::read(fixture("basic").join("meta.erofs")).unwrap();
-    let at = dirent_offset(&meta, owners, 2);
-    meta[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
-    fix_superblock_checksum(&mut meta);
-    let meta_path = tmp.path().join("meta.erofs");
-    std::fs::write(&meta_path, &meta).unwrap();
-    let mut args = device_args("basic");
-    let i = args.iter().position(|a| a.ends_with("meta.erofs")).unwrap();
-    args[i] = meta_path.to_string_lossy().into_owned();
+    let (args, _tmp) = tampered_args(|meta| {
+        let at = dirent_offset(meta, owners, 2);
+        meta[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    });
     let err = Mounted::new(&args, "loop")
         .err()
         .expect("a corrupt image must be refused");

@@ -34,60 +34,28 @@ fn check_nbdinfo_json(server: &TestServer, dir: &TempDir) {
     let run = run_tool(dir, "nbdinfo", &["--json", &server.uri], LIMIT);
     assert!(run.ok(), "nbdinfo failed: {}", run.stderr);
     let size = SIZE.to_string();
-    assert_eq!(
-        json_field(&run.stdout, "export-size"),
-        Some(size.as_str()),
-        "{}",
-        run.stdout
-    );
-    assert_eq!(
-        json_field(&run.stdout, "is_read_only"),
-        Some("true"),
-        "{}",
-        run.stdout
-    );
-    assert_eq!(
-        json_field(&run.stdout, "export-name"),
-        Some("\"layer0\""),
-        "{}",
-        run.stdout
-    );
-    assert_eq!(
-        json_field(&run.stdout, "can_multi_conn"),
-        Some("true"),
-        "{}",
-        run.stdout
-    );
-    assert_eq!(
-        json_field(&run.stdout, "can_flush"),
-        Some("true"),
-        "{}",
-        run.stdout
-    );
-    assert_eq!(
-        json_field(&run.stdout, "can_trim"),
-        Some("false"),
-        "{}",
-        run.stdout
-    );
-    assert_eq!(
-        json_field(&run.stdout, "protocol"),
-        Some("\"newstyle-fixed\""),
-        "{}",
-        run.stdout
-    );
-    assert_eq!(
-        json_field(&run.stdout, "block_size_maximum"),
-        Some(MAX_REQUEST.to_string().as_str()),
-        "{}",
-        run.stdout
-    );
-    assert_eq!(json_field(&run.stdout, "block_size_minimum"), Some("1"));
-    assert_eq!(
-        json_field(&run.stdout, "block_size_preferred"),
-        Some("4096")
-    );
-    assert_eq!(json_field(&run.stdout, "structured"), Some("true"));
+    let max = MAX_REQUEST.to_string();
+    let expected = [
+        ("export-size", size.as_str()),
+        ("is_read_only", "true"),
+        ("export-name", "\"layer0\""),
+        ("can_multi_conn", "true"),
+        ("can_flush", "true"),
+        ("can_trim", "false"),
+        ("protocol", "\"newstyle-fixed\""),
+        ("block_size_maximum", max.as_str()),
+        ("block_size_minimum", "1"),
+        ("block_size_preferred", "4096"),
+        ("structured", "true"),
+    ];
+    for (field, want) in expected {
+        assert_eq!(
+            json_field(&run.stdout, field),
+            Some(want),
+            "{field}: {}",
+            run.stdout
+        );
+    }
 }
 
 #[test]
