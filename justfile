@@ -7,6 +7,10 @@ host := "target/release/erofs-host"
 default:
     @just --list
 
+# Install what the tests and the demo use (wasm target, apt packages as root, npm, pip); idempotent
+setup:
+    tests/setup.sh
+
 # Build the component (wasm32-wasip2) and the host, both release
 build:
     rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -18,7 +22,7 @@ build-miniz:
     cargo build --release --target wasm32-wasip2 -p erofs-component --features miniz --target-dir target/miniz
 
 # Run every test: unit, property, end-to-end (mounts need root; they say so when they skip), then test-runtimes
-test: build && _runtime-tests
+test: setup build && _runtime-tests
     cargo test --release --workspace
 
 # The same component in Node.js (jco) and Python (wasmtime-py); each skips loudly without its runtime
@@ -35,7 +39,7 @@ lint:
     cargo fmt --all -- --check
 
 # Show the main job on a built-in sample layer
-demo: build
+demo: setup build
     tests/demo.sh
 
 # Read-path benchmarks with references measured in the same run
