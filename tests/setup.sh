@@ -5,7 +5,7 @@
 #
 # - the wasm32-wasip2 Rust target (the component's build target);
 # - Debian packages, as root, with `apt-get update` first, only when one is missing:
-#   fuse3 (fusermount3), libnbd-bin + nbdfuse + qemu-utils (real NBD clients),
+#   fuse3 (fusermount3), libnbd-bin (nbdinfo, nbdcopy, nbdfuse) + qemu-utils (real NBD clients),
 #   attr (getfattr), docker-registry + apache2-utils + openssl (the test registry with
 #   TLS and auth), curl (the network benchmark's reference), pigz, python3 + pip;
 # - the locked npm packages of tests/node (jco) and the pinned PyPI packages of
@@ -19,7 +19,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 
-packages=(fuse3 libnbd-bin nbdfuse qemu-utils attr docker-registry apache2-utils openssl
+packages=(fuse3 libnbd-bin qemu-utils attr docker-registry apache2-utils openssl
     curl ca-certificates pigz python3 python3-pip)
 missing=()
 for p in "${packages[@]}"; do
