@@ -3,12 +3,12 @@
 
 use std::cell::RefCell;
 
-use crate::device::{Device, Tar};
 use crate::error::Error;
 use crate::fs::{Filesystem, FsError};
 use crate::gzran::Options;
 use crate::remote;
 use crate::source::{SizedSource, Source};
+use crate::tarindex::{Device, Tar};
 
 wit_bindgen::generate!({
     path: "../wit",

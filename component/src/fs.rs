@@ -3,7 +3,7 @@
 
 use erofs_image::{Attr, DirEntry, Filesystem as Image, VerifyLimits, VerifyReport};
 
-use crate::device::Device;
+use crate::tarindex::Device;
 
 pub use erofs_image::Error as FsError;
 

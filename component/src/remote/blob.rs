@@ -14,12 +14,12 @@ use lru::LruCache;
 
 use super::auth::{fetch_with_auth, Auth};
 use super::manifest::sha256_digest;
-use super::net::{Net, RemoteStats};
+use super::net::Net;
 use super::transport::{HttpResponse, Method};
 use super::url::Url;
 use super::RemoteOptions;
 use crate::error::{Error, Result};
-use crate::source::Source;
+use crate::source::{RemoteStats, Source};
 
 /// Sequential streams tracked at once (like the inflater's cursors: a few files read
 /// side by side each keep their own readahead).
@@ -525,7 +525,7 @@ impl Source for RemoteBlob {
         Ok(self.size)
     }
 
-    fn remote_stats(&self) -> Option<crate::remote::RemoteStats> {
+    fn remote_stats(&self) -> Option<RemoteStats> {
         Some(self.stats())
     }
 

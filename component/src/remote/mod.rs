@@ -23,8 +23,8 @@ mod tests;
 
 use std::cell::RefCell;
 
+pub use crate::source::RemoteStats;
 pub use blob::RemoteBlob;
-pub use net::RemoteStats;
 pub use transport::{HttpRequest, HttpResponse, Method, Transport};
 #[cfg(target_arch = "wasm32")]
 pub use wasi_transport::WasiTransport;

@@ -7,23 +7,7 @@ use super::transport::{is_transient, HttpRequest, HttpResponse, Method, Transpor
 use super::url::{shorten, Scheme, Url};
 use super::RemoteOptions;
 use crate::error::{Error, Result};
-
-/// Counters since the blob was opened (manifest and token requests included).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RemoteStats {
-    /// HTTP requests sent, and response body bytes received.
-    pub requests: u64,
-    pub bytes_fetched: u64,
-    /// Attempts repeated after a failure (connection error, 5xx, bad response).
-    pub retries: u64,
-    /// Redirects followed.
-    pub redirects: u64,
-    /// Bearer tokens obtained (the first one and every refresh).
-    pub token_fetches: u64,
-    /// Chunks a read found in the chunk cache, and chunks it had to fetch.
-    pub chunk_hits: u64,
-    pub chunk_misses: u64,
-}
+use crate::source::RemoteStats;
 
 pub struct Net {
     transport: Box<dyn Transport>,

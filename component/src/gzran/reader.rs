@@ -6,12 +6,12 @@
 //! with no restart), or a fresh start from the nearest checkpoint. Every page a cursor
 //! completes on the way is cached. Nothing is decoded beyond the page a read needs.
 
-use crate::cache::PageCache;
-use crate::checkpoints::{LearnedCheckpoints, NoLearning};
-use crate::cursor::{Cursor, Restart, PAGE};
+use super::cache::PageCache;
+use super::checkpoints::{LearnedCheckpoints, NoLearning};
+use super::cursor::{Cursor, Restart, PAGE};
+use super::zinfo::Zinfo;
 use crate::error::{Error, Result};
 use crate::source::SizedSource;
-use crate::zinfo::Zinfo;
 
 /// Tuning, with the defaults and the reasons for them.
 #[derive(Debug, Clone, Copy)]

@@ -5,7 +5,7 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
-use crate::cursor::PAGE;
+use super::cursor::PAGE;
 
 pub struct PageCache {
     pages: Option<LruCache<u64, Box<[u8]>>>,

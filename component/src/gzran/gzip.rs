@@ -1,8 +1,8 @@
 //! gzip member framing (RFC 1952): the header before each deflate stream and the
 //! 8-byte trailer after it. A layer blob may hold several members back to back.
 
+use super::input::Input;
 use crate::error::{Error, Result};
-use crate::input::Input;
 use crate::source::SizedSource;
 
 const FTEXT: u8 = 0x01;

@@ -1,41 +1,13 @@
-//! A raw-deflate inflater that can start in the middle of a stream.
-//!
-//! The cursor (cursor.rs) drives it through [`RawInflater`]: restart at a checkpoint
-//! (prime the partial byte, install the 32 KiB history), then feed input and take output,
-//! optionally stopping at every deflate block boundary so checkpoints can be learned.
-//! The engine is zlib-rs through its zlib-compatible API (`libz-rs-sys`): it measured about
-//! twice miniz_oxide's speed in wasm (toolchain notes).
+//! The default raw-deflate engine: zlib-rs through its zlib-compatible API
+//! (`libz-rs-sys`). It measured about twice miniz_oxide's speed in wasm
+//! (docs/formats.md, "Inflate engines").
 
 use std::ffi::CStr;
 
 use libz_rs_sys as z;
 
+use super::step::{Status, Step};
 use crate::error::{Error, Result};
-
-/// What the inflater reached when a call returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Ran out of input or output space.
-    Progress,
-    /// Stopped right after a block ended (only with `stop_at_block`). `unused_bits` of the
-    /// last consumed byte belong to the next block; `after_last` is true when the block
-    /// that ended was the stream's final one, so it is no place to restart.
-    BlockBoundary { unused_bits: u8, after_last: bool },
-    /// The deflate stream ended (its final block is complete).
-    StreamEnd,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Step {
-    pub consumed: usize,
-    pub produced: usize,
-    pub status: Status,
-}
-
-#[cfg(feature = "miniz")]
-pub use crate::inflate_miniz::RawInflater;
-#[cfg(not(feature = "miniz"))]
-pub use ZlibInflater as RawInflater;
 
 /// zlib-rs raw inflate state. The `z_stream` is boxed because zlib keeps a pointer back
 /// to it: it must not move between calls.
@@ -195,6 +167,7 @@ fn check(rc: i32, s: &z::z_stream, what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gzran::inflate::RawInflater;
 
     #[test]
     fn crc_matches_known_value() {

@@ -7,7 +7,7 @@
 //! restart within ~`interval` of their target. The store holds at most `max` of them
 //! (32 KiB each); when full, the one least recently used for a restart is dropped.
 
-use crate::cursor::{Learned, Learner};
+use super::cursor::{Learned, Learner};
 
 pub struct LearnedCheckpoints {
     /// Sorted by `out`.

@@ -1,4 +1,4 @@
-//! The same raw-deflate inflater interface as `inflate.rs`, on miniz_oxide 0.9 (the
+//! The same raw-deflate inflater interface as `zlib.rs`, on miniz_oxide 0.9 (the
 //! design card's engine), selected with the `miniz` cargo feature so `just bench` can
 //! measure both.
 //!
@@ -14,8 +14,8 @@ use miniz_oxide::inflate::core::inflate_flags::{
 use miniz_oxide::inflate::core::{decompress_with_limit, BlockBoundaryState, DecompressorOxide};
 use miniz_oxide::inflate::TINFLStatus;
 
+use super::step::{Status, Step};
 use crate::error::{Error, Result};
-use crate::inflate::{Status, Step};
 
 const RING: usize = 64 * 1024;
 

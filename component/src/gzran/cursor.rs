@@ -8,12 +8,12 @@
 //! is the history a learned checkpoint needs. Pages are the window size, 32 KiB, so a
 //! restart point anywhere inside a page can rebuild the page's head from its own history.
 
+use super::gzip;
+use super::inflate::{crc32, RawInflater, Status};
+use super::input::Input;
+use super::zinfo::WINDOW_SIZE;
 use crate::error::{Error, Result};
-use crate::gzip;
-use crate::inflate::{crc32, RawInflater, Status};
-use crate::input::Input;
 use crate::source::SizedSource;
-use crate::zinfo::WINDOW_SIZE;
 
 /// Uncompressed bytes per page: the unit of caching and of cursor progress.
 pub const PAGE: usize = WINDOW_SIZE;
