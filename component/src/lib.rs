@@ -14,6 +14,7 @@
 //!
 //! The formats are described in `docs/formats.md`.
 
+pub mod defaults;
 pub mod error;
 pub mod fs;
 pub mod gzran;

@@ -67,13 +67,13 @@ impl SizedSource {
     pub fn read_exact(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let end = offset.checked_add(len as u64).filter(|&e| e <= self.size);
         if end.is_none() {
-            return Err(Error::OutOfRange(format!(
+            return Err(Error::out_of_range(format!(
                 "{}: read of {len} bytes at offset {offset} passes the end ({} bytes)",
                 self.name, self.size
             )));
         }
         let len32 = u32::try_from(len).map_err(|_| {
-            Error::OutOfRange(format!("{}: read of {len} bytes is too large", self.name))
+            Error::out_of_range(format!("{}: read of {len} bytes is too large", self.name))
         })?;
         let data = self
             .inner

@@ -12,6 +12,7 @@ use super::gzip;
 use super::inflate::{crc32, RawInflater, Status};
 use super::input::Input;
 use super::zinfo::WINDOW_SIZE;
+use crate::defaults::MAX_INFLATE_STALLS;
 use crate::error::{Error, Result};
 use crate::source::SizedSource;
 
@@ -213,11 +214,12 @@ impl Cursor {
             self.decoded += step.produced as u64;
             self.since_checkpoint += step.produced as u64;
 
-            // A call that consumes and produces nothing twice in a row, with input and
-            // output room available, would loop forever: refuse the stream instead.
+            // A call that consumes and produces nothing, with input and output room
+            // available, more than MAX_INFLATE_STALLS times in a row would loop forever:
+            // refuse the stream instead.
             if step.consumed == 0 && step.produced == 0 && step.status == Status::Progress {
                 self.stalls += 1;
-                if self.stalls > 2 {
+                if self.stalls > MAX_INFLATE_STALLS {
                     return Err(Error::bad(format!(
                         "gzip: inflate makes no progress at blob offset {at}"
                     )));
@@ -279,7 +281,7 @@ impl Cursor {
                 Status::StreamEnd => self.finish_member(blob)?,
                 _ if step.consumed == 0 => {
                     self.stalls += 1;
-                    if self.stalls > 2 {
+                    if self.stalls > MAX_INFLATE_STALLS {
                         return Err(Error::bad(format!(
                             "gzip: inflate makes no progress at blob offset {at}"
                         )));

@@ -4,12 +4,12 @@
 //! trips) and hands out the unconsumed bytes. Its position is always the blob offset of
 //! the next unconsumed byte, which is what a learned checkpoint records.
 
+use crate::defaults;
 use crate::error::{Error, Result};
 use crate::source::SizedSource;
 
-/// Bytes read from the blob per refill. 256 KiB of deflate input is about 0.5-1 ms of
-/// inflate work: large enough to amortise a host call, small enough for random reads.
-pub const READ_SIZE: usize = 256 * 1024;
+/// Bytes read from the blob per refill (see [`defaults::INPUT_READ_SIZE`]).
+pub const READ_SIZE: usize = defaults::INPUT_READ_SIZE;
 
 pub struct Input {
     buf: Vec<u8>,

@@ -10,40 +10,35 @@ use super::cache::PageCache;
 use super::checkpoints::{LearnedCheckpoints, NoLearning};
 use super::cursor::{Cursor, Restart, PAGE};
 use super::zinfo::Zinfo;
+use crate::defaults;
 use crate::error::{Error, Result};
 use crate::source::SizedSource;
 
-/// Tuning, with the defaults and the reasons for them.
+/// Tuning. The defaults and their reasons are in [`crate::defaults`].
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// 32 MiB of decoded pages: a FUSE readahead window and a few hot files, in
-    /// 1,024 pages, for about 2% of a 2 GiB memory cap.
+    /// Bytes of decoded pages kept (the decode cache); 0 turns it off.
     pub cache_bytes: u64,
-    /// 4 cursors: enough for a few files read at once (each costs ~300 KiB: zlib window,
-    /// input buffer, two pages); a fifth stream recycles the least recently used.
+    /// Live inflater cursors kept; 0 restarts every read from a checkpoint.
     pub max_cursors: usize,
-    /// 1 MiB between learned checkpoints: measured ~4x faster random reads than the
-    /// zinfo's 4 MiB spacing, for 32 KiB of memory per MiB of tar.
+    /// Uncompressed distance between learned checkpoints; 0 turns learning off.
     pub learn_interval: u64,
-    /// 256 learned checkpoints: at most 8 MiB of windows (256 MiB of tar covered).
+    /// The most learned checkpoints kept.
     pub max_learned: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
-            cache_bytes: 32 << 20,
-            max_cursors: 4,
-            learn_interval: 1 << 20,
-            max_learned: 256,
+            cache_bytes: defaults::CACHE_BYTES,
+            max_cursors: defaults::MAX_CURSORS,
+            learn_interval: defaults::LEARN_INTERVAL,
+            max_learned: defaults::MAX_LEARNED,
         }
     }
 }
 
-/// A cursor may be reused for a target this far ahead of it rather than restarting at a
-/// checkpoint that is nearer. A restart costs a dictionary load and an input refill:
-/// about as much as inflating 64 KiB.
-const RESTART_COST: u64 = 64 * 1024;
+use defaults::RESTART_COST;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
@@ -241,10 +236,9 @@ impl GzRan {
 
         let restart = if learned_out > zinfo_out {
             self.counters.learned_starts += 1;
-            let point = self
-                .learned
-                .before(limit)
-                .ok_or_else(|| Error::io("learned checkpoint vanished"))?;
+            let point = self.learned.before(limit).ok_or_else(|| {
+                Error::internal("gzip: the learned checkpoint chosen a moment ago is gone")
+            })?;
             Restart {
                 in_byte: point.in_byte,
                 bits: point.bits,
@@ -272,7 +266,9 @@ impl GzRan {
                 .iter()
                 .enumerate()
                 .min_by_key(|(_, c)| c.last_used)
-                .ok_or_else(|| Error::io("no cursor to recycle"))?;
+                .ok_or_else(|| {
+                    Error::internal("gzip: no cursor to recycle, though the cursor table is full")
+                })?;
             victim
         };
         self.cursors[index].restart(&self.blob, &restart)?;

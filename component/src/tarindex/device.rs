@@ -4,12 +4,13 @@
 //! long as device slot 0's block count says. The device size is then the metadata size
 //! plus the exact tar size: never the reference's 8 EiB probe constant.
 
+use crate::defaults::META_IN_MEMORY_LIMIT;
 use crate::error::{Error, Result};
-use crate::gzran::gzip::MAGIC as GZIP_MAGIC;
 use crate::gzran::{GzRan, Options};
 use crate::source::{RemoteStats, SizedSource};
 
-use super::layout::{check_layout, to_image_error, Layout, BLOCK};
+use super::layout::{check_layout, Layout, BLOCK};
+use super::policy::check_plain_head;
 
 /// Where the tar bytes come from.
 pub enum Tar {
@@ -18,11 +19,6 @@ pub enum Tar {
     /// The blob is gzip; the zinfo gives random access.
     Gzip(Box<GzRan>),
 }
-
-/// Metadata images up to this size are read into memory once at open: every filesystem
-/// operation then costs no host call for metadata. 64 MiB covers layers with about a
-/// million inodes; larger ones are read through the vfile as needed.
-const META_IN_MEMORY_LIMIT: u64 = 64 << 20;
 
 enum Meta {
     InMemory(Vec<u8>),
@@ -34,6 +30,9 @@ pub struct Device {
     tar: Tar,
     layout: Layout,
     tar_size: u64,
+    /// The structured error of the last failed read by the EROFS reader, which can only
+    /// carry a string across `ReadAt`; `fs.rs` takes it back (see `take_read_error`).
+    read_error: Option<Error>,
 }
 
 impl Device {
@@ -47,12 +46,7 @@ impl Device {
         let tar = match zinfo {
             Some(zinfo) => Tar::Gzip(Box::new(GzRan::open(blob, zinfo, options)?)),
             None => {
-                let head = blob.read_clamped(0, 2)?;
-                if head == GZIP_MAGIC {
-                    return Err(Error::bad(
-                        "blob: starts with the gzip magic (1f 8b) but no zinfo was given; pass the layer's zinfo, or the uncompressed tar",
-                    ));
-                }
+                check_plain_head(&blob.read_clamped(0, 2)?)?;
                 Tar::Plain(blob)
             }
         };
@@ -77,7 +71,13 @@ impl Device {
             tar,
             layout,
             tar_size,
+            read_error: None,
         })
+    }
+
+    /// The error behind the EROFS reader's last failed device read, if any; cleared.
+    pub fn take_read_error(&mut self) -> Option<Error> {
+        self.read_error.take()
     }
 
     pub fn meta_size(&self) -> u64 {
@@ -139,7 +139,8 @@ impl Device {
             }
         }
         if out.len() as u64 != end - offset {
-            return Err(Error::io(format!(
+            // The pieces above are exact by construction: this is a bug, not bad input.
+            return Err(Error::internal(format!(
                 "device: read at {offset} produced {} bytes instead of {}",
                 out.len(),
                 end - offset
@@ -159,7 +160,11 @@ impl erofs_image::ReadAt for Device {
         let len = u32::try_from(buf.len()).map_err(|_| {
             erofs_image::Error::Range(format!("read of {} bytes is too large", buf.len()))
         })?;
-        let bytes = self.pread(offset, len).map_err(to_image_error)?;
+        let bytes = self.pread(offset, len).map_err(|e| {
+            let image = e.to_image();
+            self.read_error = Some(e);
+            image
+        })?;
         if bytes.len() != buf.len() {
             return Err(erofs_image::Error::Corrupt(format!(
                 "device read of {} bytes at {offset} passes the device end ({})",

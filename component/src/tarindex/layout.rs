@@ -32,7 +32,7 @@ impl erofs_image::ReadAt for MetaOnly<'_> {
         let bytes = self
             .0
             .read_exact(offset, buf.len())
-            .map_err(to_image_error)?;
+            .map_err(|e| e.to_image())?;
         buf.copy_from_slice(&bytes);
         Ok(())
     }
@@ -49,58 +49,47 @@ pub fn check_layout(meta: &SizedSource) -> Result<Layout> {
     let name = "meta";
     if !meta.size.is_multiple_of(BLOCK) {
         return Err(Error::bad(format!(
-            "{name}: size {} is not a multiple of the 512-byte block size",
+            "size {} is not a multiple of the 512-byte block size",
             meta.size
-        )));
+        ))
+        .in_file(name)
+        .with_field("size"));
     }
     let fs = erofs_image::Filesystem::open(&mut MetaOnly(meta))
-        .map_err(|e| from_image_error(e).context(name))?;
+        .map_err(|e| Error::from(e).in_file(name))?;
     let sb = fs.superblock();
     if sb.blkszbits != TAR_INDEX_BLKSZBITS {
         return Err(Error::bad(format!(
-            "{name}: superblock field `blkszbits` is {}; a tar index uses 9 (512-byte blocks)",
+            "superblock field `blkszbits` is {}; a tar index uses 9 (512-byte blocks)",
             sb.blkszbits
-        )));
+        ))
+        .in_file(name)
+        .with_field("blkszbits"));
     }
     let Some(slot) = fs.devices().first() else {
         return Err(Error::bad(format!(
-            "{name}: superblock has no device table (feature_incompat {:#x}, extra_devices {}): not a tar index",
+            "superblock has no device table (feature_incompat {:#x}, extra_devices {}): not a tar index",
             sb.feature_incompat, sb.extra_devices
-        )));
+        )).in_file(name).with_field("feature_incompat"));
     };
     if slot.uniaddr != sb.blocks {
         return Err(Error::bad(format!(
-            "{name}: device slot 0 field `uniaddr` is {}, but the superblock's `blocks` is {}; the tar must start right after the metadata",
+            "device slot 0 field `uniaddr` is {}, but the superblock's `blocks` is {}; the tar must start right after the metadata",
             slot.uniaddr, sb.blocks
-        )));
+        )).in_file(name).with_field("uniaddr"));
     }
     if sb.blocks.checked_mul(BLOCK) != Some(meta.size) {
         return Err(Error::bad(format!(
-            "{name}: superblock field `blocks` is {} ({} bytes), but the file is {} bytes",
+            "superblock field `blocks` is {} ({} bytes), but the file is {} bytes",
             sb.blocks,
             sb.blocks.saturating_mul(BLOCK),
             meta.size
-        )));
+        ))
+        .in_file(name)
+        .with_field("blocks"));
     }
     Ok(Layout {
         meta_size: meta.size,
         tar_blocks: slot.blocks,
     })
-}
-
-pub(crate) fn to_image_error(e: Error) -> erofs_image::Error {
-    match e {
-        Error::BadInput(m) => erofs_image::Error::Corrupt(m),
-        Error::Io(m) => erofs_image::Error::Io(m),
-        Error::OutOfRange(m) => erofs_image::Error::Range(m),
-        Error::Unsupported(m) => erofs_image::Error::Unsupported(m),
-    }
-}
-
-fn from_image_error(e: erofs_image::Error) -> Error {
-    match e {
-        erofs_image::Error::Io(m) => Error::Io(m),
-        erofs_image::Error::Unsupported(m) => Error::Unsupported(m),
-        other => Error::BadInput(other.to_string()),
-    }
 }
