@@ -3,29 +3,31 @@
 //! only the metadata parsing moves to the kernel (for trusted images, and comparison).
 
 use std::ffi::OsStr;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
 
-use crate::device_pool::DevicePool;
+use crate::bridge::fuse::{read_only_basics, TTL};
+use crate::sandbox::DevicePool;
 
-pub const IMAGE_NAME: &str = "device.img";
+/// The one file in the private mount, which the kernel loop-mounts.
+pub(crate) const IMAGE_NAME: &str = "device.img";
 const ROOT: INodeNo = INodeNo(1);
 const IMAGE: INodeNo = INodeNo(2);
-const TTL: Duration = Duration::from_secs(3600);
 
-pub struct DeviceImage {
+/// A FUSE filesystem with one file, [`IMAGE_NAME`]: the device bytes.
+pub(crate) struct DeviceFile {
     pool: DevicePool,
     size: u64,
 }
 
-impl DeviceImage {
-    pub fn new(pool: DevicePool) -> DeviceImage {
+impl DeviceFile {
+    pub(crate) fn new(pool: DevicePool) -> DeviceFile {
         let size = pool.size();
-        DeviceImage { pool, size }
+        DeviceFile { pool, size }
     }
 
     fn attr(&self, ino: INodeNo) -> FileAttr {
@@ -54,23 +56,8 @@ impl DeviceImage {
     }
 }
 
-impl Filesystem for DeviceImage {
-    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
-        crate::fuse_fs::tune_kernel(config);
-        Ok(())
-    }
-
-    /// Nothing is ever written, so there is nothing to flush.
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _owner: fuser::LockOwner,
-        reply: fuser::ReplyEmpty,
-    ) {
-        reply.ok();
-    }
+impl Filesystem for DeviceFile {
+    read_only_basics!();
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if parent == ROOT && name == IMAGE_NAME {

@@ -19,16 +19,16 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
-use fuser::{BackgroundSession, MountOption, SessionACL};
+use fuser::BackgroundSession;
 
-use crate::cli::DeviceArgs;
-use crate::device_pool::DevicePool;
-use crate::fuse_fs::ErofsFuse;
-use crate::fuse_image::{DeviceImage, IMAGE_NAME};
-use crate::mounts::{self, Registration};
-use crate::pool::Pool;
-use crate::runtime::Runtime;
-use crate::verify::verify_image;
+use super::device_args::DeviceArgs;
+use crate::bridge::fuse::{self, ErofsFuse};
+use crate::bridge::loop_backing::{DeviceFile, IMAGE_NAME};
+use crate::bridge::nbd::attach::{attach_and_mount, AttachedMount};
+use crate::bridge::nbd::PoolSource;
+use crate::defaults;
+use crate::mount_registry::{self as mounts, Registration};
+use crate::sandbox::{verify_image, DevicePool, FilesystemPool, Runtime};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -59,10 +59,10 @@ pub struct MountArgs {
     #[arg(long)]
     pub no_verify: bool,
 
-    /// Sandboxed instances serving requests in parallel [default 1: a sequential reader
-    /// through two instances decodes the stream twice (measured: 2x slower tar of the
-    /// tree); more only pay off for independent random readers]. Each has its own cache.
-    #[arg(long, default_value_t = 1)]
+    /// Sandboxed instances serving requests in parallel (a sequential reader through two
+    /// instances decodes the stream twice; more only pay off for independent random
+    /// readers). Each has its own cache.
+    #[arg(long, default_value_t = defaults::MOUNT_INSTANCES)]
     pub instances: usize,
 
     /// Internal: print "ready" on stdout once mounted (used by the daemon's parent)
@@ -156,58 +156,23 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
     // Block the stop signals before any thread starts, so every thread inherits the mask
     // and they arrive only through sigtimedwait below.
     let signals = block_stop_signals()?;
+    if args.backend == Backend::Nbd {
+        // The NBD attach checks the machine (driver, root) before the device is resolved.
+        let attached = attach_and_mount(mountpoint, || open_nbd_source(&args))?;
+        return wait_and_detach(attached, signals, args.notify_ready, mountpoint);
+    }
+
+    // Set up: the sandboxed device and the bridge the kernel mounts.
     let (spec, limits) = args.device.spec()?;
     let runtime = Runtime::load(&args.device.component)?;
     let id = mounts::mount_id(mountpoint);
-    let blob_name = spec.blob.display_name();
-
-    let mut served = match args.backend {
-        Backend::Fuse => {
-            let pool = Pool::open(runtime, &spec, limits, args.instances)?;
-            let fs = ErofsFuse::new(pool).map_err(|e| anyhow!("{}: {e}", spec.meta.display()))?;
-            let session = fuse_session(fs, mountpoint, &blob_name, args.instances)?;
-            Served {
-                session: Some(session),
-                backing: None,
-                kernel_mount: None,
-            }
-        }
-        Backend::Loop => {
-            if !args.no_verify {
-                verify_image(&args.device)?;
-            }
-            let backing = mounts::state_dir()?.join(&id);
-            std::fs::create_dir_all(&backing)
-                .with_context(|| format!("{}: creating", backing.display()))?;
-            let pool = DevicePool::open(runtime, spec.clone(), limits, args.instances)?;
-            let session =
-                fuse_session(DeviceImage::new(pool), &backing, &blob_name, args.instances)?;
-            let mut served = Served {
-                session: Some(session),
-                backing: Some(backing.clone()),
-                kernel_mount: None,
-            };
-            let image = backing.join(IMAGE_NAME);
-            let status = Command::new("mount")
-                .args(["-t", "erofs", "-o", "loop,ro"])
-                .arg(&image)
-                .arg(mountpoint)
-                .status()
-                .context("running mount(8)")?;
-            if !status.success() {
-                served.teardown();
-                bail!("{}: the kernel refused to mount the image (mount -t erofs -o loop,ro: {status})", mountpoint.display());
-            }
-            served.kernel_mount = Some(mountpoint.to_path_buf());
-            served
-        }
-        Backend::Nbd => {
-            let attached =
-                crate::nbd_attach::attach_and_mount(&args.device, mountpoint, !args.no_verify)?;
-            return wait_and_detach(attached, signals, args.notify_ready, mountpoint);
-        }
+    let served = match args.backend {
+        Backend::Fuse => mount_fuse(&args, mountpoint, runtime, &spec, limits)?,
+        Backend::Loop => mount_loop(&args, mountpoint, &id, runtime, &spec, limits)?,
+        Backend::Nbd => unreachable!("handled above"),
     };
 
+    // Live: record the mount for `umount`, and tell the waiting parent.
     let registration = Registration {
         pid: std::process::id(),
         mountpoint: mountpoint.to_path_buf(),
@@ -219,11 +184,102 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
         .with_context(|| format!("{}: writing", reg_path.display()))?;
     announce_ready(args.notify_ready, &id)?;
 
-    // Serve until a stop signal, or until the mount goes away underneath us.
+    // Serving: until a stop signal, or until the mount goes away underneath us.
+    wait_until_stopped(&served, &signals, mountpoint);
+
+    // Stopping: tear down in reverse, then forget the registration.
+    drop(served);
+    remove_if_present(&reg_path);
+    // The daemon's log holds only warnings; an empty one is not worth keeping.
+    let log = mounts::state_dir()?.join(format!("{id}.log"));
+    if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
+        remove_if_present(&log);
+    }
+    Ok(())
+}
+
+/// `--backend fuse`: the EROFS tree parsed in the sandbox, over FUSE at the mountpoint.
+fn mount_fuse(
+    args: &MountArgs,
+    mountpoint: &Path,
+    runtime: std::sync::Arc<Runtime>,
+    spec: &crate::sandbox::DeviceSpec,
+    limits: crate::sandbox::Limits,
+) -> Result<Served> {
+    let pool = FilesystemPool::open(runtime, spec, limits, args.instances)?;
+    let fs = ErofsFuse::new(pool).map_err(|e| anyhow!("{}: {e}", spec.meta.display()))?;
+    let name = spec.blob.display_name();
+    let session = fuse::session(fs, mountpoint, &name, args.instances)?;
+    Ok(Served {
+        session: Some(session),
+        backing: None,
+        kernel_mount: None,
+    })
+}
+
+/// `--backend loop`: verify the image, serve the device as one file in a private FUSE
+/// mount, then have the kernel loop-mount that file at the mountpoint.
+fn mount_loop(
+    args: &MountArgs,
+    mountpoint: &Path,
+    id: &str,
+    runtime: std::sync::Arc<Runtime>,
+    spec: &crate::sandbox::DeviceSpec,
+    limits: crate::sandbox::Limits,
+) -> Result<Served> {
+    if !args.no_verify {
+        verify_image(runtime.clone(), spec, limits)?;
+    }
+    let backing = mounts::state_dir()?.join(id);
+    std::fs::create_dir_all(&backing)
+        .with_context(|| format!("{}: creating", backing.display()))?;
+    let pool = DevicePool::open(runtime, spec.clone(), limits, args.instances)?;
+    let name = spec.blob.display_name();
+    let session = fuse::session(DeviceFile::new(pool), &backing, &name, args.instances)?;
+    // From here on, `served` owns the private mount, so an early return undoes it.
+    let mut served = Served {
+        session: Some(session),
+        backing: Some(backing.clone()),
+        kernel_mount: None,
+    };
+    let image = backing.join(IMAGE_NAME);
+    let status = Command::new("mount")
+        .args(["-t", "erofs", "-o", "loop,ro"])
+        .arg(&image)
+        .arg(mountpoint)
+        .status()
+        .context("running mount(8)")?;
+    if !status.success() {
+        served.teardown();
+        bail!(
+            "{}: the kernel refused to mount the image (mount -t erofs -o loop,ro: {status})",
+            mountpoint.display()
+        );
+    }
+    served.kernel_mount = Some(mountpoint.to_path_buf());
+    Ok(served)
+}
+
+/// `--backend nbd`: the device verified (unless `--no-verify`) and served by a pool of
+/// sandboxed instances, for the kernel attach.
+fn open_nbd_source(args: &MountArgs) -> Result<PoolSource> {
+    let (spec, limits) = args.device.spec()?;
+    let runtime = Runtime::load(&args.device.component)?;
+    if !args.no_verify {
+        let report = verify_image(runtime.clone(), &spec, limits)?;
+        tracing::info!(?report, "the image passed verification");
+    }
+    let pool = DevicePool::open(runtime, spec, limits, defaults::NBD_INSTANCES)?;
+    Ok(PoolSource(pool))
+}
+
+/// Block until a stop signal arrives, the FUSE session ends (someone unmounted it), or
+/// the kernel mount disappears.
+fn wait_until_stopped(served: &Served, signals: &libc::sigset_t, mountpoint: &Path) {
     loop {
-        if let Some(sig) = wait_signal(&signals, Duration::from_millis(500)) {
+        if let Some(sig) = wait_signal(signals, SIGNAL_POLL) {
             tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
-            break;
+            return;
         }
         let session_ended = served
             .session
@@ -235,29 +291,33 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
             .is_some_and(|m| mounts::mounted_at(m).is_none());
         if session_ended || kernel_gone {
             tracing::info!("{} was unmounted; stopping", mountpoint.display());
-            break;
+            return;
         }
     }
-    served.teardown();
-    let _ = std::fs::remove_file(&reg_path);
-    // The daemon's log holds only warnings; an empty one is not worth keeping.
-    let log = mounts::state_dir()?.join(format!("{id}.log"));
-    if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
-        let _ = std::fs::remove_file(&log);
-    }
-    Ok(())
 }
 
+/// Remove a file of ours; one already gone is fine, any other failure is logged (the
+/// mount is already down, so it cannot fail the command).
+fn remove_if_present(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("{}: cannot remove: {e}", path.display()),
+    }
+}
+
+/// How often the serving loop looks at the mount between signals.
+const SIGNAL_POLL: Duration = Duration::from_millis(500);
+
 fn wait_and_detach(
-    attached: crate::nbd_attach::AttachedMount,
+    attached: AttachedMount,
     signals: libc::sigset_t,
     notify: bool,
     mountpoint: &Path,
 ) -> Result<()> {
     announce_ready(notify, &mounts::mount_id(mountpoint))?;
-    while wait_signal(&signals, Duration::from_millis(500)).is_none()
-        && mounts::mounted_at(mountpoint).is_some()
-    {}
+    while wait_signal(&signals, SIGNAL_POLL).is_none() && mounts::mounted_at(mountpoint).is_some() {
+    }
     attached.unmount()
 }
 
@@ -297,39 +357,6 @@ impl Drop for Served {
     fn drop(&mut self) {
         self.teardown();
     }
-}
-
-fn fuse_session<FS: fuser::Filesystem + 'static>(
-    fs: FS,
-    at: &Path,
-    name: &str,
-    threads: usize,
-) -> Result<BackgroundSession> {
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::RO,
-        MountOption::FSName(format!("erofs-wasm:{name}")),
-        MountOption::Subtype("erofs-wasm".into()),
-        // The kernel checks permissions against the modes we report.
-        MountOption::DefaultPermissions,
-        // Untrusted images: their setuid bits and device nodes are shown, not honoured.
-        MountOption::NoSuid,
-        MountOption::NoDev,
-    ];
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        // Root mounts layers for others (containers, services): allow_other.
-        config.acl = SessionACL::All;
-    }
-    // One FUSE thread per instance. (Measured: two threads on one instance are slower,
-    // 0.32-0.51 s against 0.21 s for a tar of `large`: interleaved readahead requests
-    // make the cursors restart.)
-    config.n_threads = Some(threads.max(1));
-    let session = fuser::Session::new(fs, at, &config)
-        .with_context(|| format!("{}: FUSE mount failed", at.display()))?;
-    session
-        .spawn()
-        .with_context(|| format!("{}: starting the FUSE session", at.display()))
 }
 
 /// Tell the waiting parent that the mount is live, then send our output to a log file

@@ -1,18 +1,27 @@
-//! Command-line arguments shared by the subcommands, with the defaults and their reasons.
+//! The command-line arguments that name a device, shared by the subcommands, and their
+//! resolution into what the sandbox needs ([`DeviceArgs::spec`]). The defaults and their
+//! reasons are in [`crate::defaults`].
+//!
+//! A command resolves its arguments once: for a remote blob that makes the one egress
+//! policy of the run (allow-list, credentials, range cache, counters), which travels
+//! inside the [`DeviceSpec`] to every instance opened from it.
 
 use std::path::PathBuf;
+#[cfg(feature = "fault-injection")]
 use std::sync::atomic::AtomicI64;
-use std::sync::{Arc, OnceLock};
+#[cfg(feature = "fault-injection")]
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::credentials;
-use crate::egress::EgressPolicy;
-use crate::http_send::Timeouts;
-use crate::range_cache::RangeCache;
-use crate::runtime::{BlobLocation, OciBlob, OpenOptions, RemoteOptions};
+use crate::defaults;
+use crate::net::credentials;
+use crate::net::egress::EgressPolicy;
+use crate::net::http_send::Timeouts;
+use crate::net::range_cache::RangeCache;
+use crate::sandbox::runtime::{BlobLocation, OciBlob, OpenOptions, RemoteOptions};
 use crate::sandbox::{BlobSource, DeviceSpec, Limits};
 
 /// The component, the layer and its index: what every device-serving command takes.
@@ -71,22 +80,22 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// Bound of the --cache-dir cache [default 1G: a few large layers]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+    /// Bound of the --cache-dir cache
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::RANGE_CACHE_SIZE)]
     pub cache_size: u64,
 
-    /// Decoded-byte cache in the component [default 32M: a FUSE readahead window and a
-    /// few hot files]. 0 turns it off.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub decode_cache: Option<u64>,
+    /// Decoded-byte cache in the component (a FUSE readahead window and a few hot
+    /// files). 0 turns it off.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::DECODE_CACHE)]
+    pub decode_cache: u64,
 
-    /// Live inflater cursors per device [default 4: a few files read at once]
-    #[arg(long, value_name = "N")]
-    pub max_cursors: Option<u32>,
+    /// Live inflater cursors per device (a few files read at once)
+    #[arg(long, value_name = "N", default_value_t = defaults::MAX_CURSORS)]
+    pub max_cursors: u32,
 
-    /// Distance between checkpoints learned while decoding [default 1M]; 0 turns it off
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub learn_interval: Option<u64>,
+    /// Distance between checkpoints learned while decoding; 0 turns it off
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::LEARN_INTERVAL)]
+    pub learn_interval: u64,
 
     /// Cap on the component's memory [default: 192M plus the decode cache, for learned
     /// checkpoints (<= 8M), cursors and a 32M read; 128M more for remote blobs: 32M of
@@ -100,11 +109,25 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "SECONDS")]
     pub call_timeout: Option<f64>,
 
+    #[command(flatten)]
+    pub faults: FaultInjectionArgs,
+}
+
+/// Testing hooks on the command line (the `fault-injection` feature, on by default so
+/// that the e2e tests can drive the built binary; a build without it has no such flag).
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Args, Clone, Default)]
+pub struct FaultInjectionArgs {
     /// Testing only: make the component trap on the blob read that follows N more
     /// blob reads, once (to check that a trap costs one request, not the mount)
     #[arg(long, value_name = "N", hide = true)]
     pub inject_trap_after_blob_reads: Option<i64>,
 }
+
+/// Testing hooks on the command line: none in a build without `fault-injection`.
+#[cfg(not(feature = "fault-injection"))]
+#[derive(Debug, Args, Clone, Default)]
+pub struct FaultInjectionArgs {}
 
 /// Everything `-o` can say.
 #[derive(Default)]
@@ -162,21 +185,31 @@ impl DeviceArgs {
             .or_else(|| self.tarindex.clone())
             .context("no metadata image: pass --tarindex META (or -o oci.tarindex=META)")?;
         let zinfo = o.zinfo.or_else(|| self.zinfo.clone());
-        let cache = self.decode_cache.unwrap_or(32 << 20);
+        let cache = self.decode_cache;
         let is_remote = self.blob.contains("://");
+        let remote_extra = if is_remote {
+            defaults::MEMORY_REMOTE_EXTRA
+        } else {
+            0
+        };
         let memory = self
             .memory_limit
-            .unwrap_or(cache + (192 << 20) + if is_remote { 128 << 20 } else { 0 });
-        let call_timeout = self
-            .call_timeout
-            .unwrap_or(if is_remote { 120.0 } else { 30.0 });
-        if !(call_timeout > 0.0 && call_timeout < 86_400.0) {
-            bail!("--call-timeout {call_timeout}: must be between 0 and 86400 seconds");
+            .unwrap_or(cache + defaults::MEMORY_BASE + remote_extra);
+        let call_timeout = self.call_timeout.unwrap_or(if is_remote {
+            defaults::CALL_TIMEOUT_REMOTE_SECS
+        } else {
+            defaults::CALL_TIMEOUT_LOCAL_SECS
+        });
+        if !(call_timeout > 0.0 && call_timeout < defaults::CALL_TIMEOUT_MAX_SECS) {
+            bail!(
+                "--call-timeout {call_timeout}: must be between 0 and {} seconds",
+                defaults::CALL_TIMEOUT_MAX_SECS
+            );
         }
         let options = OpenOptions {
             cache_bytes: Some(cache),
-            max_cursors: self.max_cursors,
-            learn_interval: self.learn_interval,
+            max_cursors: Some(self.max_cursors),
+            learn_interval: Some(self.learn_interval),
             max_learned: None,
         };
         let remote = RemoteRequest {
@@ -192,7 +225,9 @@ impl DeviceArgs {
                 blob,
                 zinfo,
                 options,
+                #[cfg(feature = "fault-injection")]
                 trap_after_blob_reads: self
+                    .faults
                     .inject_trap_after_blob_reads
                     .map(|n| Arc::new(AtomicI64::new(n))),
             },
@@ -204,7 +239,7 @@ impl DeviceArgs {
     }
 
     /// A path, a URL or an OCI reference; for the network ones, the egress policy too
-    /// (made once per process: every instance shares its allow-list and counters).
+    /// (made here, once per command: every instance shares its allow-list and counters).
     fn blob_source(&self, r: RemoteRequest) -> Result<BlobSource> {
         let text = self.blob.as_str();
         let is_url = text.starts_with("http://") || text.starts_with("https://");
@@ -229,36 +264,24 @@ impl DeviceArgs {
             });
             (location, origin)
         };
-        let egress = EGRESS
-            .get_or_init(|| {
-                let credentials = credentials::find(
-                    origin.split(':').next().unwrap_or(&origin),
-                    self.username.as_deref(),
-                    self.password_stdin,
-                )
-                .and_then(|c| c.map_or(Ok(None), |c| Ok(Some(c))));
-                let credentials = match credentials {
-                    Ok(c) => c,
-                    Err(e) => return Err(format!("{e:#}")),
-                };
-                let cache = match &self.cache_dir {
-                    Some(dir) => {
-                        Some(RangeCache::open(dir, self.cache_size).map_err(|e| format!("{e:#}"))?)
-                    }
-                    None => None,
-                };
-                EgressPolicy::new(
-                    Some(origin.clone()),
-                    credentials,
-                    r.insecure,
-                    self.ca_file.as_deref(),
-                    Timeouts::default(),
-                    cache,
-                )
-                .map_err(|e| format!("{e:#}"))
-            })
-            .clone()
-            .map_err(|e| anyhow::anyhow!(e))?;
+        let credentials = credentials::find(
+            origin.split(':').next().unwrap_or(&origin),
+            self.username.as_deref(),
+            self.password_stdin,
+        )?;
+        let cache = self
+            .cache_dir
+            .as_deref()
+            .map(|dir| RangeCache::open(dir, self.cache_size))
+            .transpose()?;
+        let egress = EgressPolicy::new(
+            Some(origin.clone()),
+            credentials,
+            r.insecure,
+            self.ca_file.as_deref(),
+            Timeouts::default(),
+            cache,
+        )?;
         let options = RemoteOptions {
             insecure: Some(r.insecure),
             chunk_size: None,
@@ -278,14 +301,6 @@ struct RemoteRequest {
     digest: Option<String>,
     platform: Option<String>,
     insecure: bool,
-}
-
-/// The process's one egress policy (see `blob_source`).
-static EGRESS: OnceLock<Result<Arc<EgressPolicy>, String>> = OnceLock::new();
-
-/// The egress policy of this process, if a remote blob was opened (for --stats).
-pub fn egress() -> Option<Arc<EgressPolicy>> {
-    EGRESS.get().and_then(|r| r.as_ref().ok()).cloned()
 }
 
 fn egress_origin_of_url(url: &str) -> Option<String> {

@@ -1,13 +1,12 @@
-//! Bookkeeping for mounts: where a server registers its mount, how to tell whether a
-//! path is mounted (and whether its FUSE server died), and `erofs-host umount`.
+//! The registry of live mounts: where a mount server records its mount, how to tell
+//! whether a path is mounted (and whether its FUSE server died), and the unmount syscall.
+//! Used by the `mount` and `umount` commands.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -28,8 +27,8 @@ pub fn state_dir() -> Result<PathBuf> {
     let uid = unsafe { libc::geteuid() };
     let dir = if uid == 0 && Path::new("/run").is_dir() {
         PathBuf::from("/run/erofs-wasm")
-    } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
-        PathBuf::from(x).join("erofs-wasm")
+    } else if let Some(x) = crate::env::path("XDG_RUNTIME_DIR") {
+        x.join("erofs-wasm")
     } else {
         PathBuf::from(format!("/tmp/erofs-wasm-{uid}"))
     };
@@ -169,88 +168,4 @@ pub fn process_alive(pid: u32) -> bool {
         return false;
     };
     unsafe { libc::kill(pid, 0) == 0 }
-}
-
-#[derive(Debug, Args)]
-pub struct UmountArgs {
-    /// The mountpoint given to `erofs-host mount`
-    pub mountpoint: PathBuf,
-
-    /// Detach even if busy (the mount goes away when its last user leaves)
-    #[arg(long)]
-    pub lazy: bool,
-
-    /// Seconds to wait for the server to exit
-    #[arg(long, default_value_t = 10)]
-    pub timeout: u64,
-}
-
-/// Unmount, then make sure the serving process has ended. Handles a dead FUSE mount
-/// (server killed) and a stale registration.
-pub fn umount(args: UmountArgs) -> Result<()> {
-    let mp = absolute(&args.mountpoint)?;
-    let reg = read_registration(&mp)?;
-    let mut did_something = false;
-
-    if is_dead_fuse_mount(&mp) {
-        unmount(&mp, true)
-            .with_context(|| format!("{}: detaching the dead FUSE mount", mp.display()))?;
-        eprintln!(
-            "{}: detached a FUSE mount whose server had died",
-            mp.display()
-        );
-        did_something = true;
-    } else if mounted_at(&mp).is_some() {
-        match unmount(&mp, args.lazy) {
-            Ok(()) => did_something = true,
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => bail!(
-                "{}: busy (a process has a file open or its working directory there); close it, or use --lazy",
-                mp.display()
-            ),
-            Err(e) => return Err(e).with_context(|| format!("{}: unmount", mp.display())),
-        }
-    }
-
-    if let Some(reg) = &reg {
-        if process_alive(reg.pid) {
-            // The server tears down what is left (the loop backend's private mount) and exits.
-            // SAFETY: sending SIGTERM to the pid the server registered.
-            unsafe { libc::kill(reg.pid as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(args.timeout);
-            while process_alive(reg.pid) && !is_zombie(reg.pid) {
-                if Instant::now() > deadline {
-                    bail!(
-                        "{}: the server (pid {}) did not exit within {} s",
-                        mp.display(),
-                        reg.pid,
-                        args.timeout
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            did_something = true;
-        }
-        if let Some(backing) = &reg.backing {
-            if mounted_at(backing).is_some() {
-                let _ = unmount(backing, true);
-            }
-            let _ = std::fs::remove_dir(backing);
-        }
-        let _ = std::fs::remove_file(registration_path(&mp)?);
-    }
-    if !did_something {
-        bail!("{}: not mounted by erofs-host", mp.display());
-    }
-    Ok(())
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .map(|r| r.trim_start().starts_with('Z'))
-                .unwrap_or(false)
-        })
-        .unwrap_or(true)
 }

@@ -5,9 +5,8 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::cli::{parse_size, DeviceArgs};
-use crate::runtime::Runtime;
-use crate::sandbox::SandboxedDevice;
+use super::device_args::{parse_size, DeviceArgs};
+use crate::sandbox::{Runtime, SandboxedDevice};
 
 #[derive(Debug, Args)]
 pub struct CatArgs {
@@ -74,7 +73,7 @@ pub fn print_stats(device: &mut SandboxedDevice) -> Result<()> {
             r.requests, r.bytes_fetched, r.retries, r.chunk_hits
         );
     }
-    if let Some(egress) = crate::cli::egress() {
+    if let Some(egress) = device.spec().blob.egress() {
         use std::sync::atomic::Ordering::Relaxed;
         let e = &egress.stats;
         eprintln!(

@@ -15,26 +15,22 @@ use fuser::{
     ReplyStatfs, ReplyXattr, Request,
 };
 
-use crate::pool::Pool;
-use crate::runtime::{Attributes, FileKind};
-use crate::sandbox::CallError;
-
-/// How long the kernel may cache attributes and names. The image is immutable for the
-/// life of the mount, so an hour is safe, and it spares the sandbox most repeat lookups.
-pub const TTL: Duration = Duration::from_secs(3600);
+use super::{errno, read_only_basics, TTL};
+use crate::sandbox::runtime::{Attributes, FileKind};
+use crate::sandbox::{CallError, FilesystemPool};
 
 /// Directory entries asked of the component per readdir call (a FUSE reply buffer holds
 /// a few hundred short names; asking for more only wastes the surplus).
 const READDIR_BATCH: u32 = 256;
 
-pub struct ErofsFuse {
-    pool: Pool,
+pub(crate) struct ErofsFuse {
+    pool: FilesystemPool,
     root_nid: u64,
     device_size: u64,
 }
 
 impl ErofsFuse {
-    pub fn new(pool: Pool) -> Result<ErofsFuse, CallError> {
+    pub(crate) fn new(pool: FilesystemPool) -> Result<ErofsFuse, CallError> {
         let (root_nid, device_size) = {
             let mut fs = pool.get();
             (fs.root()?, fs.size())
@@ -89,19 +85,6 @@ impl ErofsFuse {
     }
 }
 
-/// Ask for large requests: 1 MiB reads and readahead (or the most the kernel allows).
-/// Fewer, larger requests cut the per-request cost of FUSE and of the sandbox call.
-pub fn tune_kernel(config: &mut fuser::KernelConfig) {
-    const WANT: u32 = 1 << 20;
-    if let Err(most) = config.set_max_readahead(WANT) {
-        let _ = config.set_max_readahead(most);
-    }
-    // max_pages (the largest read) follows the larger of max_write and max_readahead.
-    if let Err(most) = config.set_max_write(WANT) {
-        let _ = config.set_max_write(most);
-    }
-}
-
 /// The kernel's "new" device encoding, which FUSE's 32-bit rdev carries.
 fn encode_dev(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
@@ -119,33 +102,8 @@ fn kind(k: FileKind) -> FileType {
     }
 }
 
-/// The errno for a failed call; failures of the image or the sandbox are logged,
-/// ordinary answers (ENOENT, ENODATA...) are not.
-fn errno(e: &CallError) -> Errno {
-    let code = e.errno();
-    if code == libc::EIO || code == libc::EUCLEAN {
-        tracing::warn!("{e}");
-    }
-    Errno::from_i32(code)
-}
-
 impl Filesystem for ErofsFuse {
-    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
-        tune_kernel(config);
-        Ok(())
-    }
-
-    /// Nothing is ever written, so there is nothing to flush.
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _owner: fuser::LockOwner,
-        reply: fuser::ReplyEmpty,
-    ) {
-        reply.ok();
-    }
+    read_only_basics!();
 
     /// Tools probe with ioctls (e.g. `cp -a` asks for inode flags): EROFS has none to
     /// offer, and "not a typewriter" is the answer they expect for that.

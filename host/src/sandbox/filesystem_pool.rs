@@ -1,35 +1,37 @@
-//! A small pool of sandboxed filesystem instances for the FUSE bridge's worker threads.
+//! A small pool of sandboxed *filesystem* instances for the FUSE bridge's worker threads.
 //! Each instance has its own store, cache and cursors; a trap in one rebuilds only that
-//! one. (Raw device reads use `device_pool.rs`, which routes reads by offset.)
+//! one. (Raw device reads use [`DevicePool`](super::DevicePool), which routes reads by
+//! offset.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result};
 
-use crate::runtime::Runtime;
-use crate::sandbox::{DeviceSpec, Limits, SandboxedDevice};
+use super::device::{DeviceSpec, Limits, SandboxedDevice};
+use super::runtime::Runtime;
 
-pub struct Pool {
+/// Filesystem instances opened on the same files, lent to one thread at a time.
+pub struct FilesystemPool {
     instances: Vec<Mutex<SandboxedDevice>>,
     next: AtomicUsize,
 }
 
-impl Pool {
+impl FilesystemPool {
     /// `count` filesystem instances (at least 1) opened on the same files.
     pub fn open(
         runtime: Arc<Runtime>,
         spec: &DeviceSpec,
         limits: Limits,
         count: usize,
-    ) -> Result<Pool> {
+    ) -> Result<FilesystemPool> {
         let mut instances = Vec::new();
         for i in 0..count.max(1) {
             let fs = SandboxedDevice::open_filesystem(runtime.clone(), spec.clone(), limits)
                 .with_context(|| format!("opening sandbox instance {i}"))?;
             instances.push(Mutex::new(fs));
         }
-        Ok(Pool {
+        Ok(FilesystemPool {
             instances,
             next: AtomicUsize::new(0),
         })

@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use crate::cli::{parse_size, DeviceArgs};
-use crate::runtime::Runtime;
-use crate::sandbox::SandboxedDevice;
+use super::device_args::{parse_size, DeviceArgs};
+use crate::defaults;
+use crate::sandbox::{Runtime, SandboxedDevice};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Pattern {
@@ -28,7 +28,7 @@ pub struct BenchArgs {
     pub pattern: Pattern,
 
     /// Bytes per read
-    #[arg(long, value_parser = parse_size, default_value = "32K")]
+    #[arg(long, value_parser = parse_size, default_value = defaults::BENCH_IO_SIZE)]
     pub io_size: u64,
 
     /// Number of reads [default: the whole device for seq, 2000 for random]
@@ -45,7 +45,7 @@ pub struct BenchArgs {
     pub warm: bool,
 
     /// Seed for the random pattern
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults::BENCH_SEED)]
     pub seed: u64,
 
     /// Print one JSON object instead of text
@@ -83,7 +83,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let slots = (size / io as u64).max(1);
     let count = args.count.unwrap_or(match args.pattern {
         Pattern::Seq => size.div_ceil(io as u64),
-        Pattern::Random => 2000,
+        Pattern::Random => defaults::BENCH_RANDOM_COUNT,
     });
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let mut latencies = Vec::with_capacity(count as usize);

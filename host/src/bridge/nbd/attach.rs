@@ -31,12 +31,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::cli::DeviceArgs;
-use crate::serve_nbd::{open_source, verify_for_export};
-
-mod local;
-pub use local::go_handshake;
-use local::{LocalServer, EXPORT_NAME, TRANSMIT_READ_ONLY};
+use super::local_server::{go_handshake, LocalServer, EXPORT_NAME, TRANSMIT_READ_ONLY};
+use super::PoolSource;
 
 /// ioctl numbers from `linux/nbd.h`: `_IO(0xab, nr)`, i.e. `0xab00 | nr`.
 const NBD_SET_SOCK: libc::c_ulong = 0xab00;
@@ -66,15 +62,6 @@ pub struct AttachedMount {
 }
 
 impl AttachedMount {
-    /// The `/dev/nbdN` the image is attached to.
-    pub fn device(&self) -> &Path {
-        &self.device
-    }
-
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
-    }
-
     /// Unmount and disconnect the NBD device. A mount that someone already unmounted is
     /// fine; a busy one is detached lazily (its open files then fail with EIO).
     pub fn unmount(mut self) -> Result<()> {
@@ -111,12 +98,13 @@ impl Drop for AttachedMount {
     }
 }
 
-/// Verify the image, serve it, attach it to a free `/dev/nbdN` and mount it read-only at
-/// `mountpoint`. Fails at once, without side effects, where the nbd driver is missing.
-pub fn attach_and_mount(
-    device_args: &DeviceArgs,
+/// Serve the device that `open_source` verifies and opens, attach it to a free
+/// `/dev/nbdN` and mount it read-only at `mountpoint`. Fails at once, without side
+/// effects (`open_source` is not called), where the nbd driver is missing or we are not
+/// root.
+pub(crate) fn attach_and_mount(
     mountpoint: &Path,
-    verify: bool,
+    open_source: impl FnOnce() -> Result<PoolSource>,
 ) -> Result<AttachedMount> {
     let candidates = nbd_devices()?;
     if !mountpoint.is_dir() {
@@ -126,11 +114,8 @@ pub fn attach_and_mount(
     if unsafe { libc::geteuid() } != 0 {
         bail!("--backend nbd needs root (NBD ioctls and mount(2)); use --backend fuse");
     }
-    if verify {
-        let report = verify_for_export(device_args)?;
-        tracing::info!(?report, "the image passed verification");
-    }
-    let source = open_source(device_args, 4)?;
+    // Step 2 (verification) and the pool of instances: the caller's.
+    let source = open_source()?;
 
     // From here on, `attached` owns every step taken, so an early return undoes them.
     let mut attached = AttachedMount {
@@ -435,22 +420,9 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("modprobe nbd"), "{msg}");
         assert!(msg.contains("--backend fuse"), "{msg}");
-        // Parsed as the command line would be, so new options keep their defaults.
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            device: DeviceArgs,
-        }
-        let cli = <Cli as clap::Parser>::try_parse_from([
-            "test",
-            "/nonexistent/c.wasm",
-            "--tarindex",
-            "/nonexistent/meta",
-            "/nonexistent/blob",
-        ])
-        .unwrap();
-        let args = cli.device;
-        let Err(err) = attach_and_mount(&args, Path::new("/nonexistent/mnt"), true) else {
+        let Err(err) = attach_and_mount(Path::new("/nonexistent/mnt"), || {
+            panic!("the device must not be opened without the nbd driver")
+        }) else {
             panic!("attach must fail without the nbd driver");
         };
         assert_eq!(err.to_string(), msg);

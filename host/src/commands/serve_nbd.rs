@@ -2,8 +2,8 @@
 //!
 //! The EROFS metadata is verified inside the sandbox first (unless `--no-verify`), so a
 //! client that hands the export to a kernel never shows it a malformed image. Reads are
-//! served by a [`DevicePool`] of sandboxed instances shared by every client; the protocol
-//! itself is the `erofs-nbd` crate. A component error fails one request with `EIO` and no
+//! served by a [`DevicePool`] of sandboxed instances shared by every client (as a
+//! [`PoolSource`]); the protocol itself is the `erofs-nbd` crate. A component error fails one request with `EIO` and no
 //! data, a range past the end gets `EINVAL`, and a trap costs one request (`EIO`): the
 //! instance is rebuilt for the next one. SIGINT or SIGTERM stop the server cleanly (the
 //! unix socket file is removed).
@@ -19,17 +19,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use erofs_nbd::{BlockSource, Listen, ReadError, Server, ServerConfig};
+use erofs_nbd::{BlockSource, Listen, Server, ServerConfig};
 
-use crate::cli::DeviceArgs;
-use crate::device_pool::DevicePool;
-use crate::runtime::{Runtime, VerifyReport};
-use crate::verify::verify_image;
-
-/// Largest read a client may ask for (advertised in NBD_INFO_BLOCK_SIZE): the Linux
-/// kernel's NBD driver sends at most 32 MiB, and a 32 MiB read fits the sandbox's default
-/// memory budget.
-pub const MAX_REQUEST: u32 = 32 << 20;
+use super::device_args::DeviceArgs;
+use crate::bridge::nbd::{PoolSource, MAX_REQUEST};
+use crate::defaults;
+use crate::sandbox::{verify_image, DevicePool, Runtime};
 
 #[derive(Debug, Args)]
 pub struct ServeNbdArgs {
@@ -49,51 +44,16 @@ pub struct ServeNbdArgs {
     #[arg(long)]
     pub no_verify: bool,
 
-    /// Sandboxed instances serving reads [default 4: independent streams (other files,
-    /// other clients) run in parallel; one sequential stream stays on one instance, so a
-    /// gzip layer is never decoded twice]
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    /// Sandboxed instances serving reads (independent streams, other files or other
+    /// clients, run in parallel; one sequential stream stays on one instance, so a gzip
+    /// layer is never decoded twice)
+    #[arg(long, value_name = "N", default_value_t = defaults::NBD_INSTANCES)]
     pub instances: usize,
 
-    /// Reader threads per client connection [default 4: enough to overlap a pipelined
-    /// client's requests]
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    /// Reader threads per client connection (enough to overlap a pipelined client's
+    /// requests)
+    #[arg(long, value_name = "N", default_value_t = defaults::NBD_WORKERS)]
     pub workers: usize,
-}
-
-/// The pool as an NBD export: errors map to the errno the client sees.
-pub struct PoolSource(pub DevicePool);
-
-impl BlockSource for PoolSource {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-
-    fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, ReadError> {
-        match self.0.pread(offset, len) {
-            Ok(bytes) => Ok(bytes),
-            Err(e) if e.errno() == libc::EINVAL => Err(ReadError::Invalid(e.to_string())),
-            Err(e) => Err(ReadError::Io(format!("device offset {offset} +{len}: {e}"))),
-        }
-    }
-}
-
-/// Checks the whole EROFS metadata in the sandbox, as before any export. Fault injection
-/// (`--inject-trap-after-blob-reads`) is left to the served reads: the check must not
-/// spend it.
-pub fn verify_for_export(device: &DeviceArgs) -> Result<VerifyReport> {
-    let mut plain = device.clone();
-    plain.inject_trap_after_blob_reads = None;
-    verify_image(&plain)
-}
-
-/// The pool of sandboxed instances that serves the device, as an NBD source.
-pub fn open_source(device: &DeviceArgs, instances: usize) -> Result<PoolSource> {
-    let (spec, limits) = device.spec()?;
-    let runtime = Runtime::load(&device.component)?;
-    Ok(PoolSource(DevicePool::open(
-        runtime, spec, limits, instances,
-    )?))
 }
 
 /// `IP:PORT` or `unix:PATH`.
@@ -191,14 +151,16 @@ pub fn run(args: ServeNbdArgs) -> Result<()> {
     if let Listen::Unix(path) = &listen {
         clear_stale_socket(path)?;
     }
+    let (spec, limits) = args.device.spec()?;
+    let runtime = Runtime::load(&args.device.component)?;
     if !args.no_verify {
-        let r = verify_for_export(&args.device)?;
+        let r = verify_image(runtime.clone(), &spec, limits)?;
         eprintln!(
             "verified: {} entries ({} directories, {} regular files), {} bytes of file data",
             r.entries, r.directories, r.regular_files, r.data_bytes
         );
     }
-    let source = open_source(&args.device, args.instances)?;
+    let source = PoolSource(DevicePool::open(runtime, spec, limits, args.instances)?);
     let size = source.size();
 
     let config = ServerConfig {

@@ -8,6 +8,7 @@
 //! and the instance stays.
 
 use std::path::PathBuf;
+#[cfg(feature = "fault-injection")]
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +18,24 @@ use wasmtime::component::ResourceAny;
 use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtx;
 
-use crate::egress::{Egress, EgressPolicy};
-use crate::files::HostFile;
-use crate::runtime::{
+use super::errors::CallError;
+use super::host_file::HostFile;
+use super::runtime::{
     Attributes, BlobLocation, DeviceStats, DirEntry, OpenOptions, Reader, RemoteOptions,
     RemoteStats, Runtime, StoreState, VerifyReport, WitError, EPOCH_TICK,
 };
+use crate::net::egress::{Egress, EgressPolicy};
+
+/// Core instances one store may hold. The component is a handful of core modules
+/// (the Rust code and the WASI adapter shims); 4 leaves room without allowing a guest to
+/// multiply itself.
+const MAX_INSTANCES: usize = 4;
+/// Tables one store may hold: each core module has one or two (functions, the
+/// component's indirect-call shims); 16 is several times what the component needs.
+const MAX_TABLES: usize = 16;
+/// Linear memories one store may hold: the component uses one, its adapters at most one
+/// more; 4 is a safe bound. Their total size is capped by [`Limits::memory`].
+const MAX_MEMORIES: usize = 4;
 
 /// Sandbox limits.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +55,7 @@ pub struct DeviceSpec {
     pub options: OpenOptions,
     /// Fault injection for tests: the blob read after this many more blob reads (over
     /// all instances) traps the component, once.
+    #[cfg(feature = "fault-injection")]
     pub trap_after_blob_reads: Option<Arc<AtomicI64>>,
 }
 
@@ -68,6 +82,14 @@ impl std::fmt::Debug for BlobSource {
 }
 
 impl BlobSource {
+    /// The egress policy of a remote blob (its counters are the host's network stats).
+    pub fn egress(&self) -> Option<&Arc<EgressPolicy>> {
+        match self {
+            BlobSource::Local(_) => None,
+            BlobSource::Remote { egress, .. } => Some(egress),
+        }
+    }
+
     /// A short name for messages and FUSE's fsname.
     pub fn display_name(&self) -> String {
         match self {
@@ -92,62 +114,6 @@ impl BlobSource {
 pub enum Mode {
     Device,
     Filesystem,
-}
-
-/// Why a call failed.
-#[derive(Debug)]
-pub enum CallError {
-    /// The component returned an error.
-    Component(WitError),
-    /// The component trapped; the instance was discarded.
-    Trap(String),
-}
-
-impl CallError {
-    /// The errno a filesystem or block bridge should report.
-    pub fn errno(&self) -> i32 {
-        match self {
-            CallError::Component(e) => match e {
-                WitError::OutOfRange(_) | WitError::NotSymlink => libc::EINVAL,
-                WitError::Unsupported(_) => libc::EOPNOTSUPP,
-                WitError::BadInput(_) | WitError::Io(_) => libc::EIO,
-                WitError::Corrupt(_) => libc::EUCLEAN,
-                WitError::NotFound => libc::ENOENT,
-                WitError::NotDirectory => libc::ENOTDIR,
-                WitError::IsDirectory => libc::EISDIR,
-                WitError::NoAttribute => libc::ENODATA,
-                WitError::NameTooLong => libc::ENAMETOOLONG,
-            },
-            CallError::Trap(_) => libc::EIO,
-        }
-    }
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Component(e) => write!(f, "{}", describe(e)),
-            CallError::Trap(t) => write!(f, "the component trapped: {t}"),
-        }
-    }
-}
-
-impl std::error::Error for CallError {}
-
-pub fn describe(e: &WitError) -> String {
-    match e {
-        WitError::BadInput(m) => format!("bad input: {m}"),
-        WitError::Io(m) => format!("I/O error: {m}"),
-        WitError::OutOfRange(m) => format!("out of range: {m}"),
-        WitError::Unsupported(m) => format!("unsupported: {m}"),
-        WitError::Corrupt(m) => format!("corrupt image: {m}"),
-        WitError::NotFound => "no such file or directory".into(),
-        WitError::NotDirectory => "not a directory".into(),
-        WitError::IsDirectory => "is a directory".into(),
-        WitError::NotSymlink => "not a symlink".into(),
-        WitError::NoAttribute => "no such extended attribute".into(),
-        WitError::NameTooLong => "name too long".into(),
-    }
 }
 
 struct Live {
@@ -195,7 +161,9 @@ impl SandboxedDevice {
         limits: Limits,
         mode: Mode,
     ) -> Result<Self> {
-        let meta_size = std::fs::metadata(&spec.meta).map(|m| m.len()).unwrap_or(0);
+        // The metadata image's size, from the same open the component's vfile will get
+        // (an unreadable file is named here, before any instance exists).
+        let meta_size = HostFile::open(&spec.meta)?.size;
         let mut this = SandboxedDevice {
             runtime,
             spec,
@@ -230,6 +198,11 @@ impl SandboxedDevice {
 
     pub fn meta_size(&self) -> u64 {
         self.meta_size
+    }
+
+    /// The files and settings this device was opened with.
+    pub fn spec(&self) -> &DeviceSpec {
+        &self.spec
     }
 
     /// Change the deadline for later calls.
@@ -366,9 +339,9 @@ impl SandboxedDevice {
     fn start(&self) -> Result<Live, CallError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.limits.memory).unwrap_or(usize::MAX))
-            .instances(4)
-            .tables(16)
-            .memories(4)
+            .instances(MAX_INSTANCES)
+            .tables(MAX_TABLES)
+            .memories(MAX_MEMORIES)
             .build();
         let egress = match &self.spec.blob {
             BlobSource::Remote { egress, .. } => egress.clone(),
@@ -407,8 +380,12 @@ impl SandboxedDevice {
         let tarindex = bindings.erofs_reader_tarindex();
         let device = match &self.spec.blob {
             BlobSource::Local(path) => {
+                #[cfg_attr(not(feature = "fault-injection"), allow(unused_mut))]
                 let mut blob = HostFile::open(path).map_err(io)?;
-                blob.trap_after_reads = self.spec.trap_after_blob_reads.clone();
+                #[cfg(feature = "fault-injection")]
+                {
+                    blob.trap_after_reads = self.spec.trap_after_blob_reads.clone();
+                }
                 let blob = store
                     .data_mut()
                     .table

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use erofs_nbd::{Listen, Server, ServerConfig};
 
-use crate::serve_nbd::{PoolSource, MAX_REQUEST};
+use super::{PoolSource, MAX_REQUEST};
 
 /// The one export of the private server.
 pub const EXPORT_NAME: &str = "erofs";

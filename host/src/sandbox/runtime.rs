@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::host_file::{HostFile, ReadError};
 
 /// Part of the precompiled-cache key (the pinned version in host/Cargo.toml).
 const WASMTIME_VERSION: &str = "48.0.8";
@@ -30,7 +32,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "reader",
     with: {
-        "erofs:reader/vfile.vfile": crate::files::HostFile,
+        "erofs:reader/vfile.vfile": crate::sandbox::host_file::HostFile,
     },
     imports: { default: trappable },
 });
@@ -51,7 +53,7 @@ pub struct StoreState {
     pub limits: StoreLimits,
     pub http: wasmtime_wasi_http::WasiHttpCtx,
     /// The egress policy this store's `wasi:http` requests go through.
-    pub egress: crate::egress::Egress,
+    pub egress: crate::net::egress::Egress,
 }
 
 impl wasmtime_wasi_http::WasiHttpView for StoreState {
@@ -141,15 +143,16 @@ fn start_epoch_ticker(engine: &Engine) {
 }
 
 /// Where precompiled components are kept: `$EROFS_WASM_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/erofs-wasm`, else `~/.cache/erofs-wasm`.
+/// `$XDG_CACHE_HOME/erofs-wasm`, else `~/.cache/erofs-wasm`. Empty values count as unset
+/// (an empty path would put the cache in the current directory).
 fn cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("EROFS_WASM_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
+    if let Some(dir) = crate::env::path("EROFS_WASM_CACHE_DIR") {
+        return Some(dir);
     }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(dir).join("erofs-wasm"));
+    if let Some(dir) = crate::env::path("XDG_CACHE_HOME") {
+        return Some(dir.join("erofs-wasm"));
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/erofs-wasm"))
+    crate::env::path("HOME").map(|h| h.join(".cache/erofs-wasm"))
 }
 
 /// Compile `path`, or load the native code compiled earlier for the same wasm bytes, the
@@ -214,4 +217,48 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+impl erofs::reader::types::Host for StoreState {}
+
+impl erofs::reader::vfile::Host for StoreState {}
+
+/// The WIT `vfile` resource over a [`HostFile`].
+impl erofs::reader::vfile::HostVfile for StoreState {
+    fn size(&mut self, file: Resource<HostFile>) -> wasmtime::Result<Result<u64, WitError>> {
+        Ok(Ok(self.table.get(&file)?.size))
+    }
+
+    fn pread(
+        &mut self,
+        file: Resource<HostFile>,
+        offset: u64,
+        len: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        let file = self.table.get(&file)?;
+        #[cfg(feature = "fault-injection")]
+        if let Some(countdown) = &file.trap_after_reads {
+            if countdown.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                return Err(wasmtime::Error::msg(format!(
+                    "injected fault: trap on a read of {}",
+                    file.path.display()
+                )));
+            }
+        }
+        let path = file.path.display();
+        Ok(file.pread(offset, len).map_err(|e| match e {
+            ReadError::TooLarge { len } => {
+                WitError::OutOfRange(format!("{path}: read of {len} bytes is too large"))
+            }
+            ReadError::Shrank { at } => WitError::Io(format!(
+                "{path}: file shrank: read at {at} returned nothing"
+            )),
+            ReadError::Io { at, source } => WitError::Io(format!("{path}: read at {at}: {source}")),
+        }))
+    }
+
+    fn drop(&mut self, file: Resource<HostFile>) -> wasmtime::Result<()> {
+        self.table.delete(file)?;
+        Ok(())
+    }
 }

@@ -21,9 +21,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use anyhow::Result;
 
-use crate::runtime::Runtime;
-use crate::runtime::WitError;
-use crate::sandbox::{CallError, DeviceSpec, Limits, SandboxedDevice};
+use super::device::{DeviceSpec, Limits, SandboxedDevice};
+use super::errors::CallError;
+use super::runtime::{Runtime, WitError};
 
 /// A read that starts up to this far before an instance's last end is probably in its
 /// decoded-byte cache (32 MiB by default); routing it there costs a memcpy.

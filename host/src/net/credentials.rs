@@ -4,7 +4,6 @@
 //! and never given to the component: the host adds the Authorization header itself.
 
 use std::io::Read;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
@@ -55,11 +54,23 @@ pub fn find(
     if password_stdin {
         bail!("--password-stdin needs --username");
     }
-    if let (Ok(username), Ok(password)) = (
-        std::env::var("EROFS_REGISTRY_USERNAME"),
-        std::env::var("EROFS_REGISTRY_PASSWORD"),
+    let from_env = |name: &str| {
+        crate::env::non_empty(name)
+            .map(|v| {
+                v.into_string()
+                    .map_err(|_| anyhow::anyhow!("{name}: not valid UTF-8"))
+            })
+            .transpose()
+    };
+    match (
+        from_env("EROFS_REGISTRY_USERNAME")?,
+        from_env("EROFS_REGISTRY_PASSWORD")?,
     ) {
-        return Ok(Some(Credentials { username, password }));
+        (Some(username), Some(password)) => return Ok(Some(Credentials { username, password })),
+        (Some(_), None) | (None, Some(_)) => bail!(
+            "EROFS_REGISTRY_USERNAME and EROFS_REGISTRY_PASSWORD go together; only one is set"
+        ),
+        (None, None) => {}
     }
     docker_config(registry)
 }
@@ -67,15 +78,25 @@ pub fn find(
 /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, key `auths.<registry>.auth`
 /// (base64 of `user:password`). Docker Hub is keyed `https://index.docker.io/v1/`.
 fn docker_config(registry: &str) -> Result<Option<Credentials>> {
-    let path = match std::env::var_os("DOCKER_CONFIG") {
-        Some(dir) => PathBuf::from(dir).join("config.json"),
-        None => match std::env::var_os("HOME") {
-            Some(home) => PathBuf::from(home).join(".docker/config.json"),
+    let path = match crate::env::path("DOCKER_CONFIG") {
+        Some(dir) => dir.join("config.json"),
+        None => match crate::env::path("HOME") {
+            Some(home) => home.join(".docker/config.json"),
             None => return Ok(None),
         },
     };
-    let Ok(text) = std::fs::read(&path) else {
-        return Ok(None);
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        // No config file (or no such home): no credentials, as for docker itself.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
     };
     let config: serde_json::Value = serde_json::from_slice(&text)
         .with_context(|| format!("{}: not valid JSON", path.display()))?;
