@@ -1,5 +1,6 @@
 //! The WIT glue (wasm32 only): imported `vfile`s become [`Source`]s, and the exported
-//! `tarindex` interface wraps [`Device`]. No logic lives here.
+//! `tarindex` interface wraps [`Device`]. No logic lives here. The `registry` interface's
+//! glue is in `bindings_registry.rs`.
 
 use std::cell::RefCell;
 
@@ -70,9 +71,9 @@ impl Source for ImportedFile {
     }
 }
 
-struct Component;
+pub(crate) struct Component;
 
-fn options_from_wit(options: OpenOptions) -> Options {
+pub(crate) fn options_from_wit(options: OpenOptions) -> Options {
     let defaults = Options::default();
     Options {
         cache_bytes: options.cache_bytes.unwrap_or(defaults.cache_bytes),
@@ -86,6 +87,26 @@ fn options_from_wit(options: OpenOptions) -> Options {
     }
 }
 
+pub(crate) fn remote_options_from_wit(remote: RemoteOptions) -> remote::RemoteOptions {
+    let defaults = remote::RemoteOptions::default();
+    remote::RemoteOptions {
+        insecure: remote.insecure.unwrap_or(defaults.insecure),
+        chunk_size: remote.chunk_size.unwrap_or(defaults.chunk_size),
+        readahead_max: remote.readahead_max.unwrap_or(defaults.readahead_max),
+        max_retries: remote.max_retries.unwrap_or(defaults.max_retries),
+        ..defaults
+    }
+}
+
+pub(crate) fn oci_location_from_wit(o: tarindex::OciBlob) -> remote::BlobLocation {
+    remote::BlobLocation::Oci {
+        reference: o.reference,
+        layer: o.layer,
+        digest: o.digest,
+        platform: o.platform,
+    }
+}
+
 impl tarindex::Guest for Component {
     type Device = DeviceResource;
 
@@ -96,22 +117,10 @@ impl tarindex::Guest for Component {
         options: OpenOptions,
         remote: RemoteOptions,
     ) -> Result<tarindex::Device, WitError> {
-        let defaults = remote::RemoteOptions::default();
-        let remote_options = remote::RemoteOptions {
-            insecure: remote.insecure.unwrap_or(defaults.insecure),
-            chunk_size: remote.chunk_size.unwrap_or(defaults.chunk_size),
-            readahead_max: remote.readahead_max.unwrap_or(defaults.readahead_max),
-            max_retries: remote.max_retries.unwrap_or(defaults.max_retries),
-            ..defaults
-        };
+        let remote_options = remote_options_from_wit(remote);
         let location = match blob {
             BlobLocation::Url(url) => remote::BlobLocation::Url(url),
-            BlobLocation::Oci(o) => remote::BlobLocation::Oci {
-                reference: o.reference,
-                layer: o.layer,
-                digest: o.digest,
-                platform: o.platform,
-            },
+            BlobLocation::Oci(o) => oci_location_from_wit(o),
         };
         let transport = Box::new(remote::WasiTransport::default());
         let (blob, info) = remote::open_blob(&location, transport, &remote_options)?;
@@ -146,7 +155,7 @@ impl tarindex::Guest for Component {
     }
 }
 
-struct DeviceResource(RefCell<Option<Device>>);
+pub(crate) struct DeviceResource(pub(crate) RefCell<Option<Device>>);
 
 impl DeviceResource {
     fn with<R>(&self, f: impl FnOnce(&mut Device) -> R) -> Result<R, WitError> {
@@ -244,7 +253,7 @@ impl wit_fs::Guest for Component {
     }
 }
 
-struct FsResource(RefCell<Filesystem>);
+pub(crate) struct FsResource(RefCell<Filesystem>);
 
 fn kind_of_mode(mode: u32) -> FileKind {
     match mode & 0o170000 {

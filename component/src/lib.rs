@@ -24,3 +24,5 @@ pub mod tarindex;
 
 #[cfg(target_arch = "wasm32")]
 mod bindings;
+#[cfg(target_arch = "wasm32")]
+mod bindings_registry;

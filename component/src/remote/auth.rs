@@ -180,8 +180,34 @@ fn to_challenge((scheme, params): RawChallenge) -> Challenge {
 }
 
 /// The token-request URL: the realm plus `service` (when the challenge named one) and
-/// `scope=repository:REPO:pull`, each value percent-encoded.
+/// `scope=repository:REPO:pull` (`pull,push` with `push`), each value percent-encoded.
 pub fn token_url(realm: &str, service: Option<&str>, repository: &str) -> Result<Url> {
+    token_url_for(realm, service, repository, Access::Pull)
+}
+
+/// What a token is asked for: reading only, or also writing (`index --push`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Pull,
+    PullPush,
+}
+
+impl Access {
+    fn actions(self) -> &'static str {
+        match self {
+            Access::Pull => "pull",
+            Access::PullPush => "pull,push",
+        }
+    }
+}
+
+/// [`token_url`] for the given access.
+pub fn token_url_for(
+    realm: &str,
+    service: Option<&str>,
+    repository: &str,
+    access: Access,
+) -> Result<Url> {
     let base = Url::parse(realm).map_err(|e| e.context("token realm"))?;
     let mut query = String::new();
     if let Some(service) = service {
@@ -191,7 +217,8 @@ pub fn token_url(realm: &str, service: Option<&str>, repository: &str) -> Result
     }
     query.push_str("scope=");
     query.push_str(&encode_query_value(&format!(
-        "repository:{repository}:pull"
+        "repository:{repository}:{}",
+        access.actions()
     )));
     let sep = if base.path_and_query.contains('?') {
         if base.path_and_query.ends_with(['?', '&']) {
@@ -254,14 +281,21 @@ pub struct Auth {
     /// `scheme://api_host/`: where the Bearer token may be sent.
     registry: Url,
     repository: String,
+    access: Access,
     token: Option<Token>,
 }
 
 impl Auth {
     pub fn new(registry: Url, repository: &str) -> Self {
+        Self::with_access(registry, repository, Access::Pull)
+    }
+
+    /// Authentication that asks for `access` (pull and push, to publish an index).
+    pub fn with_access(registry: Url, repository: &str, access: Access) -> Self {
         Self {
             registry,
             repository: repository.to_string(),
+            access,
             token: None,
         }
     }
@@ -318,7 +352,7 @@ impl Auth {
                  Bearer or Basic challenge"
             )));
         };
-        let url = token_url(&realm, service.as_deref(), &self.repository)
+        let url = token_url_for(&realm, service.as_deref(), &self.repository, self.access)
             .map_err(|e| e.context(registry))?;
         let accept = |_: &Url| vec![("Accept".to_string(), "application/json".to_string())];
         let (_, answer) = net
@@ -366,6 +400,21 @@ pub fn fetch_with_auth(
     max_body: u64,
     check: Check<'_>,
 ) -> Result<(Url, HttpResponse)> {
+    send_with_auth(net, auth, method, url, extra, &[], max_body, check)
+}
+
+/// [`fetch_with_auth`] with a request body (uploads and manifest pushes).
+#[allow(clippy::too_many_arguments)]
+pub fn send_with_auth(
+    net: &Net,
+    auth: Option<&RefCell<Auth>>,
+    method: Method,
+    url: &Url,
+    extra: &[(String, String)],
+    body: &[u8],
+    max_body: u64,
+    check: Check<'_>,
+) -> Result<(Url, HttpResponse)> {
     let mut renewed = false;
     loop {
         let headers = |u: &Url| {
@@ -381,7 +430,7 @@ pub fn fetch_with_auth(
             _ => check(u, r),
         };
         let (last, resp) = net
-            .fetch(method, url, &headers, max_body, &check401)
+            .exchange(method, url, &headers, body, max_body, &check401)
             .map_err(|e| match e.kind {
                 Kind::Io => e.context(&url.to_string()),
                 _ => e,

@@ -6,11 +6,16 @@
 //! inside the sandbox. The host grants and polices the network and adds credentials; the
 //! component never sees a password.
 
+pub mod artifact;
 pub mod auth;
 pub mod blob;
+pub mod discover;
+pub mod image;
 pub mod manifest;
 pub mod net;
+pub mod push;
 pub mod reference;
+pub mod session;
 pub mod transport;
 pub mod url;
 #[cfg(target_arch = "wasm32")]
@@ -29,13 +34,17 @@ pub use transport::{HttpRequest, HttpResponse, Method, Transport};
 #[cfg(target_arch = "wasm32")]
 pub use wasi_transport::WasiTransport;
 
-use self::auth::Auth;
+use self::auth::{Access, Auth};
+use self::discover::Found;
+use self::image::{resolve_image, Image};
 use self::manifest::{Platform, DEFAULT_PLATFORM};
 use self::net::Net;
+use self::push::Pushed;
 use self::reference::Reference;
+use self::session::Session;
 use self::url::{Scheme, Url};
 use crate::defaults;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Where the layer blob lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,4 +204,92 @@ pub fn open_blob(
             Ok((blob, info))
         }
     }
+}
+
+/// The image manifest of `reference` for `platform` (default linux/amd64), with its
+/// layers and the diff_ids of its config: what `push_index` needs to be given indexes
+/// for.
+pub fn inspect_image(
+    reference: &str,
+    platform: Option<&str>,
+    transport: Box<dyn Transport>,
+    opts: &RemoteOptions,
+) -> Result<Image> {
+    let session = Session::open(reference, transport, opts, Access::Pull)?;
+    let platform = Platform::parse(platform.unwrap_or(DEFAULT_PLATFORM))?;
+    resolve_image(&session, session.reference.manifest_ref(), &platform)
+}
+
+/// Publish `layers` (one index per layer, in order) as the index of image manifest
+/// `manifest_digest` in the repository of `reference`. The manifest is fetched again by
+/// digest and its layers and diff_ids must match the indexes.
+pub fn push_index(
+    reference: &str,
+    manifest_digest: &str,
+    layers: &[artifact::LayerIndex],
+    transport: Box<dyn Transport>,
+    opts: &RemoteOptions,
+) -> Result<Pushed> {
+    let session = Session::open(reference, transport, opts, Access::PullPush)?;
+    reference::validate_digest(manifest_digest)
+        .map_err(|e| e.context("the image manifest digest"))?;
+    // A pinned digest names one manifest; the platform only matters for an index.
+    let platform = Platform::parse(DEFAULT_PLATFORM)?;
+    let image = resolve_image(&session, manifest_digest, &platform)?;
+    push::push_index(&session, &image, layers)
+}
+
+/// [`open_blob`] for an OCI layer whose tar index and zinfo are found in the registry
+/// (published by `push_index`), checked against the image: the blob, what was opened,
+/// and the index.
+pub fn open_published(
+    location: &BlobLocation,
+    transport: Box<dyn Transport>,
+    opts: &RemoteOptions,
+) -> Result<(RemoteBlob, BlobInfo, Found)> {
+    let BlobLocation::Oci {
+        reference,
+        layer,
+        digest,
+        platform,
+    } = location
+    else {
+        return Err(Error::unsupported(
+            "a published index is found next to an OCI image; a plain URL needs its tar \
+             index given",
+        ));
+    };
+    let session = Session::open(reference, transport, opts, Access::Pull)?;
+    let platform = Platform::parse(platform.as_deref().unwrap_or(DEFAULT_PLATFORM))?;
+    let image = resolve_image(&session, session.reference.manifest_ref(), &platform)?;
+    let chosen =
+        manifest::choose_layer(&image.descriptors(), *layer, digest.as_deref()).map_err(|e| {
+            e.context(&format!(
+                "{}: manifest {}",
+                session.name(),
+                image.manifest_digest
+            ))
+        })?;
+    let found = discover::find_index(&session, &image, chosen.index as usize)?;
+    let blob_url = session.url(&format!("blobs/{}", chosen.digest))?;
+    let info = BlobInfo {
+        url: blob_url.to_string(),
+        size: chosen.size,
+        digest: Some(chosen.digest.clone()),
+        media_type: Some(chosen.media_type),
+        compression: chosen.compression,
+        manifest_digest: Some(image.manifest_digest.clone()),
+        layer_index: Some(chosen.index),
+        platform: image.platform.clone(),
+    };
+    let Session { net, auth, .. } = session;
+    let blob = RemoteBlob::new(
+        net,
+        blob_url,
+        chosen.size,
+        Some(auth.into_inner()),
+        Some(chosen.digest),
+        opts,
+    )?;
+    Ok((blob, info, found))
 }

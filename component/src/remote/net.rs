@@ -107,6 +107,21 @@ impl Net {
         max_body: u64,
         check: Check<'_>,
     ) -> Result<(Url, HttpResponse)> {
+        self.exchange(method, url, headers, &[], max_body, check)
+    }
+
+    /// [`Net::fetch`] with a request body (a blob upload or a manifest push). The body
+    /// goes with every attempt and every redirect hop: the registry requests it sends are
+    /// idempotent (a PUT by digest), or start a fresh upload session (a POST).
+    pub fn exchange(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: &dyn Fn(&Url) -> Vec<(String, String)>,
+        body: &[u8],
+        max_body: u64,
+        check: Check<'_>,
+    ) -> Result<(Url, HttpResponse)> {
         // The last failed attempt: its cause, and its HTTP status when it got a response.
         let mut last_cause = String::new();
         let mut last_status = None;
@@ -122,6 +137,7 @@ impl Net {
                     method,
                     url: current.to_string(),
                     headers: headers(&current),
+                    body: body.to_vec(),
                 };
                 let resp = match self.send(&req, max_body) {
                     Ok(resp) => resp,

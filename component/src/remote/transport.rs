@@ -8,6 +8,10 @@ use crate::error::{Error, Kind, Result};
 pub enum Method {
     Get,
     Head,
+    /// Only for publishing (`index --push`): starting a blob upload.
+    Post,
+    /// Only for publishing: finishing a blob upload, pushing a manifest.
+    Put,
 }
 
 impl Method {
@@ -15,6 +19,8 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
         }
     }
 }
@@ -25,6 +31,8 @@ pub struct HttpRequest {
     /// An absolute `http://` or `https://` URL (already checked by `url::Url::parse`).
     pub url: String,
     pub headers: Vec<(String, String)>,
+    /// The request body (empty for GET and HEAD). Sent with its `Content-Length`.
+    pub body: Vec<u8>,
 }
 
 impl HttpRequest {

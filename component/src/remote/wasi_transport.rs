@@ -5,8 +5,8 @@
 
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    ErrorCode, Fields, IncomingResponse, Method as WasiMethod, OutgoingRequest, RequestOptions,
-    Scheme as WasiScheme,
+    ErrorCode, Fields, IncomingResponse, Method as WasiMethod, OutgoingBody, OutgoingRequest,
+    RequestOptions, Scheme as WasiScheme,
 };
 use wasi::io::streams::StreamError;
 
@@ -84,12 +84,22 @@ impl Transport for WasiTransport {
         if !entries.iter().any(|(n, _)| n == "user-agent") {
             entries.push(("user-agent".to_string(), USER_AGENT.as_bytes().to_vec()));
         }
+        let sends_body = matches!(req.method, Method::Post | Method::Put);
+        if sends_body {
+            entries.retain(|(n, _)| n != "content-length");
+            entries.push((
+                "content-length".to_string(),
+                req.body.len().to_string().into_bytes(),
+            ));
+        }
         let fields = Fields::from_list(&entries)
             .map_err(|e| Error::unsupported(format!("{url}: bad request header ({e:?})")))?;
         let request = OutgoingRequest::new(fields);
         let method = match req.method {
             Method::Get => WasiMethod::Get,
             Method::Head => WasiMethod::Head,
+            Method::Post => WasiMethod::Post,
+            Method::Put => WasiMethod::Put,
         };
         let scheme = match url.scheme {
             Scheme::Http => WasiScheme::Http,
@@ -113,8 +123,17 @@ impl Transport for WasiTransport {
         let _ = options.set_first_byte_timeout(Some(ns(self.first_byte_timeout_ms)));
         let _ = options.set_between_bytes_timeout(Some(ns(self.between_bytes_timeout_ms)));
 
+        let outgoing_body = request
+            .body()
+            .map_err(|()| Error::io(format!("{url}: request body already taken")))?;
         let future =
             outgoing_handler::handle(request, Some(options)).map_err(|c| from_code(&url, c))?;
+        // The body is written after `handle`: the host consumes it as it sends.
+        write_body(
+            outgoing_body,
+            &url,
+            if sends_body { &req.body } else { &[] },
+        )?;
         let response = loop {
             match future.get() {
                 Some(Ok(Ok(response))) => break response,
@@ -166,6 +185,32 @@ impl Transport for WasiTransport {
     fn sleep_ms(&self, ms: u64) {
         wasi::clocks::monotonic_clock::subscribe_duration(ns(ms)).block();
     }
+}
+
+/// Bytes handed to one `blocking-write-and-flush` (the most WASI 0.2 allows per call).
+const WRITE_PIECE: usize = 4096;
+
+/// Write `bytes` as the request body and finish it.
+fn write_body(body: OutgoingBody, url: &Url, bytes: &[u8]) -> Result<()> {
+    let failed = |what: &str, e: StreamError| {
+        let cause = match e {
+            StreamError::Closed => "the host closed the stream".to_string(),
+            StreamError::LastOperationFailed(e) => e.to_debug_string(),
+        };
+        Error::io(format!("{url}: {what} the request body failed: {cause}"))
+    };
+    {
+        let stream = body
+            .write()
+            .map_err(|()| Error::io(format!("{url}: request body stream already taken")))?;
+        for piece in bytes.chunks(WRITE_PIECE) {
+            stream
+                .blocking_write_and_flush(piece)
+                .map_err(|e| failed("writing", e))?;
+        }
+        // The stream is a child of the body: it is dropped before the body finishes.
+    }
+    OutgoingBody::finish(body, None).map_err(|code| from_code(url, code))
 }
 
 /// Read the whole body, stopping with an error once it passes `max_body`.

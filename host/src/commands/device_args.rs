@@ -34,7 +34,9 @@ pub struct DeviceArgs {
     /// oci://REGISTRY/REPO:TAG | oci://REGISTRY/REPO@sha256:... (see --layer, --blob-digest)
     pub blob: String,
 
-    /// The EROFS tar-index metadata image (`mkfs.erofs --tar=i`)
+    /// The EROFS tar-index metadata image (`mkfs.erofs --tar=i`, `erofs-host index`).
+    /// Without it, an oci:// layer uses the index published next to its image
+    /// (`erofs-host index ... --push`), found through the registry's referrers API or tag
     #[arg(long, value_name = "META")]
     pub tarindex: Option<PathBuf>,
 
@@ -180,11 +182,19 @@ impl DeviceArgs {
     /// Resolve -o options and defaults into what the sandbox needs.
     pub fn spec(&self) -> Result<(DeviceSpec, Limits)> {
         let o = self.dash_o()?;
-        let meta = o
-            .tarindex
-            .or_else(|| self.tarindex.clone())
-            .context("no metadata image: pass --tarindex META (or -o oci.tarindex=META)")?;
+        let meta = o.tarindex.or_else(|| self.tarindex.clone());
         let zinfo = o.zinfo.or_else(|| self.zinfo.clone());
+        if meta.is_none() {
+            if !self.blob.starts_with("oci://") {
+                bail!(
+                    "no metadata image: pass --tarindex META (or -o oci.tarindex=META); only an \
+                     oci:// layer can use an index published next to its image"
+                );
+            }
+            if zinfo.is_some() {
+                bail!("--zinfo without --tarindex: a published index brings its own zinfo");
+            }
+        }
         let cache = self.decode_cache;
         let is_remote = self.blob.contains("://");
         let remote_extra = if is_remote {

@@ -207,7 +207,7 @@ fn mount_fuse(
     limits: crate::sandbox::Limits,
 ) -> Result<Served> {
     let pool = FilesystemPool::open(runtime, spec, limits, args.instances)?;
-    let fs = ErofsFuse::new(pool).map_err(|e| anyhow!("{}: {e}", spec.meta.display()))?;
+    let fs = ErofsFuse::new(pool).map_err(|e| anyhow!("{}: {e}", spec.meta_name()))?;
     let name = spec.blob.display_name();
     let session = fuse::session(fs, mountpoint, &name, args.instances)?;
     Ok(Served {

@@ -11,9 +11,14 @@
 //! Credentials go, as `Authorization: Basic`, only to the registry and its token realm,
 //! and only on requests that carry no Authorization of their own (the component sends
 //! the Bearer tokens it obtained). Redirect targets never get them.
+//!
+//! Methods: GET and HEAD everywhere allowed. POST and PUT (blob uploads and manifest
+//! pushes) only when the command publishes (`index --push`, [`EgressPolicy::allow_writes`]),
+//! and then only to the registry itself: a mount never writes, and a publish never sends
+//! bytes to a token realm or a storage host.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -47,6 +52,10 @@ struct Hosts {
 
 pub struct EgressPolicy {
     hosts: Mutex<Hosts>,
+    /// The registry (or blob URL host) the policy was made for: the only host writes go to.
+    origin: Option<String>,
+    /// Whether POST and PUT may go to `origin` (set for `index --push`).
+    writes: AtomicBool,
     credentials: Option<Credentials>,
     insecure: bool,
     tls: Arc<rustls::ClientConfig>,
@@ -69,12 +78,14 @@ impl EgressPolicy {
         timeouts: Timeouts,
         cache: Option<RangeCache>,
     ) -> anyhow::Result<Arc<EgressPolicy>> {
-        let origin: HashSet<String> = origin.into_iter().collect();
+        let hosts: HashSet<String> = origin.iter().cloned().collect();
         Ok(Arc::new(EgressPolicy {
             hosts: Mutex::new(Hosts {
-                allowed: origin.clone(),
-                credentialed: origin,
+                allowed: hosts.clone(),
+                credentialed: hosts,
             }),
+            origin,
+            writes: AtomicBool::new(false),
             credentials,
             insecure,
             tls: http_send::tls_config(ca_file)?,
@@ -82,6 +93,11 @@ impl EgressPolicy {
             cache,
             stats: EgressStats::default(),
         }))
+    }
+
+    /// Let POST and PUT through to the registry (publishing an index).
+    pub fn allow_writes(&self) {
+        self.writes.store(true, Ordering::Relaxed);
     }
 
     /// The host sets. A poisoned lock is an error, not an answer: a thread panicked
@@ -220,10 +236,16 @@ impl EgressPolicy {
                 hosts.credentialed.contains(&authority),
             )
         };
+        let reads_only = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
+        let may_write = self.writes.load(Ordering::Relaxed)
+            && self.origin.as_deref() == Some(authority.as_str())
+            && matches!(*request.method(), http::Method::POST | http::Method::PUT);
         let why = if plain && !self.insecure {
             Some("plain http needs --insecure")
         } else if !allowed {
             Some("not an allowed host")
+        } else if !reads_only && !may_write {
+            Some("only GET and HEAD: this command does not publish to the registry")
         } else {
             None
         };
@@ -374,5 +396,47 @@ mod tests {
             Some("127.0.0.1:5000".into())
         );
         assert_eq!(authority_of("/relative"), None);
+    }
+}
+
+#[cfg(test)]
+mod method_tests {
+    use super::*;
+
+    fn request(method: &str, url: &str) -> http::Request<WasiBody> {
+        http::Request::builder()
+            .method(method)
+            .uri(url)
+            .body(full_body(Bytes::new()))
+            .unwrap()
+    }
+
+    #[test]
+    fn writes_only_when_publishing_and_only_to_the_registry() {
+        let policy = EgressPolicy::new(
+            Some("127.0.0.1:5000".into()),
+            None,
+            false,
+            None,
+            Timeouts::default(),
+            None,
+        )
+        .unwrap();
+        policy.hosts().unwrap().allowed.insert("auth.io:443".into());
+        let url = "https://127.0.0.1:5000/v2/r/blobs/uploads/";
+        assert!(policy.admit(&request("GET", url)).is_ok());
+        assert!(policy.admit(&request("HEAD", url)).is_ok());
+        assert!(policy.admit(&request("POST", url)).is_err());
+        assert!(policy.admit(&request("PUT", url)).is_err());
+        policy.allow_writes();
+        assert!(policy.admit(&request("POST", url)).is_ok());
+        assert!(policy.admit(&request("PUT", url)).is_ok());
+        assert!(policy.admit(&request("DELETE", url)).is_err());
+        assert!(policy
+            .admit(&request("PUT", "https://auth.io/token"))
+            .is_err());
+        assert!(policy
+            .admit(&request("GET", "https://auth.io/token"))
+            .is_ok());
     }
 }

@@ -49,7 +49,9 @@ pub struct Limits {
 /// The files and settings a device is opened with; kept so that it can be reopened.
 #[derive(Debug, Clone)]
 pub struct DeviceSpec {
-    pub meta: PathBuf,
+    /// The tar index; `None`: the one published next to the image (an `oci://` blob
+    /// only), which the component finds and checks itself (`registry.open-published`).
+    pub meta: Option<PathBuf>,
     pub blob: BlobSource,
     pub zinfo: Option<PathBuf>,
     pub options: OpenOptions,
@@ -70,6 +72,25 @@ pub enum BlobSource {
         options: RemoteOptions,
         egress: Arc<EgressPolicy>,
     },
+}
+
+impl DeviceSpec {
+    /// The tar index, for messages: its path, or where it was found.
+    pub fn meta_name(&self) -> String {
+        match &self.meta {
+            Some(path) => path.display().to_string(),
+            None => format!("the published index of {}", self.blob.display_name()),
+        }
+    }
+}
+
+/// What the host adds to a component error that says an image has no published index:
+/// how to publish one.
+pub fn publish_hint(message: &str) -> Option<&'static str> {
+    message.contains("no published index").then_some(
+        "publish one with `erofs-host index COMPONENT oci://REGISTRY/REPO:TAG --push` \
+         (push access needed), or give a tar index with --tarindex META [--zinfo ZINFO]",
+    )
 }
 
 impl std::fmt::Debug for BlobSource {
@@ -162,8 +183,12 @@ impl SandboxedDevice {
         mode: Mode,
     ) -> Result<Self> {
         // The metadata image's size, from the same open the component's vfile will get
-        // (an unreadable file is named here, before any instance exists).
-        let meta_size = HostFile::open(&spec.meta)?.size;
+        // (an unreadable file is named here, before any instance exists). A published
+        // index is sized by the device once it is open.
+        let meta_size = match &spec.meta {
+            Some(path) => HostFile::open(path)?.size,
+            None => 0,
+        };
         let mut this = SandboxedDevice {
             runtime,
             spec,
@@ -175,7 +200,23 @@ impl SandboxedDevice {
             traps: 0,
             deny_all: EgressPolicy::deny_all()?,
         };
-        this.live = Some(this.start().map_err(|e| anyhow::anyhow!("{e}"))?);
+        this.live = Some(this.start().map_err(|e| {
+            let text = e.to_string();
+            match publish_hint(&text) {
+                Some(hint) => anyhow::anyhow!("{text}; {hint}"),
+                None => anyhow::anyhow!("{text}"),
+            }
+        })?);
+        if this.spec.meta.is_none() && mode == Mode::Device {
+            this.meta_size = this
+                .call(|b, s, h| {
+                    Ok(Ok(b
+                        .erofs_reader_tarindex()
+                        .device()
+                        .call_meta_size(s, h)?))
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         this.size = this
             .call(|b, s, h| match mode {
                 Mode::Device => Ok(Ok(b.erofs_reader_tarindex().device().call_size(s, h)?)),
@@ -361,7 +402,29 @@ impl SandboxedDevice {
 
         let io = |e: anyhow::Error| CallError::Component(WitError::Io(format!("{e:#}")));
         let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
-        let meta = HostFile::open(&self.spec.meta).map_err(io)?;
+        let bindings = self.runtime.pre.instantiate(&mut store).map_err(trap)?;
+        let tarindex = bindings.erofs_reader_tarindex();
+        let Some(meta_path) = &self.spec.meta else {
+            let BlobSource::Remote {
+                location: BlobLocation::Oci(blob),
+                options,
+                ..
+            } = &self.spec.blob
+            else {
+                return Err(CallError::Component(WitError::Unsupported(
+                    "a published index is found next to an oci:// image only; give \
+                     --tarindex META"
+                        .into(),
+                )));
+            };
+            let device = bindings
+                .erofs_reader_registry()
+                .call_open_published(&mut store, blob, self.spec.options, *options)
+                .map_err(trap)?
+                .map_err(CallError::Component)?;
+            return self.finish_start(store, bindings, device);
+        };
+        let meta = HostFile::open(meta_path).map_err(io)?;
         let zinfo = self
             .spec
             .zinfo
@@ -376,8 +439,6 @@ impl SandboxedDevice {
             .transpose()
             .map_err(|e| io(e.into()))?;
 
-        let bindings = self.runtime.pre.instantiate(&mut store).map_err(trap)?;
-        let tarindex = bindings.erofs_reader_tarindex();
         let device = match &self.spec.blob {
             BlobSource::Local(path) => {
                 #[cfg_attr(not(feature = "fault-injection"), allow(unused_mut))]
@@ -406,6 +467,18 @@ impl SandboxedDevice {
         }
         .map_err(trap)?
         .map_err(CallError::Component)?;
+        self.finish_start(store, bindings, device)
+    }
+
+    /// The rest of [`SandboxedDevice::start`] once the device is open: the filesystem on
+    /// it, in filesystem mode.
+    fn finish_start(
+        &self,
+        mut store: Store<StoreState>,
+        bindings: Reader,
+        device: ResourceAny,
+    ) -> Result<Live, CallError> {
+        let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
         let handle = match self.mode {
             Mode::Device => device,
             Mode::Filesystem => bindings

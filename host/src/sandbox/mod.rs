@@ -10,12 +10,14 @@
 //! - [`device_pool`]: instances that serve the raw *device* bytes, routed by offset
 //!   (NBD, the loop backend's device file).
 //! - [`verify`]: the whole-image check before a kernel sees an image.
+//! - [`registry`]: the component's `registry` calls (inspect an image, publish an index).
 
 pub mod device;
 pub mod device_pool;
 pub mod errors;
 pub mod filesystem_pool;
 pub(crate) mod host_file;
+pub mod registry;
 pub mod runtime;
 pub mod verify;
 

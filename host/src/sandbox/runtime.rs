@@ -39,6 +39,7 @@ wasmtime::component::bindgen!({
 
 pub use erofs::reader::types::Error as WitError;
 pub use exports::erofs::reader::filesystem::{Attributes, DirEntry, FileKind, VerifyReport};
+pub use exports::erofs::reader::registry::{Image, ImageLayer, LayerIndex, Pushed};
 pub use exports::erofs::reader::tarindex::{
     BlobLocation, DeviceStats, OciBlob, OpenOptions, RemoteOptions, RemoteStats,
 };

@@ -24,8 +24,8 @@ pub fn verify_image(
     {
         plain.trap_after_blob_reads = None;
     }
-    let meta = plain.meta.clone();
+    let meta = plain.meta_name();
     let mut fs = SandboxedDevice::open_filesystem(runtime, plain, limits)?;
     fs.verify()
-        .map_err(|e| anyhow!("{}: the image failed verification: {e}", meta.display()))
+        .map_err(|e| anyhow!("{meta}: the image failed verification: {e}"))
 }

@@ -70,5 +70,6 @@ pub(super) fn req_range(a: u64, b: u64) -> HttpRequest {
         method: Method::Get,
         url: String::new(),
         headers: vec![("Range".into(), format!("bytes={a}-{b}"))],
+        body: Vec::new(),
     }
 }
