@@ -4,6 +4,7 @@
 //! Everything here is plain Rust over the [`source::Source`] trait, so it is unit-tested
 //! natively; `bindings` (wasm32 only) adapts it to the WIT imports and exports.
 
+pub mod build;
 pub mod cache;
 pub mod checkpoints;
 pub mod cursor;
