@@ -18,6 +18,9 @@ pub mod tar;
 pub mod tree;
 pub mod zinfo_writer;
 
+#[cfg(test)]
+mod fixture_tests;
+
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};

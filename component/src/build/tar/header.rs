@@ -211,7 +211,7 @@ pub mod tests {
         b[116..123].copy_from_slice(b"0000000");
         let s = format!("{size:011o}");
         b[124..135].copy_from_slice(s.as_bytes());
-        b[136..147].copy_from_slice(b"14524117400");
+        b[136..147].copy_from_slice(format!("{:011o}", 1_700_000_000u64).as_bytes());
         b[156] = typeflag;
         b[157..157 + link.len()].copy_from_slice(link.as_bytes());
         b[257..263].copy_from_slice(b"ustar\0");

@@ -89,7 +89,7 @@ pub fn parse(data: &[u8], at: u64) -> Result<Pax> {
             .position(|&b| b == b'=')
             .ok_or_else(|| bad("no `=` between key and value".into()))?;
         let (key, value) = (&body[..eq], &body[eq + 1..]);
-        apply(&mut pax, key, value).map_err(|why| bad(why))?;
+        apply(&mut pax, key, value).map_err(bad)?;
         pos += len;
     }
     Ok(pax)
@@ -230,7 +230,7 @@ mod tests {
     fn hostile_records() {
         let e = |d: &[u8]| parse(d, 512).unwrap_err().to_string();
         assert!(e(b"99 path=x\n").contains("runs past"));
-        assert!(e(b"12 path=xyz\n\n").contains("newline"));
+        assert!(e(b"11 path=xyz\n").contains("newline"));
         assert!(e(b"x path=y\n").contains("not a decimal"));
         assert!(e(b"nospace").contains("no length"));
         assert!(e(&record("size", b"-5")).contains("not a non-negative"));
