@@ -308,7 +308,8 @@ pub fn write_image(tree: &Tree, tar_bytes: u64, uuid: [u8; 16]) -> Result<(Vec<u
         {
             *content = dirents(children, p.node, p.parent, &nid_of, nodes)?;
         }
-        write_inode(&mut img, p, n, ino as u32 + 1, epoch)?;
+        write_inode(&mut img, p, n, ino as u32 + 1, epoch)
+            .map_err(|e| e.context(&format!("entry {:?}", shown(&p.path))))?;
     }
     write_superblock(
         &mut img,
@@ -568,7 +569,6 @@ fn write_inode(img: &mut [u8], p: &Placed, n: &Node, ino: u32, epoch: u64) -> Re
             }
         }
     }
-    let _ = &p.path;
     Ok(())
 }
 
