@@ -20,6 +20,8 @@ pub mod zinfo_writer;
 
 #[cfg(test)]
 mod fixture_tests;
+#[cfg(test)]
+mod indexer_tests;
 
 use sha2::{Digest, Sha256};
 

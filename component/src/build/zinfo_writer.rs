@@ -270,4 +270,4 @@ fn message(s: &z::z_stream) -> String {
 
 #[cfg(test)]
 #[path = "zinfo_writer_tests.rs"]
-mod tests;
+pub mod tests;

@@ -499,4 +499,4 @@ fn gnu_long_name(data: &[u8], at: u64) -> Result<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub mod tests;
