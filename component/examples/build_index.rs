@@ -1,6 +1,7 @@
 //! Build a tar index natively: `build_index BLOB OUT_META [--zinfo OUT_ZINFO] [--aufs]
 //! [--span BYTES]`. The blob is streamed from disk in 1 MiB pieces, as the component will
-//! receive it; prints the stats as `key=value` lines.
+//! receive it; prints the stats as `key=value` lines. `--verify` (plain tars only) then opens
+//! `META ‖ tar` with our EROFS reader and walks the whole tree (erofs-image `verify`).
 
 use std::io::Read;
 
@@ -22,10 +23,12 @@ fn run() -> Result<(), String> {
     let mut options = IndexOptions::default();
     let mut positional = Vec::new();
     let mut zinfo_out = None;
+    let mut verify = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--aufs" => options.aufs = true,
+            "--verify" => verify = true,
             "--zinfo" => zinfo_out = Some(it.next().ok_or("--zinfo needs a path")?.clone()),
             "--span" => {
                 options.span = it
@@ -76,5 +79,34 @@ fn run() -> Result<(), String> {
     for n in &s.notes {
         println!("note={n}");
     }
+    if verify {
+        if index.zinfo.is_some() {
+            return Err("--verify reads plain tars only".into());
+        }
+        let tar = std::fs::read(blob).map_err(|e| format!("{blob}: {e}"))?;
+        let mut dev = Mem([index.meta.clone(), tar].concat());
+        let fs = erofs_image::Filesystem::open(&mut dev).map_err(|e| format!("verify: {e:?}"))?;
+        let report = fs
+            .verify(&mut dev, Default::default())
+            .map_err(|e| format!("verify: {e:?}"))?;
+        println!("verify=ok\nverify_entries={}", report.entries);
+    }
     Ok(())
+}
+
+struct Mem(Vec<u8>);
+
+impl erofs_image::ReadAt for Mem {
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), erofs_image::Error> {
+        let start = usize::try_from(offset).map_err(|_| erofs_image::Error::Io("offset".into()))?;
+        let src = self
+            .0
+            .get(start..start.saturating_add(buf.len()))
+            .ok_or_else(|| erofs_image::Error::Io(format!("read past the end at {offset}")))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
 }

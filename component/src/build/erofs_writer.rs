@@ -85,7 +85,7 @@ fn xattr_prefix(name: &[u8]) -> Option<(u8, &[u8])> {
 
 /// Can EROFS hold this xattr? The error says why not.
 pub fn check_xattr(name: &[u8], value: &[u8]) -> std::result::Result<(), String> {
-    let shown = String::from_utf8_lossy(name);
+    let shown = shown(name);
     let (_, suffix) = xattr_prefix(name).ok_or_else(|| {
         format!("xattr {shown:?} has no EROFS name prefix (user., trusted., security., lustre., or a POSIX ACL)")
     })?;
@@ -127,9 +127,7 @@ struct Placed {
     path: Vec<u8>,
 }
 
-fn shown(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
-}
+use super::tree::shown;
 
 /// Build the image. `tar_bytes` is how far the tar was parsed (through the end marker).
 /// Returns the image and its inode count.

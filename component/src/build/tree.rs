@@ -22,7 +22,8 @@
 //! - With `aufs`: `.wh.NAME` becomes an overlay whiteout (char device 0:0, mode 0) named
 //!   NAME, and its directory gets `trusted.overlay.origin=""` as mkfs.erofs does;
 //!   `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory; other `.wh..wh.*`
-//!   (aufs internals) are dropped; a bare `.wh.`, `.wh..` or `.wh...` is refused.
+//!   (aufs internals) are dropped, and so is anything below a `.wh.*` directory (such as
+//!   aufs' `.wh..wh.plnk/` hard-link store); a bare `.wh.`, `.wh..` or `.wh...` is refused.
 
 use std::collections::BTreeMap;
 
@@ -111,8 +112,13 @@ pub struct TreeBuilder {
     pub dropped: u64,
 }
 
-fn shown(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
+/// A name for messages: lossy UTF-8, control characters (NUL included) shown as U+FFFD so
+/// that an error message never carries raw control bytes to a terminal.
+pub fn shown(path: &[u8]) -> String {
+    String::from_utf8_lossy(path)
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 fn entry_error(entry: &Entry, why: impl std::fmt::Display) -> Error {
@@ -189,6 +195,12 @@ impl TreeBuilder {
 
         let mut whiteout = false;
         if self.options.aufs {
+            let parents = path.split_last().map_or(&[][..], |(_, p)| p);
+            if parents.iter().any(|p| p.starts_with(b".wh.")) {
+                // Inside aufs bookkeeping (`.wh..wh.plnk/...`) or under a whiteout name.
+                self.dropped += 1;
+                return Ok(());
+            }
             if let Some(last) = path.last() {
                 if let Some(rest) = last.strip_prefix(b".wh.") {
                     if rest == b".wh..opq" {

@@ -202,6 +202,7 @@ fn aufs_whiteouts() {
             file("etc/.wh.old", 0),
             file("opq/.wh..wh..opq", 0),
             file(".wh..wh.aufs", 0),
+            file(".wh..wh.plnk/123.456", 0),
             file(".wh.gone", 0),
         ],
         true,
@@ -221,6 +222,7 @@ fn aufs_whiteouts() {
         Some(&b"y".to_vec())
     );
     assert!(find(&t, ".wh..wh.aufs").is_none());
+    assert!(find(&t, ".wh..wh.plnk").is_none());
     assert!(find(&t, "gone").is_some(), "a whiteout at the root level");
     // Refused: a whiteout naming nothing, or the root itself.
     for bad in ["d/.wh.", ".wh..", "./.wh..."] {

@@ -4,7 +4,7 @@
 //! names) are collected, and those are capped.
 //!
 //! Formats: POSIX ustar and pax (`x`, `g`), GNU (`L`/`K` long names, base-256 numbers),
-//! V7 (no magic; typeflag NUL, and a name ending in `/` is a directory).
+//! V7 (no magic; type flag NUL is a regular file, or a directory if the name ends in `/`).
 //!
 //! Treatments, each deliberate:
 //! - End of archive: two consecutive zero blocks. A lone zero block is skipped. A clean end
@@ -325,7 +325,7 @@ impl TarReader {
             b'V' => {
                 self.notes.push(format!(
                     "tar: volume label at offset {at} ({:?}) skipped",
-                    String::from_utf8_lossy(&raw.path)
+                    crate::build::tree::shown(&raw.path)
                 ));
                 self.pending = Pending::default();
                 let skip = padded(raw.size)?;
@@ -335,13 +335,13 @@ impl TarReader {
             b'S' => {
                 return Err(Error::Unsupported(format!(
                     "tar: entry {:?} at offset {at} is an old-GNU sparse file (type 'S'), which the index cannot map",
-                    String::from_utf8_lossy(&raw.path)
+                    crate::build::tree::shown(&raw.path)
                 )))
             }
             other => {
                 return Err(Error::Unsupported(format!(
                     "tar: entry {:?} at offset {at} has type flag {:?}, which is not supported",
-                    String::from_utf8_lossy(&raw.path),
+                    crate::build::tree::shown(&raw.path),
                     other as char
                 )))
             }
@@ -366,14 +366,15 @@ impl TarReader {
     ) -> Result<Entry> {
         let pax = pending.pax.unwrap_or_default().over(&self.global);
         let path = pax.path.or(pending.long_name).unwrap_or(raw.path);
-        let name = String::from_utf8_lossy(&path).into_owned();
+        let name = crate::build::tree::shown(&path);
         if pax.sparse {
             return Err(Error::Unsupported(format!(
                 "tar: entry {name:?} at offset {at} is a PAX sparse file (GNU.sparse.*), which the index cannot map"
             )));
         }
-        // Pre-POSIX archivers mark a directory by a trailing slash on a "regular" member.
-        let kind = if kind == Kind::Regular && path.ends_with(b"/") {
+        // Pre-POSIX archivers mark a directory by a trailing slash on an old-style regular
+        // member (type flag NUL), as Python tarfile and Go archive/tar read it.
+        let kind = if kind == Kind::Regular && raw.typeflag == 0 && path.ends_with(b"/") {
             Kind::Directory
         } else {
             kind
