@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::build::tar::{Entry, Kind};
 use crate::build::tree::{TreeBuilder, TreeOptions};
+use crate::build::xattr::check_xattr;
 
 struct Mem(Vec<u8>);
 

@@ -16,6 +16,7 @@
 pub mod erofs_writer;
 pub mod tar;
 pub mod tree;
+pub mod xattr;
 pub mod zinfo_writer;
 
 #[cfg(test)]

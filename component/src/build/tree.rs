@@ -27,8 +27,9 @@
 
 use std::collections::BTreeMap;
 
-use super::erofs_writer::{check_xattr, MAX_SYMLINK};
+use super::erofs_writer::MAX_SYMLINK;
 use super::tar::{Entry, Kind};
+use super::xattr::check_xattr;
 use crate::error::{Error, Result};
 
 /// Longest name component EROFS directories hold.
