@@ -42,6 +42,10 @@ use zinfo_writer::ZinfoWriter;
 /// uses at most 2 MiB for the same trade-off.
 pub const DEFAULT_SPAN: u64 = 2 << 20;
 
+/// Smallest span accepted: each checkpoint stores a 32 KiB window, so below 64 KiB the
+/// zinfo would be over half the size of the tar it indexes.
+pub const MIN_SPAN: u64 = 64 << 10;
+
 /// What the blob is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BlobFormat {
@@ -139,8 +143,11 @@ impl Parts {
 
 impl Indexer {
     pub fn new(options: IndexOptions) -> Result<Self> {
-        if options.span == 0 {
-            return Err(Error::bad("index: the span must be at least 1 byte"));
+        if options.span < MIN_SPAN {
+            return Err(Error::bad(format!(
+                "index: span {} is below the minimum of {MIN_SPAN} bytes",
+                options.span
+            )));
         }
         let decoder = match options.format {
             BlobFormat::Detect => Decoder::Detect(Vec::new()),
