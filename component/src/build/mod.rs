@@ -169,6 +169,15 @@ impl Indexer {
         })
     }
 
+    /// Blob bytes fed, uncompressed tar bytes produced, and tar members read so far.
+    pub fn progress(&self) -> (u64, u64, u64) {
+        (
+            self.parts.blob_size,
+            self.parts.tar_size,
+            self.parts.tar.entries,
+        )
+    }
+
     /// Feed the next piece of the blob.
     pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
         if let Some(e) = &self.failed {
@@ -235,6 +244,12 @@ impl Indexer {
         let tar_parsed = parts.tar.finish()?;
         let entries = parts.tar.entries;
         let mut notes = parts.tar.notes.clone();
+        if parts.tree.absolute_names > 0 {
+            notes.push(format!(
+                "tar: {} absolute member names were made relative to the root",
+                parts.tree.absolute_names
+            ));
+        }
         if parts.tree.dropped > 0 {
             notes.push(format!(
                 "aufs: {} `.wh..wh.*` internal entries dropped",

@@ -111,7 +111,14 @@ pub struct TreeBuilder {
     newest_mtime: Option<i64>,
     /// aufs internals dropped, for the caller's report.
     pub dropped: u64,
+    /// Members whose name began with `/` (made relative), for the caller's report.
+    pub absolute_names: u64,
 }
+
+/// Most nodes a tree may hold: 4,194,304, the entry limit of our reader's `verify`, and
+/// about 1 GiB of metadata at worst. Real layers hold well under a million files; the
+/// limit stops a tar of nothing but headers from growing the tree without bound.
+pub const MAX_NODES: usize = 1 << 22;
 
 /// A name for messages: lossy UTF-8, control characters (NUL included) shown as U+FFFD so
 /// that an error message never carries raw control bytes to a terminal.
@@ -182,12 +189,22 @@ impl TreeBuilder {
             seq: 0,
             newest_mtime: None,
             dropped: 0,
+            absolute_names: 0,
         }
     }
 
     /// Add one tar member.
     pub fn add(&mut self, entry: Entry) -> Result<()> {
         self.seq += 1;
+        if self.nodes.len() >= MAX_NODES {
+            return Err(entry_error(
+                &entry,
+                format!("the archive has more than {MAX_NODES} entries, the most an index holds"),
+            ));
+        }
+        if entry.path.starts_with(b"/") {
+            self.absolute_names += 1;
+        }
         let mut path = normalise(&entry.path, "name").map_err(|e| entry_error(&entry, e))?;
         self.newest_mtime = Some(
             self.newest_mtime
