@@ -13,7 +13,7 @@ use erofs_host::sandbox::{OpenOptions, Runtime};
 fn spec(dir: &str, cache: u64) -> DeviceSpec {
     let f = fixture(dir);
     DeviceSpec {
-        meta: f.join("meta.erofs"),
+        meta: Some(f.join("meta.erofs")),
         blob: BlobSource::Local(f.join("layer.tar.gz")),
         zinfo: Some(f.join("layer.zinfo")),
         trap_after_blob_reads: None,

@@ -13,6 +13,29 @@
 //! through `serde_json::Value`, whose maps are sorted, so the same inputs always give the
 //! same bytes and so the same artifact digest.
 
+// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation
+    )
+)]
+
 use std::collections::HashMap;
 
 use oci_spec::image::{
@@ -192,7 +215,7 @@ fn parse_index(body: &[u8]) -> Result<ImageIndex> {
         if mt.to_string() != OCI_INDEX {
             return Err(Error::bad(format!(
                 "mediaType `{}` is not an image index",
-                shorten(&mt.to_string())
+                shorten(mt.as_ref())
             )));
         }
     }
@@ -268,7 +291,7 @@ pub fn layer_entry(body: &[u8], name: &str, want: &Wanted<'_>) -> Result<LayerEn
         if mt.to_string() != OCI_MANIFEST {
             return Err(ctx(Error::bad(format!(
                 "field `mediaType` is `{}`, not an OCI image manifest",
-                shorten(&mt.to_string())
+                shorten(mt.as_ref())
             ))));
         }
     }

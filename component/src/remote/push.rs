@@ -7,6 +7,29 @@
 //! 2.8) gets the referrers list under the fallback tag `sha256-<hex of the subject
 //! digest>`, updated in place: other referrers there are kept.
 
+// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation
+    )
+)]
+
 use super::artifact::{
     build_manifest, referrer_descriptor, updated_referrers, LayerIndex, Subject, ARTIFACT_TYPE,
     EMPTY_JSON,
@@ -90,10 +113,10 @@ pub fn push_index(session: &Session, image: &Image, layers: &[LayerIndex]) -> Re
     for bytes in blobs {
         let digest = sha256_digest(bytes);
         if session.has_blob(&digest)? {
-            pushed.blobs_present += 1;
+            pushed.blobs_present = pushed.blobs_present.saturating_add(1);
         } else {
             session.upload_blob(&digest, bytes)?;
-            pushed.blobs_uploaded += 1;
+            pushed.blobs_uploaded = pushed.blobs_uploaded.saturating_add(1);
         }
     }
     let answer = session.put_manifest(&artifact.digest, OCI_MANIFEST, &artifact.body)?;

@@ -5,6 +5,7 @@ mod auth;
 mod blob;
 mod manifest;
 mod oci;
+mod publish;
 
 use std::rc::Rc;
 
