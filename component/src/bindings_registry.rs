@@ -9,10 +9,10 @@ use crate::bindings::exports::erofs::reader::registry::{
     self, Image, ImageLayer, LayerIndex, Pushed,
 };
 use crate::bindings::exports::erofs::reader::tarindex::{
-    self, OciBlob, OpenOptions, RemoteOptions,
+    self, BlobLocation, OciBlob, OpenOptions, RemoteOptions,
 };
 use crate::bindings::{
-    oci_location_from_wit, options_from_wit, remote_options_from_wit, Component, DeviceResource,
+    location_from_wit, options_from_wit, remote_options_from_wit, Component, DeviceResource,
 };
 use crate::remote;
 use crate::source::{MemSource, SizedSource};
@@ -79,7 +79,7 @@ impl registry::Guest for Component {
         remote: RemoteOptions,
     ) -> Result<tarindex::Device, WitError> {
         let opts = remote_options_from_wit(remote);
-        let location = oci_location_from_wit(blob);
+        let location = location_from_wit(BlobLocation::Oci(blob));
         let (blob, info, found) = remote::open_published(&location, transport(), &opts)?;
         check_zinfo_for_layer(&info, found.zinfo.is_some())?;
         let meta = SizedSource::new("meta", Box::new(MemSource(found.meta)))?;
