@@ -1,15 +1,7 @@
 //! gzip member framing (RFC 1952): the header before each deflate stream and the
 //! 8-byte trailer after it. A layer blob may hold several members back to back.
 
-// The parser of gzip framing reads outside data: no panics, no silent wrap-around
-// (erofs-image's rules).
-#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
-#![deny(clippy::panic, clippy::arithmetic_side_effects)]
-#![deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
-#![deny(clippy::cast_sign_loss)]
-// The tests of the gzip framing parser may index, unwrap and panic.
-#![cfg_attr(test, allow(clippy::indexing_slicing, clippy::unwrap_used))]
-#![cfg_attr(test, allow(clippy::panic))]
+// Parses outside data under erofs-image's lint rules (`parser_modules!` in lib.rs).
 
 use super::input::Input;
 use crate::error::{Error, Result};

@@ -7,15 +7,7 @@
 //! `scope=repository:REPO:pull`, keeps it, and sends `Authorization: Bearer TOKEN` to the
 //! registry only. A later 401 (an expired token in a long-lived mount) gets a new one.
 
-// The parser of auth challenges and token responses reads outside data: no panics, no silent wrap-around
-// (erofs-image's rules).
-#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
-#![deny(clippy::panic, clippy::arithmetic_side_effects)]
-#![deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
-#![deny(clippy::cast_sign_loss)]
-// The tests of the auth challenges and token responses parser may index, unwrap and panic.
-#![cfg_attr(test, allow(clippy::indexing_slicing, clippy::unwrap_used))]
-#![cfg_attr(test, allow(clippy::panic))]
+// Parses outside data under erofs-image's lint rules (`parser_modules!` in lib.rs).
 
 use std::cell::RefCell;
 

@@ -3,28 +3,6 @@
 //! the layer (checked against the image manifest's layer digest and the config's
 //! diff_id), and its META and ZINFO blobs (each checked against its digest and size).
 
-// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
-#![deny(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects,
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::arithmetic_side_effects,
-        clippy::cast_possible_truncation
-    )
-)]
 
 use super::artifact::{candidates, is_our_manifest, layer_entry, Candidate, Wanted, ARTIFACT_TYPE};
 use super::image::Image;

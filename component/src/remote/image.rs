@@ -2,28 +2,6 @@
 //! digest, media type and size, the artifact's `subject`), its layers, and the diff_ids
 //! of its config (fetched and checked against the config descriptor's digest).
 
-// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
-#![deny(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects,
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::arithmetic_side_effects,
-        clippy::cast_possible_truncation
-    )
-)]
 
 use oci_spec::image::{ImageManifest, RootFs};
 use serde::Deserialize;

@@ -3,15 +3,7 @@
 //! platform), check its digest when the reference pins one, pick a layer, and classify its
 //! media type.
 
-// The parser of manifests and indexes reads outside data: no panics, no silent wrap-around
-// (erofs-image's rules).
-#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
-#![deny(clippy::panic, clippy::arithmetic_side_effects)]
-#![deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
-#![deny(clippy::cast_sign_loss)]
-// The tests of the manifests and indexes parser may index, unwrap and panic.
-#![cfg_attr(test, allow(clippy::indexing_slicing, clippy::unwrap_used))]
-#![cfg_attr(test, allow(clippy::panic))]
+// Parses outside data under erofs-image's lint rules (`parser_modules!` in lib.rs).
 
 use std::cell::RefCell;
 

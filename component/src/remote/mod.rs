@@ -6,18 +6,20 @@
 //! inside the sandbox. The host grants and polices the network and adds credentials; the
 //! component never sees a password.
 
-pub mod artifact;
-pub mod auth;
+parser_modules! {
+    pub mod artifact;
+    pub mod auth;
+    pub mod discover;
+    pub mod image;
+    pub mod manifest;
+    pub mod push;
+    pub mod reference;
+    pub mod session;
+    pub mod url;
+}
 pub mod blob;
-pub mod discover;
-pub mod image;
-pub mod manifest;
 pub mod net;
-pub mod push;
-pub mod reference;
-pub mod session;
 pub mod transport;
-pub mod url;
 #[cfg(target_arch = "wasm32")]
 pub mod wasi_transport;
 

@@ -7,28 +7,6 @@
 //! 2.8) gets the referrers list under the fallback tag `sha256-<hex of the subject
 //! digest>`, updated in place: other referrers there are kept.
 
-// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
-#![deny(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects,
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::arithmetic_side_effects,
-        clippy::cast_possible_truncation
-    )
-)]
 
 use super::artifact::{
     build_manifest, referrer_descriptor, updated_referrers, LayerIndex, Subject, ARTIFACT_TYPE,

@@ -6,15 +6,7 @@
 //! A first component with a `.` or a `:`, or `localhost`, is a registry; otherwise the
 //! registry is Docker Hub.
 
-// The parser of image references reads outside data: no panics, no silent wrap-around
-// (erofs-image's rules).
-#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
-#![deny(clippy::panic, clippy::arithmetic_side_effects)]
-#![deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
-#![deny(clippy::cast_sign_loss)]
-// The tests of the image references parser may index, unwrap and panic.
-#![cfg_attr(test, allow(clippy::indexing_slicing, clippy::unwrap_used))]
-#![cfg_attr(test, allow(clippy::panic))]
+// Parses outside data under erofs-image's lint rules (`parser_modules!` in lib.rs).
 
 use super::url::{shorten, Url};
 use crate::error::{Error, Result};

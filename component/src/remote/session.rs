@@ -3,28 +3,6 @@
 //! publishing) blob uploads and manifest pushes. Authentication is the shared [`Auth`]:
 //! the host adds the user's credentials; the component answers Bearer challenges.
 
-// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
-#![deny(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects,
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::arithmetic_side_effects,
-        clippy::cast_possible_truncation
-    )
-)]
 
 use std::cell::RefCell;
 

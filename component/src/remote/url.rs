@@ -5,15 +5,7 @@
 //! Only ASCII URLs without user information are accepted: credentials belong to the host,
 //! never to a URL the component builds or follows.
 
-// The parser of URLs reads outside data: no panics, no silent wrap-around
-// (erofs-image's rules).
-#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
-#![deny(clippy::panic, clippy::arithmetic_side_effects)]
-#![deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
-#![deny(clippy::cast_sign_loss)]
-// The tests of the URLs parser may index, unwrap and panic.
-#![cfg_attr(test, allow(clippy::indexing_slicing, clippy::unwrap_used))]
-#![cfg_attr(test, allow(clippy::panic))]
+// Parses outside data under erofs-image's lint rules (`parser_modules!` in lib.rs).
 
 use std::fmt;
 
