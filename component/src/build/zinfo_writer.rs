@@ -1,5 +1,6 @@
-//! Inflates a gzip blob once, front to back, and records zinfo v2 checkpoints (spec §3.2,
-//! SOCI compatible) on the way: the format [`crate::gzran::zinfo`] parses.
+//! Inflates a gzip blob once, front to back, and records zinfo v2 checkpoints (SOCI
+//! compatible; `docs/formats.md`, *zinfo*) on the way: the format [`crate::gzran::zinfo`]
+//! parses.
 //!
 //! A checkpoint is taken at a deflate block boundary that is not after a member's final
 //! block, when either the boundary is the first one of a gzip member (right after its
@@ -11,7 +12,8 @@
 //! Each record holds `in` (first compressed byte not fully consumed), `out`, `bits` (high
 //! bits of byte `in - 1` that belong to the next block) and the 32 KiB of output before
 //! `out`, right-aligned: when fewer than 32 KiB precede `out`, the front of the window is
-//! zeros, never leftover memory (the reference leaks heap bytes there, spec §3.4.1).
+//! zeros, never leftover memory (the reference leaks heap bytes there; `docs/formats.md`,
+//! *Defects we refuse*).
 //!
 //! zlib's gzip mode (`windowBits 31`) parses each member's header and checks its CRC-32 and
 //! length trailer. After a member ends, the next bytes must be another member.
