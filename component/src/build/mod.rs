@@ -25,6 +25,8 @@ pub mod zinfo_writer;
 mod fixture_tests;
 #[cfg(test)]
 mod indexer_tests;
+#[cfg(test)]
+mod test_support;
 
 use sha2::{Digest, Sha256};
 

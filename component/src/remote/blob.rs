@@ -206,7 +206,8 @@ fn check_partial(
 }
 
 impl RemoteBlob {
-    fn with(
+    /// A registry blob whose size the manifest gave.
+    pub fn new(
         net: Net,
         url: Url,
         size: u64,
@@ -214,6 +215,7 @@ impl RemoteBlob {
         digest: Option<String>,
         opts: &RemoteOptions,
     ) -> Result<Self> {
+        net.check_scheme(&url)?;
         let chunk_size = NonZeroU64::new(opts.chunk_size)
             .filter(|c| c.get() <= defaults::MAX_CHUNK_SIZE)
             .ok_or_else(|| {
@@ -250,25 +252,12 @@ impl RemoteBlob {
         })
     }
 
-    /// A registry blob whose size the manifest gave.
-    pub fn new(
-        net: Net,
-        url: Url,
-        size: u64,
-        auth: Option<Auth>,
-        digest: Option<String>,
-        opts: &RemoteOptions,
-    ) -> Result<Self> {
-        net.check_scheme(&url)?;
-        Self::with(net, url, size, auth, digest, opts)
-    }
 
     /// A plain URL: learn the size with a one-byte Range request (`bytes=0-0`), which
     /// also shows whether the server honours Range. A server that ignores it sends the
     /// whole blob, which is kept if it is small enough.
     pub fn probe(net: Net, url: Url, opts: &RemoteOptions) -> Result<Self> {
-        net.check_scheme(&url)?;
-        let blob = Self::with(net, url, 0, None, None, opts)?;
+        let blob = Self::new(net, url, 0, None, None, opts)?;
         let check = |_: &Url, r: &HttpResponse| match r.status {
             206 => check_partial(r, 0, 1, None),
             200 | 416 | 400..=499 => Ok(()),
