@@ -14,6 +14,7 @@
 //! - [`mount_registry`]: the record of live mounts that `umount` reads.
 //! - [`defaults`]: every default setting, each with its reason.
 //! - [`env`]: environment variables that name paths (an empty value means unset).
+//! - [`progress`]: progress on long work, on a terminal only (`--quiet` silences it).
 
 pub(crate) mod bridge;
 pub mod commands;
@@ -21,4 +22,5 @@ pub(crate) mod defaults;
 pub(crate) mod env;
 pub(crate) mod mount_registry;
 pub(crate) mod net;
+pub mod progress;
 pub mod sandbox;

@@ -3,6 +3,8 @@
 //! - every call has a deadline (`call_timeout`), enforced by epoch interruption;
 //! - a trap (guest panic, memory cap, deadline) fails only the call that hit it: the
 //!   store is dropped and the next call builds a fresh instance and reopens the device.
+//!   The error says why in one line ([`Trap`]); wasmtime's report with the wasm backtrace
+//!   goes to the debug log.
 //!
 //! Component errors (bad input, I/O, ...) are not traps: they are returned as they are
 //! and the instance stays.
@@ -19,11 +21,13 @@ use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtx;
 
 use super::errors::CallError;
+use super::guest_stderr::GuestStderr;
 use super::host_file::HostFile;
 use super::runtime::{
     Attributes, BlobLocation, DeviceStats, DirEntry, OpenOptions, Reader, RemoteOptions,
     RemoteStats, Runtime, StoreState, VerifyReport, WitError, EPOCH_TICK,
 };
+use super::trap::{MemoryCap, Trap, TrapSettings};
 use crate::net::egress::{Egress, EgressPolicy};
 
 /// Core instances one store may hold. The component is a handful of core modules
@@ -337,20 +341,24 @@ impl SandboxedDevice {
 
     /// Build a store and an instance, and open the device (and filesystem) in it.
     fn start(&self) -> Result<Live, CallError> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(self.limits.memory).unwrap_or(usize::MAX))
-            .instances(MAX_INSTANCES)
-            .tables(MAX_TABLES)
-            .memories(MAX_MEMORIES)
-            .build();
+        let limits = MemoryCap::new(
+            StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(self.limits.memory).unwrap_or(usize::MAX))
+                .instances(MAX_INSTANCES)
+                .tables(MAX_TABLES)
+                .memories(MAX_MEMORIES)
+                .build(),
+        );
+        let stderr = GuestStderr::default();
         let egress = match &self.spec.blob {
             BlobSource::Remote { egress, .. } => egress.clone(),
             BlobSource::Local(_) => self.deny_all.clone(),
         };
         let state = StoreState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             table: Default::default(),
             limits,
+            stderr,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             egress: Egress(egress),
         };
@@ -360,7 +368,6 @@ impl SandboxedDevice {
         store.epoch_deadline_trap();
 
         let io = |e: anyhow::Error| CallError::Component(WitError::Io(format!("{e:#}")));
-        let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
         let meta = HostFile::open(&self.spec.meta).map_err(io)?;
         let zinfo = self
             .spec
@@ -376,7 +383,10 @@ impl SandboxedDevice {
             .transpose()
             .map_err(|e| io(e.into()))?;
 
-        let bindings = self.runtime.pre.instantiate(&mut store).map_err(trap)?;
+        let bindings = match self.runtime.pre.instantiate(&mut store) {
+            Ok(bindings) => bindings,
+            Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
+        };
         let tarindex = bindings.erofs_reader_tarindex();
         let device = match &self.spec.blob {
             BlobSource::Local(path) => {
@@ -403,16 +413,20 @@ impl SandboxedDevice {
                 self.spec.options,
                 *options,
             ),
-        }
-        .map_err(trap)?
-        .map_err(CallError::Component)?;
+        };
+        let device = match device {
+            Ok(opened) => opened.map_err(CallError::Component)?,
+            Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
+        };
         let handle = match self.mode {
             Mode::Device => device,
-            Mode::Filesystem => bindings
+            Mode::Filesystem => match bindings
                 .erofs_reader_filesystem()
                 .call_open(&mut store, device)
-                .map_err(trap)?
-                .map_err(CallError::Component)?,
+            {
+                Ok(opened) => opened.map_err(CallError::Component)?,
+                Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
+            },
         };
         Ok(Live {
             store,
@@ -435,19 +449,62 @@ impl SandboxedDevice {
             self.live = Some(self.start()?);
         }
         let ticks = self.deadline_ticks();
+        let settings = self.trap_settings();
         let live = self
             .live
             .as_mut()
-            .ok_or_else(|| CallError::Trap("no instance".into()))?;
+            .ok_or_else(|| CallError::Trap(Trap::other("no instance")))?;
         live.store.set_epoch_deadline(ticks);
+        // A fresh record for this call: no refused growth, no stderr yet.
+        live.store.data_mut().limits.clear();
+        log_guest_stderr(&live.store.data().stderr);
         match f(&live.bindings, &mut live.store, live.handle) {
-            Ok(result) => result.map_err(CallError::Component),
-            Err(trap) => {
+            Ok(result) => {
+                log_guest_stderr(&live.store.data().stderr);
+                result.map_err(CallError::Component)
+            }
+            Err(e) => {
+                let err = trapped(settings, &e, &live.store);
+                // State change: the instance is gone; the next call starts a new one.
                 self.traps += 1;
                 self.live = None;
-                tracing::warn!("component trapped; the instance will be rebuilt: {trap:#}");
-                Err(CallError::Trap(format!("{trap:#}")))
+                Err(err)
             }
         }
+    }
+
+    /// The settings a trap message names.
+    fn trap_settings(&self) -> TrapSettings {
+        TrapSettings {
+            memory_limit: self.limits.memory,
+            decode_cache: self.spec.options.cache_bytes.unwrap_or(0),
+            call_timeout: self.limits.call_timeout,
+        }
+    }
+}
+
+/// The error for a trap in `store`: its cause in one line (the bridges and commands
+/// report it); wasmtime's report with the backtrace goes to the debug log.
+fn trapped(
+    settings: TrapSettings,
+    error: &wasmtime::Error,
+    store: &Store<StoreState>,
+) -> CallError {
+    let state = store.data();
+    let trap = Trap::classify(
+        error,
+        state.limits.refused(),
+        &state.stderr.take(),
+        settings,
+    );
+    tracing::debug!("{trap}; the instance will be rebuilt. {}", trap.detail);
+    CallError::Trap(trap)
+}
+
+/// Pass on what the guest wrote to stderr outside a trap (nothing, normally).
+fn log_guest_stderr(stderr: &GuestStderr) {
+    let text = stderr.take();
+    if !text.is_empty() {
+        tracing::debug!("component stderr: {}", text.trim_end());
     }
 }
