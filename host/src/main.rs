@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use erofs_host::commands::usage::{is_usage, EXIT_USAGE};
-use erofs_host::commands::{bench, cat, mount, serve_nbd, umount, verify};
+use erofs_host::commands::{bench, cat, index, mount, serve_nbd, umount, verify};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +48,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Export the device over NBD (TCP or a unix socket), read-only
     ServeNbd(serve_nbd::ServeNbdArgs),
+    /// Build a layer's tar index (META) and zinfo inside the sandbox, from the blob alone
+    Index(index::IndexArgs),
     /// Print a shell completion script: `source <(erofs-host completions bash)`
     Completions {
         /// The shell to complete for
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         Command::Umount(args) => umount::run(args),
         Command::Verify(args) => verify::run(args),
         Command::ServeNbd(args) => serve_nbd::run(args),
+        Command::Index(args) => index::run(args),
         Command::Completions { shell } => completions(shell),
         Command::ManPages { dir } => man_pages(&dir),
     };

@@ -42,11 +42,11 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Bytes of `total`: `WHAT [bar] 12.5 MiB/48.3 MiB 400 MiB/s`.
+    /// Bytes of `total`: `WHAT [bar] 12.5 MiB/48.3 MiB 400 MiB/s MESSAGE`.
     pub fn bytes(what: &str, total: u64) -> Progress {
         Self::start(
             Some(total),
-            &format!("{what} {{wide_bar}} {{binary_bytes}}/{{binary_total_bytes}} {{binary_bytes_per_sec}}"),
+            &format!("{what} {{wide_bar}} {{binary_bytes}}/{{binary_total_bytes}} {{binary_bytes_per_sec}} {{msg}}"),
             false,
         )
     }
@@ -99,7 +99,7 @@ impl Progress {
         self.bar.inc(n);
     }
 
-    /// The spinner's message.
+    /// The message at the end of the line.
     pub fn set_message(&self, message: String) {
         self.bar.set_message(message);
     }
@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn templates_are_valid() {
         for template in [
-            "cat {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+            "cat {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}",
             "x {wide_bar} {human_pos}/{human_len} inodes",
             "{spinner} x {elapsed} {msg}",
         ] {

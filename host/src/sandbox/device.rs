@@ -27,7 +27,7 @@ use super::runtime::{
     Attributes, BlobLocation, DeviceStats, DirEntry, OpenOptions, Reader, RemoteOptions,
     RemoteStats, Runtime, StoreState, VerifyReport, WitError, EPOCH_TICK,
 };
-use super::trap::{MemoryCap, Trap, TrapSettings};
+use super::trap::{begin_call, log_guest_stderr, trap_in, MemoryCap, Trap, TrapSettings};
 use crate::net::egress::{Egress, EgressPolicy};
 
 /// Core instances one store may hold. The component is a handful of core modules
@@ -41,6 +41,39 @@ const MAX_TABLES: usize = 16;
 /// more; 4 is a safe bound. Their total size is capped by [`Limits::memory`].
 const MAX_MEMORIES: usize = 4;
 
+/// A store with the sandbox's limits: the memory cap and the instance, table and memory
+/// bounds, WASI with nothing granted, `wasi:http` through `egress`, and a deadline of one
+/// call (`limits.call_timeout`) that traps when it passes. Callers set a fresh deadline
+/// before each later call.
+pub(crate) fn new_store(
+    runtime: &Runtime,
+    limits: &Limits,
+    egress: Arc<EgressPolicy>,
+) -> Store<StoreState> {
+    let store_limits = MemoryCap::new(
+        StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(limits.memory).unwrap_or(usize::MAX))
+            .instances(MAX_INSTANCES)
+            .tables(MAX_TABLES)
+            .memories(MAX_MEMORIES)
+            .build(),
+    );
+    let stderr = GuestStderr::default();
+    let state = StoreState {
+        wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+        table: Default::default(),
+        limits: store_limits,
+        stderr,
+        http: wasmtime_wasi_http::WasiHttpCtx::new(),
+        egress: Egress(egress),
+    };
+    let mut store = Store::new(&runtime.engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(limits.deadline_ticks());
+    store.epoch_deadline_trap();
+    store
+}
+
 /// Sandbox limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -48,6 +81,13 @@ pub struct Limits {
     pub memory: u64,
     /// Deadline for one call into the guest.
     pub call_timeout: Duration,
+}
+
+impl Limits {
+    /// The call deadline in epoch ticks (at least one).
+    pub(crate) fn deadline_ticks(&self) -> u64 {
+        (self.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
 }
 
 /// The files and settings a device is opened with; kept so that it can be reopened.
@@ -341,31 +381,11 @@ impl SandboxedDevice {
 
     /// Build a store and an instance, and open the device (and filesystem) in it.
     fn start(&self) -> Result<Live, CallError> {
-        let limits = MemoryCap::new(
-            StoreLimitsBuilder::new()
-                .memory_size(usize::try_from(self.limits.memory).unwrap_or(usize::MAX))
-                .instances(MAX_INSTANCES)
-                .tables(MAX_TABLES)
-                .memories(MAX_MEMORIES)
-                .build(),
-        );
-        let stderr = GuestStderr::default();
         let egress = match &self.spec.blob {
             BlobSource::Remote { egress, .. } => egress.clone(),
             BlobSource::Local(_) => self.deny_all.clone(),
         };
-        let state = StoreState {
-            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
-            table: Default::default(),
-            limits,
-            stderr,
-            http: wasmtime_wasi_http::WasiHttpCtx::new(),
-            egress: Egress(egress),
-        };
-        let mut store = Store::new(&self.runtime.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
-        store.epoch_deadline_trap();
+        let mut store = new_store(&self.runtime, &self.limits, egress);
 
         let io = |e: anyhow::Error| CallError::Component(WitError::Io(format!("{e:#}")));
         let meta = HostFile::open(&self.spec.meta).map_err(io)?;
@@ -436,7 +456,7 @@ impl SandboxedDevice {
     }
 
     fn deadline_ticks(&self) -> u64 {
-        (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+        self.limits.deadline_ticks()
     }
 
     /// Run one call with a fresh deadline; rebuild the instance first if a trap killed
@@ -456,11 +476,10 @@ impl SandboxedDevice {
             .ok_or_else(|| CallError::Trap(Trap::other("no instance")))?;
         live.store.set_epoch_deadline(ticks);
         // A fresh record for this call: no refused growth, no stderr yet.
-        live.store.data_mut().limits.clear();
-        log_guest_stderr(&live.store.data().stderr);
+        begin_call(&mut live.store);
         match f(&live.bindings, &mut live.store, live.handle) {
             Ok(result) => {
-                log_guest_stderr(&live.store.data().stderr);
+                log_guest_stderr(&live.store);
                 result.map_err(CallError::Component)
             }
             Err(e) => {
@@ -477,34 +496,18 @@ impl SandboxedDevice {
     fn trap_settings(&self) -> TrapSettings {
         TrapSettings {
             memory_limit: self.limits.memory,
-            decode_cache: self.spec.options.cache_bytes.unwrap_or(0),
+            decode_cache: Some(self.spec.options.cache_bytes.unwrap_or(0)),
             call_timeout: self.limits.call_timeout,
         }
     }
 }
 
 /// The error for a trap in `store`: its cause in one line (the bridges and commands
-/// report it); wasmtime's report with the backtrace goes to the debug log.
+/// report it); the next call rebuilds the instance.
 fn trapped(
     settings: TrapSettings,
     error: &wasmtime::Error,
     store: &Store<StoreState>,
 ) -> CallError {
-    let state = store.data();
-    let trap = Trap::classify(
-        error,
-        state.limits.refused(),
-        &state.stderr.take(),
-        settings,
-    );
-    tracing::debug!("{trap}; the instance will be rebuilt. {}", trap.detail);
-    CallError::Trap(trap)
-}
-
-/// Pass on what the guest wrote to stderr outside a trap (nothing, normally).
-fn log_guest_stderr(stderr: &GuestStderr) {
-    let text = stderr.take();
-    if !text.is_empty() {
-        tracing::debug!("component stderr: {}", text.trim_end());
-    }
+    CallError::Trap(trap_in(store, error, settings))
 }

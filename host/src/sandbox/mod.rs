@@ -13,6 +13,8 @@
 //! - [`device_pool`]: instances that serve the raw *device* bytes, routed by offset
 //!   (NBD, the loop backend's device file).
 //! - [`verify`]: the whole-image check before a kernel sees an image.
+//! - [`indexer`]: one tar-index build ([`index_blob`]): the blob streamed once into the
+//!   component's builder.
 
 pub mod device;
 pub mod device_pool;
@@ -20,6 +22,7 @@ pub mod errors;
 pub mod filesystem_pool;
 pub mod guest_stderr;
 pub(crate) mod host_file;
+pub mod indexer;
 pub mod runtime;
 pub mod trap;
 pub mod verify;
@@ -28,6 +31,7 @@ pub use device::{BlobSource, DeviceSpec, Limits, Mode, SandboxedDevice};
 pub use device_pool::DevicePool;
 pub use errors::CallError;
 pub use filesystem_pool::FilesystemPool;
-pub use runtime::{OpenOptions, Runtime, VerifyReport};
+pub use indexer::{index_blob, IndexRequest};
+pub use runtime::{IndexOutput, IndexProgress, IndexStats, OpenOptions, Runtime, VerifyReport};
 pub use trap::{format_size, Trap, TrapCause};
 pub use verify::verify_image;

@@ -46,6 +46,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use erofs::reader::types::Error as WitError;
+pub use exports::erofs::reader::builder::{IndexOptions, IndexOutput, IndexProgress, IndexStats};
 pub use exports::erofs::reader::filesystem::{Attributes, DirEntry, FileKind, VerifyReport};
 pub use exports::erofs::reader::tarindex::{
     BlobLocation, DeviceStats, OciBlob, OpenOptions, RemoteOptions, RemoteStats,
@@ -108,7 +109,7 @@ impl Runtime {
 
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| wt(e, "linking WASI"))?;
-        // wasi:http goes through the egress policy in each store (egress.rs).
+        // wasi:http goes through the egress policy in each store (net/egress.rs).
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
             .map_err(|e| wt(e, "linking wasi:http"))?;
         Reader::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(

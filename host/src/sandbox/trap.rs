@@ -13,8 +13,9 @@
 
 use std::time::Duration;
 
-use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime::{ResourceLimiter, Store, StoreLimits};
 
+use super::runtime::StoreState;
 use crate::defaults;
 
 /// The store's resource limiter: wasmtime's [`StoreLimits`], plus a record of the last
@@ -86,8 +87,8 @@ impl ResourceLimiter for MemoryCap {
 pub struct TrapSettings {
     /// `--memory-limit`.
     pub memory_limit: u64,
-    /// `--decode-cache`.
-    pub decode_cache: u64,
+    /// `--decode-cache`, for a device (an indexer has none).
+    pub decode_cache: Option<u64>,
     /// `--call-timeout`.
     pub call_timeout: Duration,
 }
@@ -98,7 +99,7 @@ pub enum TrapCause {
     /// The guest needed more memory than `--memory-limit` allows.
     OutOfMemory {
         limit: u64,
-        cache: u64,
+        cache: Option<u64>,
         /// The allocation that failed, from the guest's own report.
         allocation: Option<u64>,
     },
@@ -172,31 +173,7 @@ impl std::fmt::Display for Trap {
                 limit,
                 cache,
                 allocation,
-            } => {
-                let (limit_text, cache_text) = (format_size(*limit), format_size(*cache));
-                write!(
-                    f,
-                    "the component ran out of memory (--memory-limit {limit_text}; "
-                )?;
-                if cache >= limit {
-                    write!(f, "--decode-cache {cache_text} alone needs more)")
-                } else if cache.saturating_add(defaults::MEMORY_FIXED) > *limit {
-                    write!(
-                        f,
-                        "--decode-cache {cache_text} plus the {} the component needs besides it need more)",
-                        format_size(defaults::MEMORY_FIXED)
-                    )
-                } else {
-                    match allocation {
-                        Some(n) => write!(f, "an allocation of {} did not fit", format_size(*n))?,
-                        None => write!(f, "the call needed more")?,
-                    }
-                    write!(
-                        f,
-                        " beside --decode-cache {cache_text}; raise --memory-limit)"
-                    )
-                }
-            }
+            } => out_of_memory(f, *limit, *cache, *allocation),
             TrapCause::Deadline { timeout } => write!(
                 f,
                 "the component was interrupted: the call took longer than --call-timeout {} s",
@@ -206,6 +183,75 @@ impl std::fmt::Display for Trap {
             TrapCause::Other(text) => write!(f, "the component trapped: {text}"),
         }
     }
+}
+
+/// The out-of-memory line: the cap, and the cache when it is what does not fit.
+fn out_of_memory(
+    f: &mut std::fmt::Formatter<'_>,
+    limit: u64,
+    cache: Option<u64>,
+    allocation: Option<u64>,
+) -> std::fmt::Result {
+    write!(
+        f,
+        "the component ran out of memory (--memory-limit {}; ",
+        format_size(limit)
+    )?;
+    match cache {
+        Some(cache) if cache >= limit => {
+            return write!(f, "--decode-cache {} alone needs more)", format_size(cache));
+        }
+        Some(cache) if cache.saturating_add(defaults::MEMORY_FIXED) > limit => {
+            return write!(
+                f,
+                "--decode-cache {} plus the {} the component needs besides it need more)",
+                format_size(cache),
+                format_size(defaults::MEMORY_FIXED)
+            );
+        }
+        _ => {}
+    }
+    match allocation {
+        Some(n) => write!(f, "an allocation of {} did not fit", format_size(n))?,
+        None => write!(f, "the call needed more")?,
+    }
+    if let Some(cache) = cache {
+        write!(f, " beside --decode-cache {}", format_size(cache))?;
+    }
+    write!(f, "; raise --memory-limit)")
+}
+
+/// Start a call in `store`: forget the last call's refused growth, and pass on what the
+/// guest wrote to stderr since (nothing, normally) to the debug log.
+pub(crate) fn begin_call(store: &mut Store<StoreState>) {
+    store.data_mut().limits.clear();
+    log_guest_stderr(store);
+}
+
+/// After a call that returned: pass on what the guest wrote to stderr.
+pub(crate) fn log_guest_stderr(store: &Store<StoreState>) {
+    let text = store.data().stderr.take();
+    if !text.is_empty() {
+        tracing::debug!("component stderr: {}", text.trim_end());
+    }
+}
+
+/// The trap `error` of a call in `store`, classified; wasmtime's report with the wasm
+/// backtrace goes to the debug log (`-v`, `RUST_LOG=debug`).
+pub(crate) fn trap_in(
+    store: &Store<StoreState>,
+    error: &wasmtime::Error,
+    settings: TrapSettings,
+) -> Trap {
+    let state = store.data();
+    let trap = Trap::classify(
+        error,
+        state.limits.refused(),
+        &state.stderr.take(),
+        settings,
+    );
+    tracing::debug!("{trap}. {}", trap.detail);
+    trap
 }
 
 /// `N` of std's `memory allocation of N bytes failed` (the last such line).
@@ -273,7 +319,7 @@ pub fn format_size(bytes: u64) -> String {
 mod tests {
     use super::*;
 
-    fn settings(memory_limit: u64, decode_cache: u64) -> TrapSettings {
+    fn settings(memory_limit: u64, decode_cache: Option<u64>) -> TrapSettings {
         TrapSettings {
             memory_limit,
             decode_cache,
@@ -306,16 +352,30 @@ mod tests {
             allocation,
         };
         assert_eq!(
-            trap(oom(8 << 20, 32 << 20, None)),
+            trap(oom(8 << 20, Some(32 << 20), None)),
             "the component ran out of memory (--memory-limit 8M; --decode-cache 32M alone needs more)"
         );
         assert_eq!(
-            trap(oom(40 << 20, 32 << 20, None)),
+            trap(oom(40 << 20, Some(32 << 20), None)),
             "the component ran out of memory (--memory-limit 40M; --decode-cache 32M plus the 16M the component needs besides it need more)"
         );
         assert_eq!(
-            trap(oom(64 << 20, 1 << 20, Some(48 << 20))),
+            trap(oom(64 << 20, Some(1 << 20), Some(48 << 20))),
             "the component ran out of memory (--memory-limit 64M; an allocation of 48M did not fit beside --decode-cache 1M; raise --memory-limit)"
+        );
+    }
+
+    #[test]
+    fn out_of_memory_without_a_cache() {
+        // An indexer has no cache to name.
+        let text = trap(TrapCause::OutOfMemory {
+            limit: 256 << 20,
+            cache: None,
+            allocation: None,
+        });
+        assert_eq!(
+            text,
+            "the component ran out of memory (--memory-limit 256M; the call needed more; raise --memory-limit)"
         );
     }
 
@@ -341,7 +401,7 @@ mod tests {
             &wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached),
             None,
             stderr,
-            settings(1 << 30, 0),
+            settings(1 << 30, None),
         );
         assert!(
             matches!(&t.cause, TrapCause::Panic { message } if message.starts_with("index out of bounds")),
@@ -354,20 +414,25 @@ mod tests {
     fn classification() {
         let unreachable = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
         // A refused growth is out of memory, whatever the trap code.
-        let t = Trap::classify(&unreachable, Some(9 << 20), "", settings(8 << 20, 32 << 20));
+        let t = Trap::classify(
+            &unreachable,
+            Some(9 << 20),
+            "",
+            settings(8 << 20, Some(32 << 20)),
+        );
         assert!(matches!(t.cause, TrapCause::OutOfMemory { .. }), "{t:?}");
         // So is std's allocation-failure line, with the size it names.
         let t = Trap::classify(
             &unreachable,
             None,
             "memory allocation of 50331648 bytes failed\n",
-            settings(1 << 30, 0),
+            settings(1 << 30, None),
         );
         assert_eq!(
             t.cause,
             TrapCause::OutOfMemory {
                 limit: 1 << 30,
-                cache: 0,
+                cache: None,
                 allocation: Some(48 << 20)
             }
         );
@@ -375,14 +440,14 @@ mod tests {
             &wasmtime::Error::new(wasmtime::Trap::Interrupt),
             None,
             "",
-            settings(1 << 30, 0),
+            settings(1 << 30, None),
         );
         assert!(matches!(t.cause, TrapCause::Deadline { .. }), "{t:?}");
         assert!(t.to_string().contains("--call-timeout 1.5 s"), "{t}");
         // A host error keeps its own text, without wasmtime's context.
         let host = wasmtime::Error::msg("injected fault: trap on a read of blob")
             .context("error while executing at wasm backtrace:\n 0: 0x1 - f");
-        let t = Trap::classify(&host, None, "", settings(1 << 30, 0));
+        let t = Trap::classify(&host, None, "", settings(1 << 30, None));
         assert_eq!(
             t.to_string(),
             "the component trapped: injected fault: trap on a read of blob"
