@@ -305,7 +305,7 @@ pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in UNITS {
         let one = 1u64 << shift;
         if bytes >= one {
-            return if bytes % one == 0 {
+            return if bytes.is_multiple_of(one) {
                 format!("{}{unit}", bytes >> shift)
             } else {
                 format!("{:.1}{unit}", bytes as f64 / one as f64)
