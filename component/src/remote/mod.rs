@@ -9,6 +9,7 @@
 parser_modules! {
     pub mod artifact;
     pub mod auth;
+    pub mod blob;
     pub mod discover;
     pub mod image;
     pub mod manifest;
@@ -17,7 +18,6 @@ parser_modules! {
     pub mod session;
     pub mod url;
 }
-pub mod blob;
 pub mod net;
 pub mod transport;
 #[cfg(target_arch = "wasm32")]

@@ -7,15 +7,13 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
-use wasmtime::{Store, StoreLimitsBuilder};
-use wasmtime_wasi::WasiCtx;
+use wasmtime::Store;
 
-use super::device::{BlobSource, Limits};
+use super::device::{new_store, BlobSource, Limits};
 use super::errors::describe;
 use super::runtime::{
-    BlobLocation, Image, LayerIndex, Pushed, Reader, RemoteOptions, Runtime, StoreState, EPOCH_TICK,
+    BlobLocation, Image, LayerIndex, Pushed, Reader, RemoteOptions, Runtime, StoreState,
 };
-use crate::net::egress::Egress;
 
 /// The reference and remote options of an `oci://` blob source.
 fn oci_of(blob: &BlobSource) -> Result<(&str, RemoteOptions, &BlobSource)> {
@@ -40,21 +38,7 @@ fn instance(
         .egress()
         .ok_or_else(|| anyhow!("publishing an index needs a registry"))?
         .clone();
-    let store_limits = StoreLimitsBuilder::new()
-        .memory_size(usize::try_from(limits.memory).unwrap_or(usize::MAX))
-        .build();
-    let state = StoreState {
-        wasi: WasiCtx::builder().build(),
-        table: Default::default(),
-        limits: store_limits,
-        http: wasmtime_wasi_http::WasiHttpCtx::new(),
-        egress: Egress(egress),
-    };
-    let mut store = Store::new(&runtime.engine, state);
-    store.limiter(|s| &mut s.limits);
-    let ticks = (limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-    store.set_epoch_deadline(ticks);
-    store.epoch_deadline_trap();
+    let mut store = new_store(runtime, &limits, egress);
     let bindings = runtime
         .pre
         .instantiate(&mut store)
