@@ -151,7 +151,10 @@ pub fn index_blob(
         .pre
         .instantiate(&mut store)
         .map_err(|e| wt(e, "instantiating the component"))?;
-    let name = format!("{blob:?}");
+    let name = match blob {
+        BlobSource::Local(path) => path.display().to_string(),
+        BlobSource::Remote { .. } => blob.display_name(),
+    };
     let created = match blob {
         BlobSource::Local(_) => bindings
             .erofs_reader_builder()
