@@ -10,10 +10,11 @@
 //! - [`tarindex`]: the device `meta ‖ tar` and its layout checks;
 //! - [`remote`]: the OCI/HTTP client over `wasi:http`;
 //! - [`fs`]: the EROFS filesystem (crate `erofs-image`) on a device;
-//! - `build` (to come): the index builder gets its own folder, `src/build/`.
+//! - [`build`]: the I/O-free index builder (tar parser, EROFS tar-index and zinfo writers).
 //!
 //! The formats are described in `docs/formats.md`.
 
+pub mod build;
 pub mod defaults;
 pub mod error;
 pub mod fs;

@@ -35,7 +35,12 @@ pub fn state_dir() -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("{}: cannot create the state directory", dir.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).with_context(|| {
+        format!(
+            "{}: cannot make the state directory private (0700)",
+            dir.display()
+        )
+    })?;
     Ok(dir)
 }
 
@@ -73,7 +78,18 @@ pub fn registration_path(mountpoint: &Path) -> Result<PathBuf> {
 pub fn read_registration(mountpoint: &Path) -> Result<Option<Registration>> {
     let path = registration_path(mountpoint)?;
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(registration) => Ok(Some(registration)),
+            // A damaged record (a server killed mid-write) must not block `umount`
+            // of the mount itself: say so, and go on without it.
+            Err(e) => {
+                tracing::warn!(
+                    "{}: unreadable registration ({e}); ignoring it",
+                    path.display()
+                );
+                Ok(None)
+            }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
     }
@@ -147,6 +163,32 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Best-effort cleanup after a mount is down: lazily detach `path` if something is still
+/// mounted there, then remove the directory. Failures are logged, not returned: the
+/// caller is already tearing down and has nothing better to do.
+pub fn detach_and_remove_dir(dir: &Path) {
+    if mounted_at(dir).is_some() {
+        if let Err(e) = unmount(dir, true) {
+            tracing::warn!("{}: cannot detach: {e}", dir.display());
+        }
+    }
+    remove_quietly(dir, std::fs::remove_dir(dir));
+}
+
+/// Remove a file of ours, best effort: one already gone is fine, any other failure is
+/// logged.
+pub fn remove_file_quietly(path: &Path) {
+    remove_quietly(path, std::fs::remove_file(path));
+}
+
+fn remove_quietly(path: &Path, result: std::io::Result<()>) {
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("{}: cannot remove: {e}", path.display()),
+    }
 }
 
 /// umount2(2). `detach` unmounts lazily (MNT_DETACH).

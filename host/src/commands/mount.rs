@@ -189,11 +189,11 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
 
     // Stopping: tear down in reverse, then forget the registration.
     drop(served);
-    remove_if_present(&reg_path);
+    mounts::remove_file_quietly(&reg_path);
     // The daemon's log holds only warnings; an empty one is not worth keeping.
     let log = mounts::state_dir()?.join(format!("{id}.log"));
     if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
-        remove_if_present(&log);
+        mounts::remove_file_quietly(&log);
     }
     Ok(())
 }
@@ -296,16 +296,6 @@ fn wait_until_stopped(served: &Served, signals: &libc::sigset_t, mountpoint: &Pa
     }
 }
 
-/// Remove a file of ours; one already gone is fine, any other failure is logged (the
-/// mount is already down, so it cannot fail the command).
-fn remove_if_present(path: &Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!("{}: cannot remove: {e}", path.display()),
-    }
-}
-
 /// How often the serving loop looks at the mount between signals.
 const SIGNAL_POLL: Duration = Duration::from_millis(500);
 
@@ -334,7 +324,9 @@ impl Served {
             if mounts::mounted_at(&mp).is_some() {
                 if let Err(e) = mounts::unmount(&mp, false) {
                     tracing::warn!("{}: {e}; detaching lazily", mp.display());
-                    let _ = mounts::unmount(&mp, true);
+                    if let Err(e) = mounts::unmount(&mp, true) {
+                        tracing::warn!("{}: cannot detach: {e}", mp.display());
+                    }
                 }
             }
         }
@@ -345,10 +337,7 @@ impl Served {
             }
         }
         if let Some(dir) = self.backing.take() {
-            if mounts::mounted_at(&dir).is_some() {
-                let _ = mounts::unmount(&dir, true);
-            }
-            let _ = std::fs::remove_dir(&dir);
+            mounts::detach_and_remove_dir(&dir);
         }
     }
 }

@@ -8,8 +8,8 @@ use clap::Args;
 
 use crate::defaults;
 use crate::mount_registry::{
-    absolute, is_dead_fuse_mount, mounted_at, process_alive, read_registration, registration_path,
-    unmount,
+    absolute, detach_and_remove_dir, is_dead_fuse_mount, mounted_at, process_alive,
+    read_registration, registration_path, remove_file_quietly, unmount,
 };
 
 #[derive(Debug, Args)]
@@ -72,12 +72,9 @@ pub fn run(args: UmountArgs) -> Result<()> {
             did_something = true;
         }
         if let Some(backing) = &reg.backing {
-            if mounted_at(backing).is_some() {
-                let _ = unmount(backing, true);
-            }
-            let _ = std::fs::remove_dir(backing);
+            detach_and_remove_dir(backing);
         }
-        let _ = std::fs::remove_file(registration_path(&mp)?);
+        remove_file_quietly(&registration_path(&mp)?);
     }
     if !did_something {
         bail!("{}: not mounted by erofs-host", mp.display());
