@@ -101,6 +101,16 @@ impl Filesystem {
         self.call(|img, dev| img.verify(dev, VerifyLimits::default()))
     }
 
+    /// Device offset of the first data byte of regular file `nid` (tests).
+    #[cfg(test)]
+    pub fn physical_extents(&mut self, nid: u64) -> Result<u64> {
+        let size = self.getattr(nid)?.size;
+        let exts = self.call(|img, dev| img.physical_extents(dev, nid, 0, size))?;
+        exts.first()
+            .and_then(|x| x.physical)
+            .ok_or_else(|| crate::error::Error::internal("no data"))
+    }
+
     /// Check every regular file's tar header, in tar order (reads the whole tar once).
     /// Returns the number of files checked.
     pub fn verify_headers(&mut self) -> Result<u64> {

@@ -119,10 +119,7 @@ impl Filesystem {
         if size == 0 {
             return Ok(None);
         }
-        let first: Option<Extent> = self
-            .physical_extents(dev, nid, 0, 1)?
-            .into_iter()
-            .next();
+        let first: Option<Extent> = self.physical_extents(dev, nid, 0, 1)?.into_iter().next();
         Ok(first.and_then(|x| x.physical))
     }
 }

@@ -79,24 +79,22 @@ pub fn check_sample(image: &Image, dev: &mut Device, samples: u32) -> Result<Sam
         return Ok(SampleReport::default());
     }
     let slices = u64::from(samples.saturating_sub(2));
-    let (meta_size, tar_size) = (dev.meta_size(), dev.tar_size().max(1));
+    let meta_size = dev.meta_size();
     let mut first: Option<Candidate> = None;
     let mut last: Option<Candidate> = None;
-    let mut between: Vec<Option<Candidate>> = (0..slices).map(|_| None).collect();
+    let boundaries = sample_boundaries(dev, slices);
+    let mut between: Vec<Option<Candidate>> = boundaries.iter().map(|_| None).collect();
     image
         .for_each_regular_file(dev, SAMPLE_WALK_LIMIT, &mut |_, file| {
             let Some(c) = Candidate::of(file) else {
                 return Ok(());
             };
-            // Slot k takes the earliest file starting at or after the k-th of `slices`
-            // equal steps through the tar (a big file spanning a step does not leave it
-            // empty: the next file takes it).
-            let tar_offset = c.data.saturating_sub(meta_size);
-            for (k, slot) in (1u64..).zip(between.iter_mut()) {
-                let boundary = u128::from(tar_size) * u128::from(k) / u128::from(slices + 1);
-                if u128::from(tar_offset) >= boundary
-                    && slot.as_ref().is_none_or(|s| c.data < s.data)
-                {
+            // Slot k takes the earliest file whose header starts at or after boundary k
+            // (a big file spanning a boundary does not leave it empty: the next file
+            // takes it).
+            let header = c.data.saturating_sub(meta_size).saturating_sub(512);
+            for (&boundary, slot) in boundaries.iter().zip(between.iter_mut()) {
+                if header >= boundary && slot.as_ref().is_none_or(|s| c.data < s.data) {
                     *slot = Some(Candidate {
                         path: c.path.clone(),
                         ..c
@@ -104,7 +102,10 @@ pub fn check_sample(image: &Image, dev: &mut Device, samples: u32) -> Result<Sam
                 }
             }
             if samples >= 2 && last.as_ref().is_none_or(|l| c.data > l.data) {
-                last = Some(Candidate { path: c.path.clone(), ..c });
+                last = Some(Candidate {
+                    path: c.path.clone(),
+                    ..c
+                });
             }
             if first.as_ref().is_none_or(|f| c.data < f.data) {
                 first = Some(c);
@@ -129,6 +130,36 @@ pub fn check_sample(image: &Image, dev: &mut Device, samples: u32) -> Result<Sam
         blob_reads: after.2 - before.2,
         remote_requests: after.3 - before.3,
     })
+}
+
+/// Tar offsets from which the between-samples are taken: `slices` points spread evenly
+/// through the tar. For a gzip blob they are zinfo checkpoints (the first file after a
+/// checkpoint costs a short decode; one elsewhere, up to a whole span), for a plain tar
+/// equal steps.
+fn sample_boundaries(dev: &Device, slices: u64) -> Vec<u64> {
+    let tar_size = dev.tar_size();
+    let steps = (1..=slices).map(|k| {
+        u64::try_from(u128::from(tar_size) * u128::from(k) / u128::from(slices + 1))
+            .unwrap_or(u64::MAX)
+    });
+    match dev.cheap_offsets() {
+        // Checkpoint 0 is the tar's start, which the first file covers.
+        Some(points) if points.len() > 1 => {
+            let points = points.get(1..).unwrap_or_default();
+            let mut picked: Vec<u64> = steps
+                .filter_map(|step| {
+                    points
+                        .iter()
+                        .copied()
+                        .find(|&p| p >= step)
+                        .or(points.last().copied())
+                })
+                .collect();
+            picked.dedup();
+            picked
+        }
+        _ => steps.collect(),
+    }
 }
 
 /// (tar reads, tar bytes, blob reads, remote requests) of the device so far.

@@ -60,14 +60,19 @@ fn right_pairs_pass_the_sample_and_the_deep_check() {
 
 #[test]
 fn a_meta_of_another_layer_fails_on_open() {
-    let err = match open(fixture("basic", "meta.erofs"), "large", DEFAULT_HEADER_SAMPLES) {
+    let err = match open(
+        fixture("basic", "meta.erofs"),
+        "large",
+        DEFAULT_HEADER_SAMPLES,
+    ) {
         Ok(_) => panic!("basic's META opened over large's blob"),
         Err(e) => e,
     };
     eprintln!("{err}");
     assert!(err.is(Kind::Mismatch), "{err}");
     assert!(
-        err.message().starts_with("tarindex does not match the blob: "),
+        err.message()
+            .starts_with("tarindex does not match the blob: "),
         "{err}"
     );
     assert!(err.message().contains(" at tar offset "), "{err}");

@@ -112,6 +112,16 @@ impl Device {
         (self.check_reads, self.check_bytes)
     }
 
+    /// Tar offsets where a cold read starts cheaply: a gzip blob's checkpoints (a read
+    /// elsewhere first decodes from the checkpoint before it); None for a plain tar,
+    /// where every offset is as cheap.
+    pub fn cheap_offsets(&self) -> Option<Vec<u64>> {
+        match &self.tar {
+            Tar::Plain(_) => None,
+            Tar::Gzip(gz) => Some(gz.checkpoint_offsets()),
+        }
+    }
+
     /// pread calls made to the blob so far.
     pub fn blob_reads(&self) -> u64 {
         match &self.tar {
@@ -123,9 +133,8 @@ impl Device {
     /// Up to `len` tar bytes at tar offset `at` (fewer at the tar's end), for the header
     /// checks, which count them.
     pub fn pread_tar(&mut self, at: u64, len: u64) -> Result<Vec<u8>> {
-        let len = u32::try_from(len).map_err(|_| {
-            Error::internal(format!("header check: a tar read of {len} bytes"))
-        })?;
+        let len = u32::try_from(len)
+            .map_err(|_| Error::internal(format!("header check: a tar read of {len} bytes")))?;
         let bytes = self.pread(self.layout.meta_size.saturating_add(at), len)?;
         self.check_reads += 1;
         self.check_bytes += bytes.len() as u64;

@@ -305,7 +305,10 @@ impl Window {
         let floor = self.end.saturating_sub(MAX_EXTENSION_SPAN);
         let have = self.end - self.start;
         let target = want
-            .min(self.end.saturating_sub(have.saturating_mul(2).max(FIRST_WINDOW)))
+            .min(
+                self.end
+                    .saturating_sub(have.saturating_mul(2).max(FIRST_WINDOW)),
+            )
             .max(floor);
         if target >= self.start {
             return Ok(false);

@@ -24,4 +24,4 @@ pub use device_pool::DevicePool;
 pub use errors::CallError;
 pub use filesystem_pool::FilesystemPool;
 pub use runtime::{OpenOptions, Runtime, VerifyReport};
-pub use verify::verify_image;
+pub use verify::{verify_image, Depth, Verified};
