@@ -79,11 +79,10 @@ impl Filesystem {
                         });
                     }
                     match e.file_type {
-                        FileType::Directory => {
-                            if dirs_seen.insert(e.nid) {
-                                stack.push((e.nid, join(&path, &e.name)));
-                            }
+                        FileType::Directory if dirs_seen.insert(e.nid) => {
+                            stack.push((e.nid, join(&path, &e.name)));
                         }
+                        FileType::Directory => {}
                         FileType::Regular | FileType::Unknown => {
                             let attr = self.getattr(dev, e.nid)?;
                             if attr.file_type() != FileType::Regular
