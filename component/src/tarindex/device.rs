@@ -98,6 +98,13 @@ impl Device {
         if header_samples > 0 {
             let image = erofs_image::Filesystem::open(&mut device).map_err(|e| device.lift(e))?;
             device.sample = check_sample(&image, &mut device, header_samples)?;
+            // Start serving cold, as without the check: its cursors began at checkpoints,
+            // and a stream that took one over (or restarted at a point it learned, or
+            // skipped a page it cached) would not decode its member from the start, so
+            // it could not check the member's CRC-32 at the end.
+            if let Tar::Gzip(gz) = &mut device.tar {
+                gz.forget();
+            }
         }
         Ok(device)
     }
