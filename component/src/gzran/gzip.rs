@@ -1,6 +1,8 @@
 //! gzip member framing (RFC 1952): the header before each deflate stream and the
 //! 8-byte trailer after it. A layer blob may hold several members back to back.
 
+// Parses outside data under erofs-image's lint rules (`parser_modules!` in lib.rs).
+
 use super::input::Input;
 use crate::error::{Error, Result};
 use crate::source::SizedSource;

@@ -3,6 +3,8 @@
 //! platform), check its digest when the reference pins one, pick a layer, and classify its
 //! media type.
 
+// Parses outside data under erofs-image's lint rules (`parser_modules!` in lib.rs).
+
 use std::cell::RefCell;
 
 use serde::Deserialize;
@@ -109,15 +111,21 @@ impl Platform {
                 shorten(text)
             )));
         }
-        let architecture = match parts[1].to_ascii_lowercase().as_str() {
+        let [os, arch, variant @ ..] = parts.as_slice() else {
+            return Err(Error::bad(format!(
+                "platform `{}` is not os/arch[/variant]",
+                shorten(text)
+            )));
+        };
+        let architecture = match arch.to_ascii_lowercase().as_str() {
             "x86_64" | "x86-64" => "amd64".to_string(),
             "aarch64" => "arm64".to_string(),
             a => a.to_string(),
         };
         Ok(Platform {
-            os: parts[0].to_ascii_lowercase(),
+            os: os.to_ascii_lowercase(),
             architecture,
-            variant: parts.get(2).map(|v| v.to_ascii_lowercase()),
+            variant: variant.first().map(|v| v.to_ascii_lowercase()),
         })
     }
 }
@@ -279,7 +287,9 @@ pub fn choose_layer(
             )))
         }
     };
-    let layer = &layers[chosen];
+    let layer = layers
+        .get(chosen)
+        .ok_or_else(|| Error::internal(format!("layer {chosen} was chosen but is not there")))?;
     let digest =
         validate_digest(&layer.digest).map_err(|e| e.context(&format!("layer {chosen}")))?;
     let media_type = layer
@@ -289,7 +299,8 @@ pub fn choose_layer(
     let compression =
         compression_of(&media_type).map_err(|e| e.context(&format!("layer {chosen}")))?;
     Ok(Layer {
-        index: chosen as u32,
+        index: u32::try_from(chosen)
+            .map_err(|_| Error::out_of_range(format!("layer index {chosen} passes 2^32")))?,
         media_type,
         digest,
         size: layer.size,
