@@ -43,11 +43,14 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 impl Filesystem {
     /// Call `visit` for every regular-file inode reachable from the root (a hard-linked inode
     /// once, under the first name met), depth first, visiting at most `max_entries` directory
-    /// entries. `visit` gets the device back so that it may read through it.
+    /// entries. `visit` gets the device back so that it may read through it. With
+    /// `skip_defects`, a directory or file the walk cannot read is left out instead of
+    /// ending the walk (for a sample, where a defect is another operation's to report).
     pub fn for_each_regular_file(
         &self,
         dev: &mut dyn ReadAt,
         max_entries: u64,
+        skip_defects: bool,
         visit: &mut dyn FnMut(&mut dyn ReadAt, RegularFile) -> Result<(), Error>,
     ) -> Result<WalkEnd, Error> {
         let root = self.root_nid();
@@ -59,7 +62,11 @@ impl Filesystem {
         while let Some((dir, path)) = stack.pop() {
             let mut cookie = 0u64;
             loop {
-                let batch = self.readdir(dev, dir, cookie, BATCH)?;
+                let batch = match self.readdir(dev, dir, cookie, BATCH) {
+                    Ok(batch) => batch,
+                    Err(_) if skip_defects => break,
+                    Err(e) => return Err(e),
+                };
                 let Some(last) = batch.last() else { break };
                 if last.next_cookie <= cookie {
                     return Err(Error::Corrupt(format!(
@@ -84,13 +91,21 @@ impl Filesystem {
                         }
                         FileType::Directory => {}
                         FileType::Regular | FileType::Unknown => {
-                            let attr = self.getattr(dev, e.nid)?;
+                            let attr = match self.getattr(dev, e.nid) {
+                                Ok(attr) => attr,
+                                Err(_) if skip_defects => continue,
+                                Err(e) => return Err(e),
+                            };
                             if attr.file_type() != FileType::Regular
                                 || (attr.nlink > 1 && !linked_seen.insert(e.nid))
                             {
                                 continue;
                             }
-                            let data_start = self.data_start(dev, e.nid, attr.size)?;
+                            let data_start = match self.data_start(dev, e.nid, attr.size) {
+                                Ok(start) => start,
+                                Err(_) if skip_defects => continue,
+                                Err(e) => return Err(e),
+                            };
                             visit(
                                 dev,
                                 RegularFile {

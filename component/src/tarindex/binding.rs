@@ -15,7 +15,7 @@ use erofs_image::{Filesystem as Image, RegularFile};
 
 use super::device::Device;
 use super::header_check::{check_file, Mismatch};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 
 /// Regular files whose header is checked on open: the first and the last in tar order and
 /// six between. Eight 512-byte reads catch an index of another layer (every file of it
@@ -85,7 +85,7 @@ pub fn check_sample(image: &Image, dev: &mut Device, samples: u32) -> Result<Sam
     let boundaries = sample_boundaries(dev, slices);
     let mut between: Vec<Option<Candidate>> = boundaries.iter().map(|_| None).collect();
     image
-        .for_each_regular_file(dev, SAMPLE_WALK_LIMIT, &mut |_, file| {
+        .for_each_regular_file(dev, SAMPLE_WALK_LIMIT, true, &mut |_, file| {
             let Some(c) = Candidate::of(file) else {
                 return Ok(());
             };
@@ -118,8 +118,13 @@ pub fn check_sample(image: &Image, dev: &mut Device, samples: u32) -> Result<Sam
     chosen.sort_by_key(|c| c.data);
     chosen.dedup_by_key(|c| c.data);
     for c in &chosen {
-        if let Err(m) = check_file(image, dev, c.nid, c.size)? {
-            return Err(named(&m, &c.path));
+        match check_file(image, dev, c.nid, c.size) {
+            Ok(Ok(())) => {}
+            Ok(Err(m)) => return Err(named(&m, &c.path)),
+            // A metadata defect of this one file is for its own operations to report
+            // (a FUSE mount serves the rest of the tree): the sample goes on without it.
+            Err(e) if matches!(e.kind, Kind::Corrupt | Kind::Unsupported | Kind::OutOfRange) => {}
+            Err(e) => return Err(e),
         }
     }
     let after = counters(dev);
@@ -173,7 +178,7 @@ fn counters(dev: &Device) -> (u64, u64, u64, u64) {
 pub fn check_all(image: &Image, dev: &mut Device) -> Result<u64> {
     let mut all: Vec<(u64, u64, u64)> = Vec::new();
     let end = image
-        .for_each_regular_file(dev, DEEP_WALK_LIMIT, &mut |_, file| {
+        .for_each_regular_file(dev, DEEP_WALK_LIMIT, false, &mut |_, file| {
             if let Some(data) = file.data_start {
                 all.push((data, file.nid, file.size));
             }
@@ -199,7 +204,7 @@ pub fn check_all(image: &Image, dev: &mut Device) -> Result<u64> {
 fn path_of(image: &Image, dev: &mut Device, nid: u64) -> Result<String> {
     let mut found: Option<Vec<u8>> = None;
     image
-        .for_each_regular_file(dev, DEEP_WALK_LIMIT, &mut |_, file| {
+        .for_each_regular_file(dev, DEEP_WALK_LIMIT, true, &mut |_, file| {
             if file.nid == nid && found.is_none() {
                 found = Some(file.path);
             }
