@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::device_args::DeviceArgs;
+use crate::progress::Progress;
 use crate::sandbox::{verify_image, Depth, Runtime};
 
 #[derive(Debug, Args)]
@@ -28,7 +29,15 @@ pub fn run(args: VerifyArgs) -> Result<()> {
     } else {
         Depth::Metadata
     };
+    // One call into the component walks every inode, so there is no count to show as it
+    // goes: a spinner and the time so far.
+    let progress = Progress::spinner(if args.deep {
+        "verifying the metadata and every tar header in the sandbox"
+    } else {
+        "verifying the metadata in the sandbox"
+    });
     let v = verify_image(runtime, &spec, limits, depth)?;
+    progress.finish();
     let r = &v.report;
     println!(
         "ok: {} directories, {} regular files, {} symlinks, {} special files, {} entries, {} hard links, {} bytes of file data",
