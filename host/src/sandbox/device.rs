@@ -441,7 +441,17 @@ impl SandboxedDevice {
             .ok_or_else(|| CallError::Trap("no instance".into()))?;
         live.store.set_epoch_deadline(ticks);
         match f(&live.bindings, &mut live.store, live.handle) {
-            Ok(result) => result.map_err(CallError::Component),
+            Ok(Err(error)) => {
+                // Corrupt data may have come from the range cache: what was served from
+                // it lately goes, so the next read fetches it again.
+                if matches!(error, WitError::Corrupt(_)) {
+                    if let Some(egress) = self.spec.blob.egress() {
+                        egress.forget_recent_cache_hits();
+                    }
+                }
+                Err(CallError::Component(error))
+            }
+            Ok(Ok(result)) => Ok(result),
             Err(trap) => {
                 self.traps += 1;
                 self.live = None;
