@@ -14,6 +14,7 @@
 //! 256 KiB inflate buffer.
 
 pub mod erofs_writer;
+pub mod session;
 pub mod tar;
 pub mod tree;
 pub mod xattr;
@@ -178,6 +179,16 @@ impl Indexer {
         )
     }
 
+    /// What the blob is, once known: [`BlobFormat::Detect`] until its first two bytes
+    /// have come (or the caller named the format).
+    pub fn format(&self) -> BlobFormat {
+        match self.decoder {
+            Decoder::Detect(_) => BlobFormat::Detect,
+            Decoder::Gzip(_) => BlobFormat::Gzip,
+            Decoder::Tar => BlobFormat::Tar,
+        }
+    }
+
     /// Feed the next piece of the blob.
     pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
         if let Some(e) = &self.failed {
@@ -235,7 +246,10 @@ impl Indexer {
         let (zinfo, checkpoints) = match self.decoder {
             Decoder::Gzip(z) => {
                 let (file, _) = z.finish()?;
-                let count = u32::from_le_bytes([file[0], file[1], file[2], file[3]]);
+                let count = file
+                    .get(0..4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map_or(0, u32::from_le_bytes);
                 (Some(file), count)
             }
             _ => (None, 0),

@@ -47,6 +47,42 @@ pub struct DeviceArgs {
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
 
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    /// Decoded-byte cache in the component (a FUSE readahead window and a few hot
+    /// files). 0 turns it off.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::DECODE_CACHE)]
+    pub decode_cache: u64,
+
+    /// Live inflater cursors per device (a few files read at once)
+    #[arg(long, value_name = "N", default_value_t = defaults::MAX_CURSORS)]
+    pub max_cursors: u32,
+
+    /// Distance between checkpoints learned while decoding; 0 turns it off
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::LEARN_INTERVAL)]
+    pub learn_interval: u64,
+
+    /// Cap on the component's memory [default: 192M plus the decode cache, for learned
+    /// checkpoints (<= 8M), cursors and a 32M read; 128M more for remote blobs: 32M of
+    /// fetched chunks and a whole small blob from a server that ignores Range]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+
+    /// Deadline for one call into the component, in seconds [default 30 for local blobs:
+    /// a 32 MiB read takes well under a second, so a guest still busy is stuck; 120 for
+    /// remote ones: a read may wait for retries with backoff]
+    #[arg(long, value_name = "SECONDS")]
+    pub call_timeout: Option<f64>,
+
+    #[command(flatten)]
+    pub faults: FaultInjectionArgs,
+}
+
+/// Where a remote blob is and how to reach it: what every command that reads a blob
+/// takes besides its path or URL (the device commands, and `index`).
+#[derive(Debug, Args, Clone)]
+pub struct RemoteArgs {
     /// oci:// only: the layer to read, by its index in the image manifest
     #[arg(long, value_name = "N")]
     pub layer: Option<u32>,
@@ -83,34 +119,6 @@ pub struct DeviceArgs {
     /// Bound of the --cache-dir cache
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::RANGE_CACHE_SIZE)]
     pub cache_size: u64,
-
-    /// Decoded-byte cache in the component (a FUSE readahead window and a few hot
-    /// files). 0 turns it off.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::DECODE_CACHE)]
-    pub decode_cache: u64,
-
-    /// Live inflater cursors per device (a few files read at once)
-    #[arg(long, value_name = "N", default_value_t = defaults::MAX_CURSORS)]
-    pub max_cursors: u32,
-
-    /// Distance between checkpoints learned while decoding; 0 turns it off
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::LEARN_INTERVAL)]
-    pub learn_interval: u64,
-
-    /// Cap on the component's memory [default: 192M plus the decode cache, for learned
-    /// checkpoints (<= 8M), cursors and a 32M read; 128M more for remote blobs: 32M of
-    /// fetched chunks and a whole small blob from a server that ignores Range]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub memory_limit: Option<u64>,
-
-    /// Deadline for one call into the component, in seconds [default 30 for local blobs:
-    /// a 32 MiB read takes well under a second, so a guest still busy is stuck; 120 for
-    /// remote ones: a read may wait for retries with backoff]
-    #[arg(long, value_name = "SECONDS")]
-    pub call_timeout: Option<f64>,
-
-    #[command(flatten)]
-    pub faults: FaultInjectionArgs,
 }
 
 /// Testing hooks on the command line (the `fault-injection` feature, on by default so
@@ -213,12 +221,14 @@ impl DeviceArgs {
             max_learned: None,
         };
         let remote = RemoteRequest {
-            layer: self.layer.or(o.layer),
-            digest: self.blob_digest.clone().or(o.blob),
-            platform: self.platform.clone().or(o.platform),
-            insecure: self.insecure || o.insecure,
+            layer: self.remote.layer.or(o.layer),
+            digest: self.remote.blob_digest.clone().or(o.blob),
+            platform: self.remote.platform.clone().or(o.platform),
+            insecure: self.remote.insecure || o.insecure,
         };
-        let blob = self.blob_source(remote, Duration::from_secs_f64(call_timeout))?;
+        let blob =
+            self.remote
+                .blob_source(&self.blob, remote, Duration::from_secs_f64(call_timeout))?;
         Ok((
             DeviceSpec {
                 meta,
@@ -237,11 +247,31 @@ impl DeviceArgs {
             },
         ))
     }
+}
+
+impl RemoteArgs {
+    /// The blob named by `blob` and these arguments alone (no `-o` options).
+    pub fn source(&self, blob: &str) -> Result<BlobSource> {
+        let request = RemoteRequest {
+            layer: self.layer,
+            digest: self.blob_digest.clone(),
+            platform: self.platform.clone(),
+            insecure: self.insecure,
+        };
+        // No device call runs here: the remote call deadline bounds a cached body.
+        let deadline = Duration::from_secs_f64(defaults::CALL_TIMEOUT_REMOTE_SECS);
+        self.blob_source(blob, request, deadline)
+    }
 
     /// A path, a URL or an OCI reference; for the network ones, the egress policy too
     /// (made here, once per command: every instance shares its allow-list and counters).
-    fn blob_source(&self, r: RemoteRequest, call_timeout: Duration) -> Result<BlobSource> {
-        let text = self.blob.as_str();
+    fn blob_source(
+        &self,
+        blob: &str,
+        r: RemoteRequest,
+        call_timeout: Duration,
+    ) -> Result<BlobSource> {
+        let text = blob;
         let is_url = text.starts_with("http://") || text.starts_with("https://");
         let is_oci = text.starts_with("oci://");
         if !is_url && !is_oci {

@@ -42,6 +42,9 @@ pub struct Hit {
     pub total: u64,
 }
 
+/// A file in the cache: when it was last used, its length, where it is.
+type CachedFile = (SystemTime, u64, PathBuf);
+
 /// Which cached range: origin (`https://host:port`), digest hex, first and last byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
@@ -184,7 +187,7 @@ impl RangeCache {
 
     /// Every range and temporary file: `(modified, length, path)`, and their total
     /// length. Stale temporary files are removed instead (when `remove_stale`).
-    fn walk(&self, remove_stale: bool) -> Result<(Vec<(SystemTime, u64, PathBuf)>, u64)> {
+    fn walk(&self, remove_stale: bool) -> Result<(Vec<CachedFile>, u64)> {
         let mut files = Vec::new();
         let mut total = 0u64;
         let now = SystemTime::now();

@@ -10,12 +10,15 @@
 //! - [`device_pool`]: instances that serve the raw *device* bytes, routed by offset
 //!   (NBD, the loop backend's device file).
 //! - [`verify`]: the whole-image check before a kernel sees an image.
+//! - [`indexer`]: one tar-index build ([`index_blob`]): the blob streamed once into the
+//!   component's builder.
 
 pub mod device;
 pub mod device_pool;
 pub mod errors;
 pub mod filesystem_pool;
 pub(crate) mod host_file;
+pub mod indexer;
 pub mod runtime;
 pub mod verify;
 
@@ -23,5 +26,6 @@ pub use device::{BlobSource, DeviceSpec, Limits, Mode, SandboxedDevice};
 pub use device_pool::DevicePool;
 pub use errors::CallError;
 pub use filesystem_pool::FilesystemPool;
-pub use runtime::{OpenOptions, Runtime, VerifyReport};
+pub use indexer::{index_blob, IndexRequest};
+pub use runtime::{IndexOutput, IndexProgress, IndexStats, OpenOptions, Runtime, VerifyReport};
 pub use verify::verify_image;

@@ -38,6 +38,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use erofs::reader::types::Error as WitError;
+pub use exports::erofs::reader::builder::{IndexOptions, IndexOutput, IndexProgress, IndexStats};
 pub use exports::erofs::reader::filesystem::{Attributes, DirEntry, FileKind, VerifyReport};
 pub use exports::erofs::reader::tarindex::{
     BlobLocation, DeviceStats, OciBlob, OpenOptions, RemoteOptions, RemoteStats,
