@@ -236,6 +236,34 @@ pub fn sha256_file(
     hex::encode(h.finalize())
 }
 
+/// Compare every entry of `entries` whose path is not `skip`; panics listing all the
+/// differences, prefixed with `name`.
+pub fn compare_all(
+    name: &str,
+    fs: &Filesystem,
+    dev: &mut Device,
+    entries: &[serde_json::Value],
+    unsupported_data_ok: bool,
+    skip: Option<&str>,
+) {
+    let mut failures = Vec::new();
+    for want in entries {
+        if skip.is_some_and(|s| want["path"] == s) {
+            continue;
+        }
+        let bad = compare(fs, dev, want, unsupported_data_ok);
+        if !bad.is_empty() {
+            failures.push(format!("{}: {}", want["path"], bad.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{name}: {} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 /// Compare one entry; returns the list of differences.
 ///
 /// With `unsupported_data_ok`, a regular file whose data read fails with `Unsupported` (compressed)
