@@ -9,6 +9,7 @@
 parser_modules! {
     pub mod auth;
     pub mod blob;
+    pub mod content_range;
     pub mod manifest;
     pub mod reference;
     pub mod url;
