@@ -42,6 +42,7 @@ mod inode;
 mod superblock;
 mod util;
 mod verify;
+mod walk;
 mod xattr;
 
 use std::fmt;
@@ -49,12 +50,13 @@ use std::fmt;
 pub use crc32c::crc32c;
 pub use data::{Extent, MAX_EXTENTS, MAX_READ};
 pub use superblock::{
-    DeviceSlot, Superblock, COMPAT_MTIME, COMPAT_PLAIN_XATTR_PFX, COMPAT_SB_CHKSUM,
-    COMPAT_SHARED_EA_IN_METABOX, COMPAT_XATTR_FILTER, INCOMPAT_48BIT, INCOMPAT_CHUNKED_FILE,
-    INCOMPAT_COMPR_CFGS, INCOMPAT_DEVICE_TABLE, INCOMPAT_FRAGMENTS, INCOMPAT_LZ4_0PADDING,
-    INCOMPAT_METABOX, INCOMPAT_XATTR_PREFIXES, INCOMPAT_ZTAILPACKING,
+    reseal_superblock, DeviceSlot, Superblock, COMPAT_MTIME, COMPAT_PLAIN_XATTR_PFX,
+    COMPAT_SB_CHKSUM, COMPAT_SHARED_EA_IN_METABOX, COMPAT_XATTR_FILTER, INCOMPAT_48BIT,
+    INCOMPAT_CHUNKED_FILE, INCOMPAT_COMPR_CFGS, INCOMPAT_DEVICE_TABLE, INCOMPAT_FRAGMENTS,
+    INCOMPAT_LZ4_0PADDING, INCOMPAT_METABOX, INCOMPAT_XATTR_PREFIXES, INCOMPAT_ZTAILPACKING,
 };
 pub use verify::{VerifyLimits, VerifyReport};
+pub use walk::{RegularFile, WalkEnd};
 
 /// Random access to the whole device (metadata image followed by the tar stream). Callers implement it.
 pub trait ReadAt {

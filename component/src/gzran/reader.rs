@@ -7,7 +7,7 @@
 //! completes on the way is cached. Nothing is decoded beyond the page a read needs.
 
 use super::cache::PageCache;
-use super::checkpoints::{LearnedCheckpoints, NoLearning};
+use super::checkpoints::LearnedCheckpoints;
 use super::cursor::{Cursor, Restart, PAGE};
 use super::zinfo::Zinfo;
 use crate::defaults;
@@ -93,8 +93,11 @@ impl GzRan {
         let restart = self.zinfo_restart(last)?;
         let mut cursor = Cursor::new()?;
         cursor.restart(&self.blob, &restart)?;
+        // Learn checkpoints on the way (every `learn_interval`): the open-time header check
+        // (tarindex/binding.rs) reads the last file's header, near the end, and later reads
+        // of the last span then restart close by instead of at the last zinfo checkpoint.
         loop {
-            cursor.complete_page(&self.blob, &mut NoLearning)?;
+            cursor.complete_page(&self.blob, &mut self.learned)?;
             if cursor.ended() {
                 break;
             }
@@ -118,6 +121,11 @@ impl GzRan {
 
     pub fn blob(&self) -> &SizedSource {
         &self.blob
+    }
+
+    /// Tar offsets of the zinfo's checkpoints, ascending: where a cold read is cheapest.
+    pub fn checkpoint_offsets(&self) -> Vec<u64> {
+        self.zinfo.checkpoints.iter().map(|c| c.out).collect()
     }
 
     pub fn learned_count(&self) -> usize {
@@ -178,10 +186,35 @@ impl GzRan {
         }
     }
 
-    /// Decode page `page` and hand its bytes to `use_page`.
+    /// Drop cursor `index`. Done after any error it met: an error can strike between
+    /// two reads of one trailer or header (an I/O failure at a member crossing), and a
+    /// cursor resumed there would misread the framing and report a false CRC mismatch.
+    fn drop_cursor(&mut self, index: usize) {
+        if index < self.cursors.len() {
+            let cursor = self.cursors.swap_remove(index);
+            self.counters.retired_decoded += cursor.decoded;
+        }
+    }
+
+    /// Decode page `page` and hand its bytes to `use_page`. On any error the cursor used
+    /// is dropped (see [`Self::drop_cursor`]); a retry restarts from a checkpoint.
     fn decode_page(&mut self, page: u64, use_page: impl FnOnce(&[u8]) -> Result<()>) -> Result<()> {
         let target = page * PAGE as u64;
         let index = self.choose_cursor(target)?;
+        let result = self.decode_with(index, page, use_page);
+        if result.is_err() {
+            self.drop_cursor(index);
+        }
+        result
+    }
+
+    /// Drive cursor `index` to page `page`, caching every complete page on the way.
+    fn decode_with(
+        &mut self,
+        index: usize,
+        page: u64,
+        use_page: impl FnOnce(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         self.tick += 1;
         let cursor = &mut self.cursors[index];
         cursor.last_used = self.tick;
@@ -271,7 +304,11 @@ impl GzRan {
                 })?;
             victim
         };
-        self.cursors[index].restart(&self.blob, &restart)?;
+        if let Err(e) = self.cursors[index].restart(&self.blob, &restart) {
+            // A failed restart leaves the cursor half positioned: drop it.
+            self.drop_cursor(index);
+            return Err(e);
+        }
         Ok(index)
     }
 
@@ -296,3 +333,7 @@ fn short_page(page: u64) -> Error {
         "gzip: page {page} is shorter than the measured size says"
     ))
 }
+
+#[cfg(test)]
+#[path = "reader_tests.rs"]
+mod tests;

@@ -10,6 +10,7 @@ parser_modules! {
     pub mod artifact;
     pub mod auth;
     pub mod blob;
+    pub mod content_range;
     pub mod discover;
     pub mod image;
     pub mod manifest;

@@ -58,6 +58,12 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::DECODE_CACHE)]
     pub decode_cache: u64,
 
+    /// Regular files whose tar header is checked when the device opens (the first, the
+    /// last and some between), so that a META of another layer is refused at once; 0
+    /// turns it off (each file is still checked on its first read through FUSE)
+    #[arg(long, value_name = "N", default_value_t = defaults::HEADER_SAMPLES)]
+    pub header_samples: u32,
+
     /// Live inflater cursors per device (a few files read at once)
     #[arg(long, value_name = "N", default_value_t = defaults::MAX_CURSORS)]
     pub max_cursors: u32,
@@ -245,6 +251,7 @@ impl DeviceArgs {
             max_cursors: Some(self.max_cursors),
             learn_interval: Some(self.learn_interval),
             max_learned: None,
+            header_samples: Some(self.header_samples),
         };
         let remote = RemoteRequest {
             layer: self.remote.layer.or(o.layer),
@@ -252,7 +259,9 @@ impl DeviceArgs {
             platform: self.remote.platform.clone().or(o.platform),
             insecure: self.remote.insecure || o.insecure,
         };
-        let blob = self.remote.blob_source(&self.blob, remote)?;
+        let blob =
+            self.remote
+                .blob_source(&self.blob, remote, Duration::from_secs_f64(call_timeout))?;
         Ok((
             DeviceSpec {
                 meta,
@@ -282,12 +291,19 @@ impl RemoteArgs {
             platform: self.platform.clone(),
             insecure: self.insecure,
         };
-        self.blob_source(blob, request)
+        // No device call runs here: the remote call deadline bounds a cached body.
+        let deadline = Duration::from_secs_f64(defaults::CALL_TIMEOUT_REMOTE_SECS);
+        self.blob_source(blob, request, deadline)
     }
 
     /// A path, a URL or an OCI reference; for the network ones, the egress policy too
     /// (made here, once per command: every instance shares its allow-list and counters).
-    fn blob_source(&self, blob: &str, r: RemoteRequest) -> Result<BlobSource> {
+    fn blob_source(
+        &self,
+        blob: &str,
+        r: RemoteRequest,
+        call_timeout: Duration,
+    ) -> Result<BlobSource> {
         let text = blob;
         let is_url = text.starts_with("http://") || text.starts_with("https://");
         let is_oci = text.starts_with("oci://");
@@ -297,11 +313,17 @@ impl RemoteArgs {
             }
             return Ok(BlobSource::Local(PathBuf::from(text)));
         }
-        let (location, origin) = if is_url {
+        let (location, origin, registry) = if is_url {
             let origin =
                 egress_origin_of_url(text).with_context(|| format!("{text}: not a valid URL"))?;
-            (BlobLocation::Url(text.to_string()), origin)
+            let registry = text
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.authority().map(|a| a.to_string()))
+                .unwrap_or_else(|| origin.clone());
+            (BlobLocation::Url(text.to_string()), origin, registry)
         } else {
+            let registry = registry_as_written(text);
             let origin = registry_origin(text, r.insecure);
             let location = BlobLocation::Oci(OciBlob {
                 reference: text.to_string(),
@@ -309,13 +331,10 @@ impl RemoteArgs {
                 digest: r.digest,
                 platform: r.platform,
             });
-            (location, origin)
+            (location, origin, registry)
         };
-        let credentials = credentials::find(
-            origin.split(':').next().unwrap_or(&origin),
-            self.username.as_deref(),
-            self.password_stdin,
-        )?;
+        let credentials =
+            credentials::find(&registry, self.username.as_deref(), self.password_stdin)?;
         let cache = self
             .cache_dir
             .as_deref()
@@ -326,7 +345,10 @@ impl RemoteArgs {
             credentials,
             r.insecure,
             self.ca_file.as_deref(),
-            Timeouts::default(),
+            Timeouts {
+                cached_body: call_timeout,
+                ..Timeouts::default()
+            },
             cache,
         )?;
         let options = RemoteOptions {
@@ -362,19 +384,38 @@ fn egress_origin_of_url(url: &str) -> Option<String> {
     Some(format!("{}:{port}", uri.host()?))
 }
 
+/// The registry of an `oci://` reference as the user wrote it, `host[:port]` (IPv6 in
+/// brackets), `docker.io` for Docker Hub: the name credentials are looked up under.
+fn registry_as_written(reference: &str) -> String {
+    let rest = reference.trim_start_matches("oci://");
+    let first = rest.split('/').next().unwrap_or("");
+    let has_registry = rest.contains('/')
+        && (first.contains('.')
+            || first.contains(':')
+            || first.starts_with('[')
+            || first == "localhost");
+    if !has_registry || first == "index.docker.io" || first == "registry-1.docker.io" {
+        "docker.io".to_string()
+    } else {
+        first.to_string()
+    }
+}
+
 /// The registry's `host:port` of an `oci://` reference (the component parses the
 /// reference fully; the host only needs the host to allow).
 fn registry_origin(reference: &str, insecure: bool) -> String {
-    let rest = reference.trim_start_matches("oci://");
-    let first = rest.split('/').next().unwrap_or("");
-    let has_registry =
-        rest.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let host = if !has_registry || first == "docker.io" || first == "index.docker.io" {
+    let written = registry_as_written(reference);
+    let host = if written == "docker.io" {
         "registry-1.docker.io".to_string()
     } else {
-        first.to_string()
+        written
     };
-    if host.contains(':') && !host.starts_with('[') {
+    // A port follows the last `:`, outside an IPv6 literal's brackets.
+    let has_port = match host.rfind(']') {
+        Some(close) => host.get(close..).is_some_and(|tail| tail.contains(':')),
+        None => host.contains(':'),
+    };
+    if has_port {
         host
     } else {
         format!("{host}:{}", if insecure { 80 } else { 443 })
@@ -441,6 +482,19 @@ mod origin_tests {
             "registry-1.docker.io:443"
         );
         assert_eq!(registry_origin("oci://localhost/x", true), "localhost:80");
+        assert_eq!(
+            registry_origin("oci://[::1]:5000/a/b:t", true),
+            "[::1]:5000"
+        );
+        assert_eq!(registry_origin("oci://[::1]/a/b:t", false), "[::1]:443");
+        // Credentials are looked up under the name as written, port included.
+        assert_eq!(
+            registry_as_written("oci://127.0.0.1:5000/a:t"),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(registry_as_written("oci://[::1]:5000/a:t"), "[::1]:5000");
+        assert_eq!(registry_as_written("oci://ghcr.io/a/b:t"), "ghcr.io");
+        assert_eq!(registry_as_written("oci://busybox:1"), "docker.io");
         assert_eq!(
             egress_origin_of_url("https://h.example/blob").as_deref(),
             Some("h.example:443")

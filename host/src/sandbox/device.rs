@@ -408,6 +408,15 @@ impl SandboxedDevice {
         self.fs_call(|b, s, h| b.erofs_reader_filesystem().filesystem().call_verify(s, h))
     }
 
+    /// Check every regular file's tar header (see the WIT `filesystem.verify-headers`).
+    pub fn verify_headers(&mut self) -> Result<u64, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_verify_headers(s, h)
+        })
+    }
+
     fn fs_call<R>(
         &mut self,
         f: impl FnOnce(&Reader, &mut Store<StoreState>, ResourceAny) -> GuestResult<R>,
@@ -565,6 +574,13 @@ impl SandboxedDevice {
         match f(&live.bindings, &mut live.store, live.handle) {
             Ok(result) => {
                 log_guest_stderr(&live.store);
+                if let Err(WitError::Corrupt(_)) = &result {
+                    // Corrupt data may have come from the range cache: what was served
+                    // from it lately goes, so the next read fetches it again.
+                    if let Some(egress) = self.spec.blob.egress() {
+                        egress.forget_recent_cache_hits();
+                    }
+                }
                 result.map_err(CallError::Component)
             }
             Err(e) => {

@@ -36,4 +36,4 @@ pub use filesystem_pool::FilesystemPool;
 pub use indexer::{index_blob, IndexRequest};
 pub use runtime::{IndexOutput, IndexProgress, IndexStats, OpenOptions, Runtime, VerifyReport};
 pub use trap::{format_size, Trap, TrapCause};
-pub use verify::verify_image;
+pub use verify::{verify_image, Depth, Verified};

@@ -88,18 +88,7 @@ pub fn load_data_image(name: &str) -> (Device, serde_json::Value) {
 
 /// Recompute the superblock checksum after editing bytes it covers.
 pub fn reseal(meta: &mut [u8]) {
-    if meta.len() < 1152 {
-        return;
-    }
-    let bsz = 1usize << meta[1024 + 12].clamp(9, 16);
-    let len = if bsz <= 1024 { bsz } else { bsz - 1024 };
-    let Some(area) = meta.get(1024..1024 + len) else {
-        return;
-    };
-    let mut area = area.to_vec();
-    area[4..8].fill(0);
-    let crc = erofs_image::crc32c(0xFFFF_FFFF, &area);
-    meta[1028..1032].copy_from_slice(&crc.to_le_bytes());
+    erofs_image::reseal_superblock(meta);
 }
 
 /// Where the tar bytes come from.
