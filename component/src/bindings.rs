@@ -21,7 +21,8 @@ use exports::erofs::reader::filesystem::{
     self as wit_fs, Attributes, DirEntry as WitDirEntry, FileKind, GuestFilesystem, VerifyReport,
 };
 use exports::erofs::reader::tarindex::{
-    self, BlobLocation, DeviceStats, GuestDevice, OpenOptions, RemoteOptions, RemoteStats,
+    self, BlobLocation, DeviceStats, GuestDevice, ImageInfo, ImageLayer, OpenOptions, RemoteOptions,
+    RemoteStats,
 };
 
 impl From<Error> for WitError {
@@ -93,8 +94,50 @@ fn options_from_wit(options: OpenOptions) -> Options {
     }
 }
 
+fn remote_options_from_wit(remote: RemoteOptions) -> remote::RemoteOptions {
+    let defaults = remote::RemoteOptions::default();
+    remote::RemoteOptions {
+        insecure: remote.insecure.unwrap_or(defaults.insecure),
+        chunk_size: remote.chunk_size.unwrap_or(defaults.chunk_size),
+        readahead_max: remote.readahead_max.unwrap_or(defaults.readahead_max),
+        max_retries: remote.max_retries.unwrap_or(defaults.max_retries),
+        ..defaults
+    }
+}
+
 impl tarindex::Guest for Component {
     type Device = DeviceResource;
+
+    fn image_layers(
+        reference: String,
+        platform: Option<String>,
+        remote: RemoteOptions,
+    ) -> Result<ImageInfo, WitError> {
+        let transport = Box::new(remote::WasiTransport::default());
+        let found = remote::image_layers(
+            &reference,
+            platform.as_deref(),
+            transport,
+            &remote_options_from_wit(remote),
+        )?;
+        Ok(ImageInfo {
+            registry: found.registry,
+            repository: found.repository,
+            manifest_digest: found.manifest_digest,
+            platform: found.platform,
+            layers: found
+                .layers
+                .into_iter()
+                .map(|l| ImageLayer {
+                    index: l.index,
+                    digest: l.digest,
+                    media_type: l.media_type,
+                    size: l.size,
+                    gzip: l.compression == remote::Compression::Gzip,
+                })
+                .collect(),
+        })
+    }
 
     fn open_remote(
         meta: Vfile,
@@ -103,14 +146,7 @@ impl tarindex::Guest for Component {
         options: OpenOptions,
         remote: RemoteOptions,
     ) -> Result<tarindex::Device, WitError> {
-        let defaults = remote::RemoteOptions::default();
-        let remote_options = remote::RemoteOptions {
-            insecure: remote.insecure.unwrap_or(defaults.insecure),
-            chunk_size: remote.chunk_size.unwrap_or(defaults.chunk_size),
-            readahead_max: remote.readahead_max.unwrap_or(defaults.readahead_max),
-            max_retries: remote.max_retries.unwrap_or(defaults.max_retries),
-            ..defaults
-        };
+        let remote_options = remote_options_from_wit(remote);
         let location = match blob {
             BlobLocation::Url(url) => remote::BlobLocation::Url(url),
             BlobLocation::Oci(o) => remote::BlobLocation::Oci {

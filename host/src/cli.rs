@@ -154,6 +154,39 @@ impl DeviceArgs {
         Ok(o)
     }
 
+    /// True when `blob` is an `oci://` image and nothing picks one layer or its index
+    /// (--layer, --blob-digest, --tarindex, --zinfo, or their -o spellings): the
+    /// whole image is meant (see `image/`).
+    pub fn is_whole_image(&self) -> Result<bool> {
+        let o = self.dash_o()?;
+        Ok(self.blob.starts_with("oci://")
+            && self.layer.is_none()
+            && o.layer.is_none()
+            && self.blob_digest.is_none()
+            && o.blob.is_none()
+            && self.tarindex.is_none()
+            && o.tarindex.is_none()
+            && self.zinfo.is_none()
+            && o.zinfo.is_none())
+    }
+
+    /// The platform asked for (--platform or -o oci.platform), if any.
+    pub fn platform_choice(&self) -> Result<Option<String>> {
+        Ok(self.platform.clone().or(self.dash_o()?.platform))
+    }
+
+    /// The `oci://` image itself, no layer chosen, with this process's egress policy:
+    /// what a whole-image mount lists the layers through.
+    pub fn image_source(&self) -> Result<BlobSource> {
+        let o = self.dash_o()?;
+        self.blob_source(RemoteRequest {
+            layer: None,
+            digest: None,
+            platform: self.platform.clone().or(o.platform),
+            insecure: self.insecure || o.insecure,
+        })
+    }
+
     /// Resolve -o options and defaults into what the sandbox needs.
     pub fn spec(&self) -> Result<(DeviceSpec, Limits)> {
         let o = self.dash_o()?;

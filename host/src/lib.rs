@@ -6,6 +6,7 @@
 //!   rebuild after a trap).
 //! - [`device_pool`]: several sandboxed instances serving one device to many threads.
 //! - [`cli`], [`cat`], [`bench`], [`verify`], [`serve_nbd`]: the commands.
+//! - [`image`]: a whole image: every layer mounted, merged by overlayfs.
 //! - [`nbd_attach`]: `mount --backend nbd` (the kernel's NBD client on our server).
 
 pub mod bench;
@@ -18,6 +19,7 @@ pub mod files;
 pub mod fuse_fs;
 pub mod fuse_image;
 pub mod http_send;
+pub mod image;
 pub mod mount;
 pub mod mounts;
 pub mod nbd_attach;

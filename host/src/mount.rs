@@ -65,6 +65,9 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 1)]
     pub instances: usize,
 
+    #[command(flatten)]
+    pub image: crate::image::ImageArgs,
+
     /// Internal: print "ready" on stdout once mounted (used by the daemon's parent)
     #[arg(long, hide = true)]
     pub notify_ready: bool,
@@ -156,6 +159,9 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
     // Block the stop signals before any thread starts, so every thread inherits the mask
     // and they arrive only through sigtimedwait below.
     let signals = block_stop_signals()?;
+    if args.device.is_whole_image()? {
+        return crate::image::serve(&args, mountpoint, &signals);
+    }
     let (spec, limits) = args.device.spec()?;
     let runtime = Runtime::load(&args.device.component)?;
     let id = mounts::mount_id(mountpoint);
@@ -213,6 +219,8 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
         mountpoint: mountpoint.to_path_buf(),
         backend: format!("{:?}", args.backend).to_lowercase(),
         backing: served.backing.clone(),
+        layers: Vec::new(),
+        layers_dir: None,
     };
     let reg_path = mounts::registration_path(mountpoint)?;
     std::fs::write(&reg_path, serde_json::to_vec(&registration)?)
@@ -299,7 +307,7 @@ impl Drop for Served {
     }
 }
 
-fn fuse_session<FS: fuser::Filesystem + 'static>(
+pub(crate) fn fuse_session<FS: fuser::Filesystem + 'static>(
     fs: FS,
     at: &Path,
     name: &str,
@@ -334,7 +342,7 @@ fn fuse_session<FS: fuser::Filesystem + 'static>(
 
 /// Tell the waiting parent that the mount is live, then send our output to a log file
 /// (the parent stops reading once it has its answer).
-fn announce_ready(notify: bool, id: &str) -> Result<()> {
+pub(crate) fn announce_ready(notify: bool, id: &str) -> Result<()> {
     if !notify {
         eprintln!("serving; Ctrl-C to unmount");
         return Ok(());
@@ -371,7 +379,7 @@ fn block_stop_signals() -> Result<libc::sigset_t> {
     }
 }
 
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+pub(crate) fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,

@@ -19,6 +19,12 @@ pub struct Registration {
     pub backend: String,
     /// `--backend loop`: the private FUSE mount that serves `device.img`.
     pub backing: Option<PathBuf>,
+    /// Whole image: each layer's mount (and loop backing), top layer first, to detach
+    /// if the server died; and the directory that holds them.
+    #[serde(default)]
+    pub layers: Vec<PathBuf>,
+    #[serde(default)]
+    pub layers_dir: Option<PathBuf>,
 }
 
 /// `/run/erofs-wasm` for root; `$XDG_RUNTIME_DIR/erofs-wasm` or `/tmp/erofs-wasm-UID`
@@ -236,6 +242,7 @@ pub fn umount(args: UmountArgs) -> Result<()> {
             }
             let _ = std::fs::remove_dir(backing);
         }
+        crate::image::clear_leftovers(&reg.layers, reg.layers_dir.as_deref());
         let _ = std::fs::remove_file(registration_path(&mp)?);
     }
     if !did_something {

@@ -38,7 +38,8 @@ wasmtime::component::bindgen!({
 pub use erofs::reader::types::Error as WitError;
 pub use exports::erofs::reader::filesystem::{Attributes, DirEntry, FileKind, VerifyReport};
 pub use exports::erofs::reader::tarindex::{
-    BlobLocation, DeviceStats, OciBlob, OpenOptions, RemoteOptions, RemoteStats,
+    BlobLocation, DeviceStats, ImageInfo, ImageLayer, OciBlob, OpenOptions, RemoteOptions,
+    RemoteStats,
 };
 
 /// One epoch tick. Deadlines are whole ticks, so they are accurate to about 10 ms.

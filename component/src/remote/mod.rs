@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod blob;
+pub mod image;
 pub mod manifest;
 pub mod net;
 pub mod reference;
@@ -24,6 +25,7 @@ mod tests;
 use std::cell::RefCell;
 
 pub use blob::RemoteBlob;
+pub use image::{image_layers, ImageLayers};
 pub use net::RemoteStats;
 pub use transport::{HttpRequest, HttpResponse, Method, Transport};
 #[cfg(target_arch = "wasm32")]
