@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use erofs_host::cli::DeviceArgs;
-use erofs_host::device_pool::DevicePool;
-use erofs_host::runtime::Runtime;
+use erofs_host::commands::DeviceArgs;
+use erofs_host::sandbox::DevicePool;
+use erofs_host::sandbox::Runtime;
 use support::*;
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
@@ -184,10 +184,10 @@ fn four_concurrent_nbdcopy_clients_get_the_same_bytes() {
 fn nbdfuse_then_kernel_loop_mount_matches_expected() {
     let test = "nbdfuse_then_kernel_loop_mount_matches_expected";
     if !is_root() {
-        return skipped(test, "needs root for mount -o loop");
+        return skip(test, "needs root for mount -o loop");
     }
     if !Path::new("/dev/fuse").exists() {
-        return skipped(test, "no /dev/fuse");
+        return skip(test, "no /dev/fuse");
     }
     if !have_tool(test, "nbdfuse") {
         return;
@@ -239,7 +239,7 @@ fn nbdfuse_then_kernel_loop_mount_matches_expected() {
             .status()
             .expect("run mount");
         if !status.success() {
-            return skipped(
+            return skip(
                 test,
                 "mount -t erofs -o loop,ro failed (no erofs or loop here?)",
             );
@@ -273,15 +273,15 @@ fn raw_requests_get_the_right_replies() {
     for structured in [false, true] {
         let mut c = server.connect(structured);
         // WRITE (its payload is consumed), TRIM: the export is read-only.
-        c.request(CMD_WRITE, 1, 0, 4096, &[0xaa; 4096]);
-        let r = c.reply(|_| None);
+        c.request_with(REQUEST_MAGIC, CMD_WRITE, 1, 0, 4096, &[0xaa; 4096]);
+        let r = c.reply(0);
         assert_eq!((r.cookie, r.error, r.data.len()), (1, EPERM, 0));
-        c.request(CMD_TRIM, 2, 0, 4096, &[]);
-        let r = c.reply(|_| None);
+        c.request(CMD_TRIM, 0, 2, 0, 4096);
+        let r = c.reply(0);
         assert_eq!((r.cookie, r.error), (2, EPERM));
         // An unknown command.
-        c.request(42, 3, 0, 512, &[]);
-        let r = c.reply(|_| None);
+        c.request(42, 0, 3, 0, 512);
+        let r = c.reply(0);
         assert_eq!((r.cookie, r.error), (3, EINVAL));
         // Out of range: past the end, straddling the end, and above 32 MiB.
         for (cookie, off, len) in [(4, size, 1), (5, size - 100, 4096), (6, 0, (32 << 20) + 1)] {
@@ -290,8 +290,8 @@ fn raw_requests_get_the_right_replies() {
         }
         // FLUSH is a no-op that succeeds; reads still work on the same connection,
         // including the exact last byte and the largest request, 32 MiB.
-        c.request(CMD_FLUSH, 7, 0, 0, &[]);
-        assert_eq!(c.reply(|_| None).error, 0);
+        c.request(CMD_FLUSH, 0, 7, 0, 0);
+        assert_eq!(c.reply(0).error, 0);
         let r = c.read(8, size - 1, 1);
         assert_eq!((r.error, r.data.as_slice()), (0, slice(size - 1, 1)));
         let r = c.read(9, size - (32 << 20), 32 << 20);
@@ -307,28 +307,32 @@ fn raw_requests_get_the_right_replies() {
             (13, 512, 1),
         ];
         for &(cookie, off, len) in &reqs {
-            c.request(CMD_READ, cookie, off, len, &[]);
+            c.request(CMD_READ, 0, cookie, off, len);
         }
         for _ in 0..reqs.len() {
-            let r = c.reply(|cookie| reqs.iter().find(|q| q.0 == cookie).map(|q| q.2));
+            let r = c.reply_lookup(|cookie| {
+                reqs.iter()
+                    .find(|q| q.0 == cookie)
+                    .map_or(0, |q| q.2 as usize)
+            });
             let &(_, off, len) = reqs.iter().find(|q| q.0 == r.cookie).expect("known cookie");
             assert_eq!(r.error, 0);
             assert!(r.data == slice(off, len), "cookie {} data", r.cookie);
         }
         // DISC: the server closes after answering everything.
-        c.request(CMD_DISC, 14, 0, 0, &[]);
+        c.request(CMD_DISC, 0, 14, 0, 0);
         assert!(c.is_closed(), "DISC closes the connection");
     }
 
     // A bad magic closes that connection only.
     let mut other = server.connect(false);
     let mut bad = server.connect(false);
-    bad.request_with_magic(0x1234_5678, CMD_READ, 1, 0, 512, &[]);
+    bad.request_with(0x1234_5678, CMD_READ, 1, 0, 512, &[]);
     assert!(bad.is_closed(), "a bad magic closes the connection");
     // A client that leaves mid-transfer: a large read whose reply it never reads, and one
     // that hangs up in the middle of a request header.
     let mut gone = server.connect(false);
-    gone.request(CMD_READ, 1, 0, (size.min(16 << 20)) as u32, &[]);
+    gone.request(CMD_READ, 0, 1, 0, (size.min(16 << 20)) as u32);
     drop(gone);
     let mut half = server.connect(false);
     half.send(&[0x25, 0x60, 0x95]).expect("partial header");

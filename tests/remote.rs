@@ -301,23 +301,13 @@ fn platforms_layers_and_media_types() {
     // zstd is refused clearly; a gzip layer without a zinfo too.
     let zstd = reg.oci("zstd");
     let out = run(reg, &args("cat", &zstd, "aufs", &ca, &[]));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .to_lowercase()
-            .contains("zstd"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_stderr_contains(&out, "zstd");
     let basic = reg.oci("basic");
     let mut a = args("cat", &basic, "basic", &ca, &[]);
     let z = a.iter().position(|x| x == "--zinfo").unwrap();
     a.drain(z..z + 2);
     let out = run(reg, &a);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("zinfo"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_stderr_contains(&out, "zinfo");
 }
 
 #[test]
@@ -340,11 +330,7 @@ fn plain_https_urls_with_range_requests() {
     let plain = url.replace("https://", "http://");
     let out = run(reg, &args("cat", &plain, "pigz", &reg.s("ca_file"), &[]));
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("insecure"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_stderr_contains(&out, "insecure");
 }
 
 #[test]
@@ -548,11 +534,7 @@ fn a_stalled_body_times_out_and_the_read_is_retried() {
         took < Duration::from_secs(35),
         "took {took:?}: the stall was not cut short"
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("1 retries"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_stderr_contains(&out, "1 retries");
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use erofs_host::runtime::{OpenOptions, Runtime};
 use erofs_host::sandbox::{BlobSource, CallError, DeviceSpec, Limits, SandboxedDevice};
+use erofs_host::sandbox::{OpenOptions, Runtime};
 
 fn spec(dir: &str, cache: u64) -> DeviceSpec {
     let f = fixture(dir);

@@ -3,12 +3,13 @@
 
 use std::cell::RefCell;
 
-use crate::device::{Device, Tar};
-use crate::error::Error;
-use crate::fs::{Filesystem, FsError};
+use crate::error::{Error, Kind};
+use crate::fs::Filesystem;
 use crate::gzran::Options;
 use crate::remote;
 use crate::source::{SizedSource, Source};
+use crate::tarindex::policy::check_zinfo_for_layer;
+use crate::tarindex::{Device, Tar};
 
 wit_bindgen::generate!({
     path: "../wit",
@@ -25,44 +26,36 @@ use exports::erofs::reader::tarindex::{
     RemoteStats,
 };
 
+/// The one conversion to the WIT error: each kind to the case the WIT documents for it.
 impl From<Error> for WitError {
     fn from(e: Error) -> Self {
-        match e {
-            Error::BadInput(m) => WitError::BadInput(m),
-            Error::Io(m) => WitError::Io(m),
-            Error::OutOfRange(m) => WitError::OutOfRange(m),
-            Error::Unsupported(m) => WitError::Unsupported(m),
+        let text = e.wit_text();
+        match e.kind {
+            Kind::BadInput | Kind::Internal => WitError::BadInput(text),
+            Kind::Corrupt => WitError::Corrupt(text),
+            Kind::Io => WitError::Io(text),
+            Kind::OutOfRange => WitError::OutOfRange(text),
+            Kind::Unsupported => WitError::Unsupported(text),
+            Kind::NotFound => WitError::NotFound,
+            Kind::NotDirectory => WitError::NotDirectory,
+            Kind::IsDirectory => WitError::IsDirectory,
+            Kind::NotSymlink => WitError::NotSymlink,
+            Kind::NoAttribute => WitError::NoAttribute,
+            Kind::NameTooLong => WitError::NameTooLong,
         }
     }
 }
 
-impl From<FsError> for WitError {
-    fn from(e: FsError) -> Self {
-        match e {
-            FsError::Corrupt(m) => WitError::Corrupt(m),
-            FsError::Io(m) => WitError::Io(m),
-            FsError::Unsupported(m) => WitError::Unsupported(m),
-            FsError::Range(m) => WitError::OutOfRange(m),
-            FsError::NotFound => WitError::NotFound,
-            FsError::NotDir => WitError::NotDirectory,
-            FsError::IsDir => WitError::IsDirectory,
-            FsError::NotSymlink => WitError::NotSymlink,
-            FsError::NoAttr => WitError::NoAttribute,
-            FsError::NameTooLong => WitError::NameTooLong,
-        }
-    }
-}
-
-/// An embedder's error, seen from inside: the filesystem cases cannot come from a vfile,
-/// so they are passed on as I/O errors with their name.
+/// An embedder's error, seen from inside. The filesystem answers cannot come from a
+/// vfile; they are kept as the kind they name, and the caller reports them as it would.
 fn from_wit(e: WitError) -> Error {
     match e {
-        WitError::BadInput(m) => Error::BadInput(m),
-        WitError::Io(m) => Error::Io(m),
-        WitError::OutOfRange(m) => Error::OutOfRange(m),
-        WitError::Unsupported(m) => Error::Unsupported(m),
-        WitError::Corrupt(m) => Error::BadInput(m),
-        other => Error::Io(format!("vfile answered {other:?}")),
+        WitError::BadInput(m) => Error::bad(m),
+        WitError::Io(m) => Error::io(m),
+        WitError::OutOfRange(m) => Error::out_of_range(m),
+        WitError::Unsupported(m) => Error::unsupported(m),
+        WitError::Corrupt(m) => Error::corrupt(m),
+        other => Error::io(format!("vfile answered {other:?}")),
     }
 }
 
@@ -158,24 +151,7 @@ impl tarindex::Guest for Component {
         };
         let transport = Box::new(remote::WasiTransport::default());
         let (blob, info) = remote::open_blob(&location, transport, &remote_options)?;
-        // The layer's media type decides whether a zinfo belongs with it.
-        match (info.compression, zinfo.is_some()) {
-            (remote::Compression::Gzip, false) => {
-                return Err(WitError::BadInput(format!(
-                    "{}: the layer is gzip ({}); pass its zinfo",
-                    info.url,
-                    info.media_type.as_deref().unwrap_or("gzip")
-                )))
-            }
-            (remote::Compression::Uncompressed, true) => {
-                return Err(WitError::BadInput(format!(
-                    "{}: the layer is an uncompressed tar ({}); it takes no zinfo",
-                    info.url,
-                    info.media_type.as_deref().unwrap_or("tar")
-                )))
-            }
-            _ => {}
-        }
+        check_zinfo_for_layer(&info, zinfo.is_some())?;
         let meta = SizedSource::new("meta", Box::new(ImportedFile(meta)))?;
         let blob = SizedSource::new("blob", Box::new(blob))?;
         let zinfo = zinfo

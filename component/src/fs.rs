@@ -1,24 +1,24 @@
 //! The EROFS filesystem on a device: `erofs_image::Filesystem` (the parser) plus the
 //! device it reads through. The bindings layer exports this as the WIT `filesystem`.
+//!
+//! Errors come back as the component's [`Error`]: the EROFS reader's own cases keep their
+//! meaning (`Corrupt` stays corrupt), and a failed device read is the device's original
+//! structured error, not its string copy.
 
 use erofs_image::{Attr, DirEntry, Filesystem as Image, VerifyLimits, VerifyReport};
 
-use crate::device::Device;
-
-pub use erofs_image::Error as FsError;
+use crate::defaults::MAX_READDIR;
+use crate::error::{Error, Result};
+use crate::tarindex::Device;
 
 pub struct Filesystem {
     image: Image,
     device: Device,
 }
 
-/// The most directory entries one `readdir` call returns, whatever the caller asks: a
-/// FUSE readdir buffer holds about 100-200; this bounds the reply's memory.
-pub const MAX_READDIR: usize = 4096;
-
 impl Filesystem {
-    pub fn open(mut device: Device) -> Result<Self, FsError> {
-        let image = Image::open(&mut device)?;
+    pub fn open(mut device: Device) -> Result<Self> {
+        let image = Image::open(&mut device).map_err(|e| lift(&mut device, e))?;
         Ok(Self { image, device })
     }
 
@@ -34,39 +34,61 @@ impl Filesystem {
         self.image.root_nid()
     }
 
-    pub fn getattr(&mut self, nid: u64) -> Result<Attr, FsError> {
-        self.image.getattr(&mut self.device, nid)
+    /// Run one reader operation, with its error lifted to the component's.
+    fn call<T>(
+        &mut self,
+        op: impl FnOnce(&Image, &mut Device) -> std::result::Result<T, erofs_image::Error>,
+    ) -> Result<T> {
+        self.device.take_read_error();
+        op(&self.image, &mut self.device).map_err(|e| lift(&mut self.device, e))
     }
 
-    pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
-        let (nid, _) = self.image.lookup(&mut self.device, parent, name)?;
-        self.image.getattr(&mut self.device, nid)
+    pub fn getattr(&mut self, nid: u64) -> Result<Attr> {
+        self.call(|img, dev| img.getattr(dev, nid))
     }
 
-    pub fn readdir(&mut self, nid: u64, cookie: u64, max: u32) -> Result<Vec<DirEntry>, FsError> {
-        let max = (max as usize).clamp(1, MAX_READDIR);
-        self.image.readdir(&mut self.device, nid, cookie, max)
+    pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Result<Attr> {
+        self.call(|img, dev| {
+            let (nid, _) = img.lookup(dev, parent, name)?;
+            img.getattr(dev, nid)
+        })
     }
 
-    pub fn read(&mut self, nid: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
-        self.image.read(&mut self.device, nid, offset, len)
+    pub fn readdir(&mut self, nid: u64, cookie: u64, max: u32) -> Result<Vec<DirEntry>> {
+        let max = usize::try_from(max)
+            .unwrap_or(MAX_READDIR)
+            .clamp(1, MAX_READDIR);
+        self.call(|img, dev| img.readdir(dev, nid, cookie, max))
     }
 
-    pub fn readlink(&mut self, nid: u64) -> Result<Vec<u8>, FsError> {
-        self.image.readlink(&mut self.device, nid)
+    pub fn read(&mut self, nid: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.call(|img, dev| img.read(dev, nid, offset, len))
     }
 
-    pub fn listxattr(&mut self, nid: u64) -> Result<Vec<Vec<u8>>, FsError> {
-        self.image.listxattr(&mut self.device, nid)
+    pub fn readlink(&mut self, nid: u64) -> Result<Vec<u8>> {
+        self.call(|img, dev| img.readlink(dev, nid))
     }
 
-    pub fn getxattr(&mut self, nid: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
-        self.image.getxattr(&mut self.device, nid, name)
+    pub fn listxattr(&mut self, nid: u64) -> Result<Vec<Vec<u8>>> {
+        self.call(|img, dev| img.listxattr(dev, nid))
+    }
+
+    pub fn getxattr(&mut self, nid: u64, name: &[u8]) -> Result<Vec<u8>> {
+        self.call(|img, dev| img.getxattr(dev, nid, name))
     }
 
     /// Walk the whole tree with the default limits (depth 1024, 4M entries), checking
     /// xattrs and every chunk address.
-    pub fn verify(&mut self) -> Result<VerifyReport, FsError> {
-        self.image.verify(&mut self.device, VerifyLimits::default())
+    pub fn verify(&mut self) -> Result<VerifyReport> {
+        self.call(|img, dev| img.verify(dev, VerifyLimits::default()))
+    }
+}
+
+/// The reader's error as the component's: the device's own error when a device read
+/// failed (the reader passes those up unchanged), else the reader's case.
+fn lift(device: &mut Device, e: erofs_image::Error) -> Error {
+    match device.take_read_error() {
+        Some(original) if original.to_image() == e => original,
+        _ => Error::from(e),
     }
 }

@@ -3,22 +3,25 @@
 //!
 //! Everything here is plain Rust over the [`source::Source`] trait, so it is unit-tested
 //! natively; `bindings` (wasm32 only) adapts it to the WIT imports and exports.
+//!
+//! Folders by concern:
+//! - [`gzran`]: random access into a gzip blob (zinfo, gzip framing, inflate, cursors,
+//!   learned checkpoints, the page cache);
+//! - [`tarindex`]: the device `meta ‖ tar` and its layout checks;
+//! - [`remote`]: the OCI/HTTP client over `wasi:http`;
+//! - [`fs`]: the EROFS filesystem (crate `erofs-image`) on a device;
+//! - [`build`]: the I/O-free index builder (tar parser, EROFS tar-index and zinfo writers).
+//!
+//! The formats are described in `docs/formats.md`.
 
-pub mod cache;
-pub mod checkpoints;
-pub mod cursor;
-pub mod device;
+pub mod build;
+pub mod defaults;
 pub mod error;
 pub mod fs;
-pub mod gzip;
 pub mod gzran;
-pub mod inflate;
-#[cfg(feature = "miniz")]
-mod inflate_miniz;
-pub mod input;
 pub mod remote;
 pub mod source;
-pub mod zinfo;
+pub mod tarindex;
 
 #[cfg(target_arch = "wasm32")]
 mod bindings;

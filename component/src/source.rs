@@ -5,13 +5,32 @@ use std::cell::Cell;
 
 use crate::error::{Error, Result};
 
+/// The counters of a remote source (remote/), since the blob was opened (manifest and
+/// token requests included). Defined here, beside [`Source`], so that the trait and the
+/// remote client both use it without depending on each other.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteStats {
+    /// HTTP requests sent, and response body bytes received.
+    pub requests: u64,
+    pub bytes_fetched: u64,
+    /// Attempts repeated after a failure (connection error, 5xx, bad response).
+    pub retries: u64,
+    /// Redirects followed.
+    pub redirects: u64,
+    /// Bearer tokens obtained (the first one and every refresh).
+    pub token_fetches: u64,
+    /// Chunks a read found in the chunk cache, and chunks it had to fetch.
+    pub chunk_hits: u64,
+    pub chunk_misses: u64,
+}
+
 /// A random-access, read-only byte source with the `vfile` contract: `pread` returns
 /// exactly `len` bytes unless the range runs past the end, then the bytes that exist.
 pub trait Source {
     fn size(&self) -> Result<u64>;
     fn pread(&self, offset: u64, len: u32) -> Result<Vec<u8>>;
     /// The network counters of a remote source; None for everything else.
-    fn remote_stats(&self) -> Option<crate::remote::RemoteStats> {
+    fn remote_stats(&self) -> Option<RemoteStats> {
         None
     }
 }
@@ -39,7 +58,7 @@ impl SizedSource {
         })
     }
 
-    pub fn remote_stats(&self) -> Option<crate::remote::RemoteStats> {
+    pub fn remote_stats(&self) -> Option<RemoteStats> {
         self.inner.remote_stats()
     }
 
@@ -48,13 +67,13 @@ impl SizedSource {
     pub fn read_exact(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let end = offset.checked_add(len as u64).filter(|&e| e <= self.size);
         if end.is_none() {
-            return Err(Error::OutOfRange(format!(
+            return Err(Error::out_of_range(format!(
                 "{}: read of {len} bytes at offset {offset} passes the end ({} bytes)",
                 self.name, self.size
             )));
         }
         let len32 = u32::try_from(len).map_err(|_| {
-            Error::OutOfRange(format!("{}: read of {len} bytes is too large", self.name))
+            Error::out_of_range(format!("{}: read of {len} bytes is too large", self.name))
         })?;
         let data = self
             .inner

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use erofs_component::device::Device;
 use erofs_component::gzran::Options;
 use erofs_component::source::{MemSource, SizedSource};
+use erofs_component::tarindex::Device;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 fn fixture(name: &str) -> PathBuf {

@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
-use erofs_component::device::Device;
 use erofs_component::gzran::Options;
 use erofs_component::source::{MemSource, SizedSource};
+use erofs_component::tarindex::Device;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 fn read(dir: &str, name: &str) -> Vec<u8> {

@@ -1,31 +1,24 @@
-//! erofs-host as a library: the layers under the `erofs-host` binary.
+//! erofs-host as a library: the layers under the `erofs-host` binary, one folder per
+//! concern. Dependencies point downwards only: commands → bridges → sandbox → net.
 //!
-//! - [`runtime`]: the wasmtime engine, the precompiled-component cache, the linker.
-//! - [`files`]: the host `vfile`s (local files) that the component reads.
-//! - [`sandbox`]: a device served by one sandboxed instance (memory cap, call deadline,
-//!   rebuild after a trap).
-//! - [`device_pool`]: several sandboxed instances serving one device to many threads.
-//! - [`cli`], [`cat`], [`bench`], [`verify`], [`serve_nbd`]: the commands.
-//! - [`image`]: a whole image: every layer mounted, merged by overlayfs.
-//! - [`nbd_attach`]: `mount --backend nbd` (the kernel's NBD client on our server).
+//! - [`commands`]: the subcommands (`cat`, `bench`, `verify`, `serve-nbd`, `mount`,
+//!   `umount`) and the device arguments they share. No command uses another command.
+//! - [`bridge`]: how the kernel reaches a sandboxed device: the FUSE filesystem
+//!   (`--backend fuse`), the FUSE-served device file of `--backend loop`, and the NBD
+//!   export and kernel attach (`serve-nbd`, `--backend nbd`).
+//! - [`sandbox`]: the wasmtime runtime, the host `vfile`s, one sandboxed device (memory
+//!   cap, call deadline, rebuild after a trap), the pools of instances, and the one
+//!   table from component errors to errno.
+//! - [`net`]: what the component's `wasi:http` requests go through: the egress
+//!   allow-list, the host's HTTP sender, registry credentials and the range cache.
+//! - [`mount_registry`]: the record of live mounts that `umount` reads.
+//! - [`defaults`]: every default setting, each with its reason.
+//! - [`env`]: environment variables that name paths (an empty value means unset).
 
-pub mod bench;
-pub mod cat;
-pub mod cli;
-pub mod credentials;
-pub mod device_pool;
-pub mod egress;
-pub mod files;
-pub mod fuse_fs;
-pub mod fuse_image;
-pub mod http_send;
-pub mod image;
-pub mod mount;
-pub mod mounts;
-pub mod nbd_attach;
-pub mod pool;
-pub mod range_cache;
-pub mod runtime;
+pub(crate) mod bridge;
+pub mod commands;
+pub(crate) mod defaults;
+pub(crate) mod env;
+pub(crate) mod mount_registry;
+pub(crate) mod net;
 pub mod sandbox;
-pub mod serve_nbd;
-pub mod verify;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use erofs_host::{bench, cat, mount, mounts, serve_nbd, verify};
+use erofs_host::commands::{bench, cat, mount, serve_nbd, umount, verify};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,7 +31,7 @@ enum Command {
     /// Mount a layer (FUSE with the image parsed in the sandbox, or a kernel backend)
     Mount(mount::MountArgs),
     /// Unmount a layer mounted by `erofs-host mount` and stop its server
-    Umount(mounts::UmountArgs),
+    Umount(umount::UmountArgs),
     /// Check the whole EROFS metadata inside the sandbox (what --backend loop/nbd do first)
     Verify(verify::VerifyArgs),
     /// Export the device over NBD (TCP or a unix socket), read-only
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         Command::Cat(args) => cat::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Mount(args) => mount::run(args),
-        Command::Umount(args) => mounts::umount(args),
+        Command::Umount(args) => umount::run(args),
         Command::Verify(args) => verify::run(args),
         Command::ServeNbd(args) => serve_nbd::run(args),
     };

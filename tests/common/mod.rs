@@ -180,6 +180,21 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Assert that a run's stderr names `needle` (compared in lower case when `needle` is),
+/// showing the whole stderr when it does not.
+pub fn assert_stderr_contains(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let haystack = if needle.chars().all(|c| !c.is_uppercase()) {
+        stderr.to_lowercase()
+    } else {
+        stderr.to_string()
+    };
+    assert!(
+        haystack.contains(needle),
+        "expected `{needle}` in: {stderr}"
+    );
+}
+
 /// Say loudly that a test did not run, and why.
 /// Written to the real stderr, not through `eprintln!`, so that the test harness's
 /// output capture cannot hide it: a skip must show in every `cargo test` run.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::net::{Check, Net};
 use super::transport::{HttpResponse, Method};
 use super::url::{encode_query_value, shorten, Url};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 
 /// The most we read of a token response: JWTs are a few KiB.
 const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
@@ -382,9 +382,9 @@ pub fn fetch_with_auth(
         };
         let (last, resp) = net
             .fetch(method, url, &headers, max_body, &check401)
-            .map_err(|e| match e {
-                Error::Io(_) => e.context(&url.to_string()),
-                e => e,
+            .map_err(|e| match e.kind {
+                Kind::Io => e.context(&url.to_string()),
+                _ => e,
             })?;
         if resp.status != 401 {
             return Ok((last, resp));

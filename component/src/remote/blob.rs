@@ -14,12 +14,13 @@ use lru::LruCache;
 
 use super::auth::{fetch_with_auth, Auth};
 use super::manifest::sha256_digest;
-use super::net::{Net, RemoteStats};
+use super::net::Net;
 use super::transport::{HttpResponse, Method};
 use super::url::Url;
 use super::RemoteOptions;
-use crate::error::{Error, Result};
-use crate::source::Source;
+use crate::defaults;
+use crate::error::{Error, Kind, Result};
+use crate::source::{RemoteStats, Source};
 
 /// Sequential streams tracked at once (like the inflater's cursors: a few files read
 /// side by side each keep their own readahead).
@@ -203,7 +204,7 @@ impl RemoteBlob {
         opts: &RemoteOptions,
     ) -> Result<Self> {
         let chunk_size = opts.chunk_size;
-        if chunk_size == 0 || chunk_size > 64 << 20 {
+        if chunk_size == 0 || chunk_size > defaults::MAX_CHUNK_SIZE {
             return Err(Error::bad(format!(
                 "chunk size {chunk_size} is not between 1 byte and 64 MiB"
             )));
@@ -269,12 +270,17 @@ impl RemoteBlob {
             cap,
             &check,
         )
-        .map_err(|e| match e {
-            Error::Io(m) if m.contains("HTTP 200") => Error::io(format!(
-                "size probe: {m}; a server that ignores Range cannot serve a blob above the \
-                 {cap}-byte full-body limit"
-            )),
-            e => e.context("size probe"),
+        .map_err(|e| {
+            if ignored_range(&e) {
+                let m = format!(
+                    "size probe: {}; a server that ignores Range cannot serve a blob above \
+                     the {cap}-byte full-body limit",
+                    e.message()
+                );
+                Error::io(m).with_status(200)
+            } else {
+                e.context("size probe")
+            }
         })?;
         let mut blob = blob;
         match resp.status {
@@ -372,14 +378,14 @@ impl RemoteBlob {
                     // Start again from the registry next time.
                     st.redirect = None;
                     let mut e = e.context(&format!("bytes {a}-{}", b - 1));
-                    if !keep_whole && matches!(e, Error::Io(_)) && e.message().contains("HTTP 200")
-                    {
-                        e = Error::io(format!(
+                    if !keep_whole && ignored_range(&e) {
+                        let m = format!(
                             "{}; a server that ignores Range cannot serve a blob above the \
                              {}-byte full-body limit",
                             e.message(),
                             self.full_body_cap
-                        ));
+                        );
+                        e = Error::io(m).with_status(200);
                     }
                     return Err(e);
                 }
@@ -525,7 +531,7 @@ impl Source for RemoteBlob {
         Ok(self.size)
     }
 
-    fn remote_stats(&self) -> Option<crate::remote::RemoteStats> {
+    fn remote_stats(&self) -> Option<RemoteStats> {
         Some(self.stats())
     }
 
@@ -540,4 +546,10 @@ impl Source for RemoteBlob {
             .map_err(|_| Error::io("remote blob: re-entrant read"))?;
         self.read(&mut st, offset, end)
     }
+}
+
+/// Whether every attempt failed on a server that answered a Range request with the
+/// whole body (HTTP 200).
+fn ignored_range(e: &Error) -> bool {
+    e.is(Kind::Io) && e.http_status == Some(200)
 }

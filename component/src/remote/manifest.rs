@@ -64,8 +64,8 @@ pub fn parse_document(body: &[u8]) -> Result<Document> {
     let doc: DocumentJson = serde_json::from_slice(body)
         .map_err(|e| Error::bad(format!("not a valid manifest or index: {e}")))?;
     if doc.schema_version.as_ref().and_then(|v| v.as_u64()) == Some(1) {
-        return Err(Error::Unsupported(
-            "Docker schema 1 manifests (only schema 2 and OCI)".into(),
+        return Err(Error::unsupported(
+            "Docker schema 1 manifests (only schema 2 and OCI)",
         ));
     }
     let media = doc.media_type.as_deref();
@@ -199,7 +199,7 @@ pub fn compression_of(media_type: &str) -> Result<Compression> {
     if mt.ends_with("tar+gzip") || mt.ends_with("tar.gzip") {
         Ok(Compression::Gzip)
     } else if mt.ends_with("tar+zstd") || mt.ends_with("tar.zstd") {
-        Err(Error::Unsupported(format!(
+        Err(Error::unsupported(format!(
             "layer media type `{}`: zstd layers are not supported (only gzip and \
              uncompressed tar)",
             shorten(media_type)
@@ -207,7 +207,7 @@ pub fn compression_of(media_type: &str) -> Result<Compression> {
     } else if mt.ends_with(".tar") {
         Ok(Compression::Uncompressed)
     } else {
-        Err(Error::Unsupported(format!(
+        Err(Error::unsupported(format!(
             "layer media type `{}` is not a tar layer this reader knows (gzip or \
              uncompressed tar)",
             shorten(media_type)
@@ -244,9 +244,9 @@ pub fn choose_layer(
     }
     let by_digest = match digest {
         Some(d) => {
-            let d = validate_digest(d).map_err(|e| e.context("--blob-digest"))?;
+            let d = validate_digest(d).map_err(|e| e.context("the requested layer digest"))?;
             let found = layers.iter().position(|l| l.digest == d).ok_or_else(|| {
-                Error::OutOfRange(format!(
+                Error::out_of_range(format!(
                     "blob {d} is not a layer of this image; its layers: {}",
                     list()
                 ))
@@ -257,15 +257,15 @@ pub fn choose_layer(
     };
     let chosen = match (index, by_digest) {
         (Some(i), _) if i as usize >= layers.len() => {
-            return Err(Error::OutOfRange(format!(
-                "--layer {i}: the image has {} layers: {}",
+            return Err(Error::out_of_range(format!(
+                "layer {i} was asked for, but the image has {} layers: {}",
                 layers.len(),
                 list()
             )))
         }
         (Some(i), Some(d)) if i as usize != d => {
             return Err(Error::bad(format!(
-                "--layer {i} and --blob-digest disagree: that blob is layer {d}"
+                "the requested layer index {i} and layer digest disagree: that blob is layer {d}"
             )))
         }
         (Some(i), _) => i as usize,
@@ -273,7 +273,7 @@ pub fn choose_layer(
         (None, None) if layers.len() == 1 => 0,
         (None, None) => {
             return Err(Error::bad(format!(
-                "the image has {} layers; choose one with --layer N or --blob-digest: {}",
+                "the image has {} layers; choose one by index or by digest: {}",
                 layers.len(),
                 list()
             )))
@@ -413,7 +413,7 @@ pub fn resolve_manifest(
     let layers = match parse_document(&body).map_err(|e| e.context(&ctx(&manifest_digest)))? {
         Document::Manifest(layers) => layers,
         Document::Index(_) => {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::unsupported(format!(
                 "{}: an image index inside an image index",
                 ctx(&manifest_digest)
             )))

@@ -24,9 +24,9 @@ mod tests;
 
 use std::cell::RefCell;
 
+pub use crate::source::RemoteStats;
 pub use blob::RemoteBlob;
 pub use image::{image_layers, ImageLayers};
-pub use net::RemoteStats;
 pub use transport::{HttpRequest, HttpResponse, Method, Transport};
 #[cfg(target_arch = "wasm32")]
 pub use wasi_transport::WasiTransport;
@@ -36,6 +36,7 @@ use self::manifest::{Platform, DEFAULT_PLATFORM};
 use self::net::Net;
 use self::reference::Reference;
 use self::url::{Scheme, Url};
+use crate::defaults;
 use crate::error::Result;
 
 /// Where the layer blob lives.
@@ -65,43 +66,30 @@ pub enum Compression {
     Unknown,
 }
 
-/// Tuning, with the defaults and the reasons for them.
+/// How remote blobs are fetched. The defaults and their reasons are in
+/// [`crate::defaults`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteOptions {
     /// Allow plain `http://` (and use it for `oci://` references other than Docker Hub).
     /// Off: plain HTTP shows the layer and the registry token to anyone on the path.
     pub insecure: bool,
-    /// Bytes per cached chunk; requests are aligned to chunks. 1 MiB: a request for 1 MiB
-    /// costs barely more than one for 64 KiB at usual round-trip times, and it holds
-    /// about one zinfo span (4 MiB of tar) of compressed data.
+    /// Bytes per cached chunk; requests are aligned to chunks.
     pub chunk_size: u64,
-    /// Largest readahead window of a sequential stream (it doubles from one chunk up to
-    /// this). 8 MiB: tens of milliseconds of transfer on a fast link, so a stream pays
-    /// one round trip per several spans. Capped at half the cache.
+    /// Largest readahead window of a sequential stream; capped at half the chunk cache.
     pub readahead_max: u64,
-    /// Bytes of fetched chunks kept in memory (least recently used out first). 32 MiB:
-    /// four readahead windows, so prefetched chunks survive a few interleaved streams.
-    /// It counts against the instance's memory limit. 0 turns caching and readahead off.
+    /// Bytes of fetched chunks kept in memory; 0 turns caching and readahead off.
     pub cache_bytes: u64,
     /// Attempts after the first, for connection errors, 408/429/5xx and responses that
-    /// fail their checks. 4: five attempts with about 1.5 s of backoff in all, well inside
-    /// a 30 s call deadline.
+    /// fail their checks.
     pub max_retries: u32,
-    /// First backoff, doubled for each further retry. 100 ms: long enough for a
-    /// restarting proxy or a reset connection pool, short next to a human's patience.
+    /// First backoff, doubled for each further retry, and its ceiling.
     pub backoff_initial_ms: u64,
-    /// Backoff ceiling. 2 s: retries never stall a read for long.
     pub backoff_max_ms: u64,
-    /// A server that ignores Range sends the whole blob; a blob up to this size is then
-    /// kept in memory once and served from there. 64 MiB: most layers that a server
-    /// without Range support would hold, at a bounded memory cost. Larger blobs fail with
-    /// a clear error instead of being downloaded again on every read.
+    /// The full-body limit: the largest blob kept whole when a server ignores Range.
     pub memory_cap_for_full_body: u64,
-    /// Redirects followed per request. 5: registries redirect once, to blob storage;
-    /// this leaves room for a CDN hop without allowing loops.
+    /// Redirects followed per request.
     pub max_redirects: u32,
-    /// Largest manifest or index read. 4 MiB: the size the distribution spec asks
-    /// registries to accept.
+    /// Largest manifest or index read.
     pub max_manifest_bytes: u64,
 }
 
@@ -109,15 +97,15 @@ impl Default for RemoteOptions {
     fn default() -> Self {
         Self {
             insecure: false,
-            chunk_size: 1 << 20,
-            readahead_max: 16 << 20,
-            cache_bytes: 32 << 20,
-            max_retries: 4,
-            backoff_initial_ms: 100,
-            backoff_max_ms: 2000,
-            memory_cap_for_full_body: 64 << 20,
-            max_redirects: 5,
-            max_manifest_bytes: 4 << 20,
+            chunk_size: defaults::CHUNK_SIZE,
+            readahead_max: defaults::READAHEAD_MAX,
+            cache_bytes: defaults::CHUNK_CACHE_BYTES,
+            max_retries: defaults::MAX_RETRIES,
+            backoff_initial_ms: defaults::BACKOFF_INITIAL_MS,
+            backoff_max_ms: defaults::BACKOFF_MAX_MS,
+            memory_cap_for_full_body: defaults::FULL_BODY_LIMIT,
+            max_redirects: defaults::MAX_REDIRECTS,
+            max_manifest_bytes: defaults::MAX_MANIFEST_BYTES,
         }
     }
 }
@@ -173,7 +161,8 @@ pub fn open_blob(
         } => {
             let r = Reference::parse(reference)?;
             if let Some(d) = digest {
-                reference::validate_digest(d).map_err(|e| e.context("--blob-digest"))?;
+                reference::validate_digest(d)
+                    .map_err(|e| e.context("the requested layer digest"))?;
             }
             let platform = Platform::parse(platform.as_deref().unwrap_or(DEFAULT_PLATFORM))?;
             // Docker Hub serves only https, whatever `insecure` says.

@@ -7,23 +7,7 @@ use super::transport::{is_transient, HttpRequest, HttpResponse, Method, Transpor
 use super::url::{shorten, Scheme, Url};
 use super::RemoteOptions;
 use crate::error::{Error, Result};
-
-/// Counters since the blob was opened (manifest and token requests included).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RemoteStats {
-    /// HTTP requests sent, and response body bytes received.
-    pub requests: u64,
-    pub bytes_fetched: u64,
-    /// Attempts repeated after a failure (connection error, 5xx, bad response).
-    pub retries: u64,
-    /// Redirects followed.
-    pub redirects: u64,
-    /// Bearer tokens obtained (the first one and every refresh).
-    pub token_fetches: u64,
-    /// Chunks a read found in the chunk cache, and chunks it had to fetch.
-    pub chunk_hits: u64,
-    pub chunk_misses: u64,
-}
+use crate::source::RemoteStats;
 
 pub struct Net {
     transport: Box<dyn Transport>,
@@ -81,8 +65,8 @@ impl Net {
     /// Refuse plain `http` unless insecure mode is on.
     pub fn check_scheme(&self, url: &Url) -> Result<()> {
         if url.scheme == Scheme::Http && !self.allow_http {
-            return Err(Error::Unsupported(format!(
-                "{url}: plain http is refused; use https, or allow it with --insecure"
+            return Err(Error::unsupported(format!(
+                "{url}: plain http is refused; use https, or allow it with the `insecure` remote option"
             )));
         }
         Ok(())
@@ -123,7 +107,9 @@ impl Net {
         max_body: u64,
         check: Check<'_>,
     ) -> Result<(Url, HttpResponse)> {
+        // The last failed attempt: its cause, and its HTTP status when it got a response.
         let mut last_cause = String::new();
+        let mut last_status = None;
         for attempt in 0..=self.max_retries {
             if attempt > 0 {
                 self.backoff(attempt);
@@ -139,7 +125,7 @@ impl Net {
                 };
                 let resp = match self.send(&req, max_body) {
                     Ok(resp) => resp,
-                    Err(e) if is_transient(&e) => break Err(e.message().to_string()),
+                    Err(e) if is_transient(&e) => break Err((e.http_status, e.message())),
                     Err(e) => return Err(e),
                 };
                 if is_redirect(resp.status) {
@@ -147,22 +133,32 @@ impl Net {
                     continue;
                 }
                 if retryable_status(resp.status) {
-                    break Err(format!("{current}: HTTP {}", resp.status));
+                    break Err((
+                        Some(resp.status),
+                        format!("{current}: HTTP {}", resp.status),
+                    ));
                 }
                 if let Err(cause) = check(&current, &resp) {
-                    break Err(format!("{current}: {cause}"));
+                    break Err((Some(resp.status), format!("{current}: {cause}")));
                 }
                 break Ok((current, resp));
             };
             match outcome {
                 Ok(done) => return Ok(done),
-                Err(cause) => last_cause = cause,
+                Err((status, cause)) => {
+                    last_status = status;
+                    last_cause = cause;
+                }
             }
         }
-        Err(Error::io(format!(
+        let err = Error::io(format!(
             "giving up after {} attempts; last: {last_cause}",
-            self.max_retries + 1
-        )))
+            self.max_retries.saturating_add(1)
+        ));
+        Err(match last_status {
+            Some(status) => err.with_status(status),
+            None => err,
+        })
     }
 
     /// The target of a redirect response, checked: a `Location` that resolves, not too
@@ -194,6 +190,7 @@ impl Net {
 mod tests {
     use super::super::fake::{resp, FakeTransport};
     use super::*;
+    use crate::error::Kind;
 
     fn net(fake: &FakeTransport) -> Net {
         Net::new(Box::new(fake.clone()), &RemoteOptions::default())
@@ -243,7 +240,9 @@ mod tests {
             )
             .unwrap_err();
         assert!(
-            matches!(&err, Error::Io(m) if m.contains("5 attempts") && m.contains("HTTP 502")),
+            err.is(Kind::Io)
+                && err.message().contains("5 attempts")
+                && err.message().contains("HTTP 502"),
             "{err}"
         );
         assert_eq!(fake.remaining(), 0);
@@ -252,7 +251,7 @@ mod tests {
     #[test]
     fn fetch_does_not_retry_denials_or_plain_http() {
         let fake = FakeTransport::new();
-        fake.push_err(Error::Unsupported("request to evil.io denied".into()));
+        fake.push_err(Error::unsupported("request to evil.io denied"));
         let n = net(&fake);
         let err = n
             .fetch(
@@ -274,7 +273,7 @@ mod tests {
                 &accept_any,
             )
             .unwrap_err();
-        assert!(err.message().contains("--insecure"), "{err}");
+        assert!(err.message().contains("`insecure` remote option"), "{err}");
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub fn validate_digest(digest: &str) -> Result<String> {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
         if plausible {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::unsupported(format!(
                 "digest algorithm `{algorithm}` (only sha256 is supported)"
             )));
         }
@@ -224,6 +224,7 @@ pub fn validate_digest(digest: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Kind;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -336,13 +337,13 @@ mod tests {
             &format!("{D}0"),
         ] {
             assert!(
-                matches!(validate_digest(bad), Err(Error::BadInput(_))),
+                matches!(validate_digest(bad), Err(e) if e.is(Kind::BadInput)),
                 "{bad}"
             );
         }
         assert!(matches!(
             validate_digest(&format!("sha512:{}", "a".repeat(128))),
-            Err(Error::Unsupported(_))
+            Err(e) if e.is(Kind::Unsupported)
         ));
         let err = Reference::parse("r.io/a@sha256:xyz").unwrap_err();
         assert!(err.message().contains("64 lower-case hex"), "{err}");

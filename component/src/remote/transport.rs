@@ -2,7 +2,7 @@
 //! response (or an error), and wait. In the component this is `wasi:http`
 //! (`wasi_transport.rs`); in unit tests it is a scripted fake.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -69,13 +69,13 @@ fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a st
 ///
 /// Errors from [`Transport::send`] use the crate's error cases this way, so that callers
 /// know what a retry can fix:
-/// - [`Error::Io`]: the exchange failed (connection refused or reset, DNS, TLS, timeout,
+/// - [`Kind::Io`]: the exchange failed (connection refused or reset, DNS, TLS, timeout,
 ///   a body cut short). Transient: the caller may retry.
-/// - [`Error::OutOfRange`]: the response body is longer than `max_body` (reading stopped
+/// - [`Kind::OutOfRange`]: the response body is longer than `max_body` (reading stopped
 ///   there, or before reading when `Content-Length` said so). The message names the status.
-/// - [`Error::Unsupported`]: the request was not sent and never will be: the host's
+/// - [`Kind::Unsupported`]: the request was not sent and never will be: the host's
 ///   allow-list denied it, or it cannot be expressed. Not worth retrying.
-/// - [`Error::BadInput`]: the response could not be understood at the HTTP level.
+/// - [`Kind::BadInput`]: the response could not be understood at the HTTP level.
 pub trait Transport {
     fn send(&self, req: &HttpRequest, max_body: u64) -> Result<HttpResponse>;
     /// Block for `ms` milliseconds (retry backoff).
@@ -93,14 +93,15 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 
 /// The error a transport returns when a body passes `max_body`.
 pub fn body_too_large(url: &str, status: u16, max_body: u64) -> Error {
-    Error::OutOfRange(format!(
+    Error::out_of_range(format!(
         "{url}: HTTP {status}: response body is longer than the {max_body} bytes expected"
     ))
+    .with_status(status)
 }
 
 /// Whether a failed exchange may succeed when tried again (see [`Transport`]).
 pub fn is_transient(err: &Error) -> bool {
-    !matches!(err, Error::Unsupported(_))
+    !err.is(Kind::Unsupported)
 }
 
 #[cfg(test)]
@@ -122,9 +123,10 @@ mod tests {
         assert_eq!(resp.header_all("link").collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(resp.header("x"), None);
         assert!(is_transient(&Error::io("reset")));
-        assert!(!is_transient(&Error::Unsupported("denied".into())));
-        assert!(
-            matches!(body_too_large("u", 200, 5), Error::OutOfRange(m) if m.contains("HTTP 200"))
-        );
+        assert!(!is_transient(&Error::unsupported("denied")));
+        assert!({
+            let e = body_too_large("u", 200, 5);
+            e.is(Kind::OutOfRange) && e.http_status == Some(200)
+        });
     }
 }

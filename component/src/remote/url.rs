@@ -71,7 +71,7 @@ impl Url {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
             other => {
-                return Err(Error::Unsupported(format!(
+                return Err(Error::unsupported(format!(
                     "URL scheme `{other}` (only http and https are supported)"
                 )))
             }

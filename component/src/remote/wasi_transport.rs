@@ -48,13 +48,13 @@ fn ns(ms: u64) -> u64 {
 /// everything else is an I/O error.
 fn from_code(url: &Url, code: ErrorCode) -> Error {
     match code {
-        ErrorCode::HttpRequestDenied => Error::Unsupported(format!(
+        ErrorCode::HttpRequestDenied => Error::unsupported(format!(
             "request to {} denied by the host: {} is not on its network allow-list",
             url, url.authority
         )),
         ErrorCode::HttpRequestUriInvalid
         | ErrorCode::HttpRequestMethodInvalid
-        | ErrorCode::HttpRequestUriTooLong => Error::Unsupported(format!(
+        | ErrorCode::HttpRequestUriTooLong => Error::unsupported(format!(
             "{url}: the host cannot send this request ({code:?})"
         )),
         other => Error::io(format!("{url}: {}", describe(&other))),
@@ -69,13 +69,13 @@ fn describe(code: &ErrorCode) -> String {
 }
 
 fn bad_request(url: &Url, what: &str) -> Error {
-    Error::Unsupported(format!("{url}: the host refused the request's {what}"))
+    Error::unsupported(format!("{url}: the host refused the request's {what}"))
 }
 
 impl Transport for WasiTransport {
     fn send(&self, req: &HttpRequest, max_body: u64) -> Result<HttpResponse> {
         let url = Url::parse(&req.url)
-            .map_err(|e| Error::Unsupported(format!("cannot send to this URL: {}", e.message())))?;
+            .map_err(|e| Error::unsupported(format!("cannot send to this URL: {}", e.message())))?;
         let mut entries: Vec<(String, Vec<u8>)> = req
             .headers
             .iter()
@@ -85,7 +85,7 @@ impl Transport for WasiTransport {
             entries.push(("user-agent".to_string(), USER_AGENT.as_bytes().to_vec()));
         }
         let fields = Fields::from_list(&entries)
-            .map_err(|e| Error::Unsupported(format!("{url}: bad request header ({e:?})")))?;
+            .map_err(|e| Error::unsupported(format!("{url}: bad request header ({e:?})")))?;
         let request = OutgoingRequest::new(fields);
         let method = match req.method {
             Method::Get => WasiMethod::Get,

@@ -25,6 +25,21 @@ pub(crate) enum Outcome {
 /// abusive and is disconnected (the specification allows this for denial of service).
 const MAX_OPTIONS: u32 = 1024;
 
+/// Length of the server greeting: NBDMAGIC, IHAVEOPT and the 16-bit handshake flags.
+const GREETING_LEN: usize = 8 + 8 + 2;
+/// The reply to `NBD_OPT_EXPORT_NAME`: the export size and the transmission flags...
+const EXPORT_NAME_REPLY_LEN: usize = 8 + 2;
+/// ...then these zero bytes, unless the client set `NO_ZEROES`.
+const EXPORT_NAME_PADDING: usize = 124;
+
+/// What one option does to the haggling.
+enum Step {
+    /// Answered; wait for the next option.
+    Next,
+    /// The haggling is over.
+    Done(Outcome),
+}
+
 /// Runs the server side of the handshake on an already-connected stream.
 ///
 /// `Err` means the transport failed or the peer hung up; `Ok(Outcome::Closed)` means the
@@ -34,146 +49,191 @@ pub(crate) fn negotiate<R: Read, W: Write>(
     w: &mut W,
     export: &ExportInfo,
 ) -> io::Result<Outcome> {
-    // State 1: greeting. Advertise fixed newstyle and the ability to skip the zero padding.
-    let mut greeting = Vec::with_capacity(18);
+    // State 1: greeting.
+    send_greeting(w)?;
+
+    // State 2: client flags.
+    let Some(no_zeroes) = read_client_flags(r)? else {
+        return Ok(Outcome::Closed);
+    };
+
+    // State 3: option haggling. `structured` persists across options until the client
+    // enters transmission.
+    let mut structured = false;
+    for _ in 0..MAX_OPTIONS {
+        let Some((option, data)) = read_option(r, w)? else {
+            return Ok(Outcome::Closed);
+        };
+        let step = match option {
+            OPT_EXPORT_NAME => export_name(w, export, &data, no_zeroes, structured)?,
+            OPT_ABORT => {
+                // Soft disconnect requested: acknowledge (any payload is ignored, as the
+                // specification asks), then the caller closes. A client that already hung
+                // up makes the write fail, which is just as final.
+                if let Err(e) = send(w, option, REP_ACK, &[]) {
+                    debug!("NBD_OPT_ABORT acknowledgement not sent: {e}");
+                }
+                Step::Done(Outcome::Closed)
+            }
+            OPT_LIST => list(w, export, &data)?,
+            OPT_INFO | OPT_GO => info_or_go(w, option, export, &data, structured)?,
+            OPT_STRUCTURED_REPLY => {
+                if data.is_empty() {
+                    // From now on reads are answered with structured reply chunks.
+                    structured = true;
+                    send(w, option, REP_ACK, &[])?;
+                } else {
+                    let why = "NBD_OPT_STRUCTURED_REPLY takes no data";
+                    send_error(w, option, REP_ERR_INVALID, why)?;
+                }
+                Step::Next
+            }
+            OPT_STARTTLS => {
+                // This server runs without TLS ("NOTLS" mode in the specification).
+                send_error(w, option, REP_ERR_UNSUP, "TLS is not supported")?;
+                Step::Next
+            }
+            _ => {
+                // Includes the metadata-context and extended-header options: without them
+                // clients fall back to plain reads, which is all a read-only export needs.
+                send_error(w, option, REP_ERR_UNSUP, "option not supported")?;
+                Step::Next
+            }
+        };
+        if let Step::Done(outcome) = step {
+            return Ok(outcome);
+        }
+    }
+    warn!("client sent too many options; closing");
+    Ok(Outcome::Closed)
+}
+
+/// State 1: advertise fixed newstyle and the ability to skip the zero padding.
+fn send_greeting<W: Write>(w: &mut W) -> io::Result<()> {
+    let mut greeting = Vec::with_capacity(GREETING_LEN);
     greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
     greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
     greeting.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
     w.write_all(&greeting)?;
-    w.flush()?;
+    w.flush()
+}
 
-    // State 2: client flags. Any bit we did not offer means the client expects something
-    // we do not speak, and the specification requires us to drop the connection.
+/// State 2: the client's flags. Any bit we did not offer means the client expects
+/// something we do not speak, and the specification requires us to drop the connection
+/// (`None`). Otherwise: whether the client asked for `NO_ZEROES`.
+fn read_client_flags<R: Read>(r: &mut R) -> io::Result<Option<bool>> {
     let client_flags = read_u32(r)?;
     if client_flags & !CLIENT_FLAGS_KNOWN != 0 {
         warn!(client_flags, "client set unknown handshake flags; closing");
-        return Ok(Outcome::Closed);
+        return Ok(None);
     }
     if client_flags & CLIENT_FLAG_FIXED_NEWSTYLE == 0 {
         // Allowed by the specification: we still answer options in the fixed format,
         // which an old-newstyle client never triggers because it only sends EXPORT_NAME.
         debug!("client did not set FIXED_NEWSTYLE; continuing anyway");
     }
-    let no_zeroes = client_flags & CLIENT_FLAG_NO_ZEROES != 0;
+    Ok(Some(client_flags & CLIENT_FLAG_NO_ZEROES != 0))
+}
 
-    // State 3: option haggling. `structured` persists across options until the client
-    // enters transmission.
-    let mut structured = false;
-    for _ in 0..MAX_OPTIONS {
-        let magic = read_u64(r)?;
-        if magic != IHAVEOPT {
-            warn!(magic, "bad option magic; closing");
-            return Ok(Outcome::Closed);
-        }
-        let option = read_u32(r)?;
-        let len = read_u32(r)?;
-
-        // Never buffer an unbounded option. EXPORT_NAME cannot carry an error reply, so
-        // it can only be refused by hanging up; other options get TOO_BIG first. The
-        // oversized payload is not drained (it may be gigabytes), so the stream is out of
-        // step afterwards and the session ends either way.
-        if len > MAX_OPTION_LEN {
-            warn!(option, len, "option payload too large; closing");
-            if option != OPT_EXPORT_NAME {
-                send_error(w, option, REP_ERR_TOO_BIG, "option payload too large")?;
-            }
-            return Ok(Outcome::Closed);
-        }
-        let mut data = vec![0u8; len as usize];
-        r.read_exact(&mut data)?;
-        debug!(option, len, "option received");
-
-        match option {
-            OPT_EXPORT_NAME => {
-                // The old way into transmission: no way to report an error, so an unknown
-                // name ends the session (as the specification requires).
-                if !export.matches(&data) {
-                    warn!(
-                        name = %String::from_utf8_lossy(&data),
-                        "EXPORT_NAME for unknown export; closing"
-                    );
-                    return Ok(Outcome::Closed);
-                }
-                let mut reply = Vec::with_capacity(10 + 124);
-                reply.extend_from_slice(&export.size.to_be_bytes());
-                reply.extend_from_slice(&TRANSMISSION_FLAGS.to_be_bytes());
-                if !no_zeroes {
-                    reply.extend_from_slice(&[0u8; 124]);
-                }
-                w.write_all(&reply)?;
-                w.flush()?;
-                return Ok(Outcome::Transmission { structured });
-            }
-            OPT_ABORT => {
-                // Soft disconnect requested: acknowledge (any payload is ignored, as the
-                // specification asks), then the caller closes. A client that already hung
-                // up makes the write fail, which is just as final.
-                let _ = send(w, option, REP_ACK, &[]);
-                return Ok(Outcome::Closed);
-            }
-            OPT_LIST => {
-                if !data.is_empty() {
-                    send_error(w, option, REP_ERR_INVALID, "NBD_OPT_LIST takes no data")?;
-                    continue;
-                }
-                // One REP_SERVER per export (we have one), then the final ACK.
-                let name = export.name.as_bytes();
-                let mut payload = Vec::with_capacity(4 + name.len());
-                payload.extend_from_slice(&(name.len() as u32).to_be_bytes());
-                payload.extend_from_slice(name);
-                if let Some(d) = &export.description {
-                    payload.extend_from_slice(d.as_bytes());
-                }
-                send(w, option, REP_SERVER, &payload)?;
-                send(w, option, REP_ACK, &[])?;
-            }
-            OPT_INFO | OPT_GO => {
-                let (name, requests) = match parse_info_request(&data) {
-                    Ok(parsed) => parsed,
-                    Err(why) => {
-                        send_error(w, option, REP_ERR_INVALID, why)?;
-                        continue;
-                    }
-                };
-                if !export.matches(name) {
-                    send_error(w, option, REP_ERR_UNKNOWN, "no export with that name")?;
-                    continue;
-                }
-                let used_canonical_name = name == export.name.as_bytes();
-                send_export_info(w, option, export, &requests, used_canonical_name)?;
-                send(w, option, REP_ACK, &[])?;
-                if option == OPT_GO {
-                    // Success ends option haggling; no padding follows an OPT_GO reply.
-                    return Ok(Outcome::Transmission { structured });
-                }
-            }
-            OPT_STRUCTURED_REPLY => {
-                if !data.is_empty() {
-                    send_error(
-                        w,
-                        option,
-                        REP_ERR_INVALID,
-                        "NBD_OPT_STRUCTURED_REPLY takes no data",
-                    )?;
-                    continue;
-                }
-                // From now on reads are answered with structured reply chunks.
-                structured = true;
-                send(w, option, REP_ACK, &[])?;
-            }
-            OPT_STARTTLS => {
-                // This server runs without TLS ("NOTLS" mode in the specification).
-                send_error(w, option, REP_ERR_UNSUP, "TLS is not supported")?;
-            }
-            _ => {
-                // Includes the metadata-context and extended-header options: without them
-                // clients fall back to plain reads, which is all a read-only export needs.
-                send_error(w, option, REP_ERR_UNSUP, "option not supported")?;
-            }
-        }
+/// One option's header and payload; `None` when the session must end (bad magic, or a
+/// payload too large to buffer).
+fn read_option<R: Read, W: Write>(r: &mut R, w: &mut W) -> io::Result<Option<(u32, Vec<u8>)>> {
+    let magic = read_u64(r)?;
+    if magic != IHAVEOPT {
+        warn!(magic, "bad option magic; closing");
+        return Ok(None);
     }
-    warn!("client sent too many options; closing");
-    Ok(Outcome::Closed)
+    let option = read_u32(r)?;
+    let len = read_u32(r)?;
+    // Never buffer an unbounded option. EXPORT_NAME cannot carry an error reply, so it
+    // can only be refused by hanging up; other options get TOO_BIG first. The oversized
+    // payload is not drained (it may be gigabytes), so the stream is out of step
+    // afterwards and the session ends either way.
+    if len > MAX_OPTION_LEN {
+        warn!(option, len, "option payload too large; closing");
+        if option != OPT_EXPORT_NAME {
+            send_error(w, option, REP_ERR_TOO_BIG, "option payload too large")?;
+        }
+        return Ok(None);
+    }
+    let mut data = vec![0u8; len as usize];
+    r.read_exact(&mut data)?;
+    debug!(option, len, "option received");
+    Ok(Some((option, data)))
+}
+
+/// `NBD_OPT_EXPORT_NAME`, the old way into transmission. It has no way to report an
+/// error, so an unknown name ends the session (as the specification requires).
+fn export_name<W: Write>(
+    w: &mut W,
+    export: &ExportInfo,
+    name: &[u8],
+    no_zeroes: bool,
+    structured: bool,
+) -> io::Result<Step> {
+    if !export.matches(name) {
+        warn!(
+            name = %String::from_utf8_lossy(name),
+            "EXPORT_NAME for unknown export; closing"
+        );
+        return Ok(Step::Done(Outcome::Closed));
+    }
+    let mut reply = Vec::with_capacity(EXPORT_NAME_REPLY_LEN + EXPORT_NAME_PADDING);
+    reply.extend_from_slice(&export.size.to_be_bytes());
+    reply.extend_from_slice(&TRANSMISSION_FLAGS.to_be_bytes());
+    if !no_zeroes {
+        reply.extend_from_slice(&[0u8; EXPORT_NAME_PADDING]);
+    }
+    w.write_all(&reply)?;
+    w.flush()?;
+    Ok(Step::Done(Outcome::Transmission { structured }))
+}
+
+/// `NBD_OPT_LIST`: one `REP_SERVER` per export (we have one), then the final ACK.
+fn list<W: Write>(w: &mut W, export: &ExportInfo, data: &[u8]) -> io::Result<Step> {
+    if !data.is_empty() {
+        send_error(w, OPT_LIST, REP_ERR_INVALID, "NBD_OPT_LIST takes no data")?;
+        return Ok(Step::Next);
+    }
+    let name = export.name.as_bytes();
+    let mut payload = Vec::with_capacity(4 + name.len());
+    payload.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    payload.extend_from_slice(name);
+    if let Some(d) = &export.description {
+        payload.extend_from_slice(d.as_bytes());
+    }
+    send(w, OPT_LIST, REP_SERVER, &payload)?;
+    send(w, OPT_LIST, REP_ACK, &[])?;
+    Ok(Step::Next)
+}
+
+/// `NBD_OPT_INFO` and `NBD_OPT_GO`: the export's information; a successful GO ends the
+/// haggling (no padding follows an OPT_GO reply).
+fn info_or_go<W: Write>(
+    w: &mut W,
+    option: u32,
+    export: &ExportInfo,
+    data: &[u8],
+    structured: bool,
+) -> io::Result<Step> {
+    let (name, requests) = match parse_info_request(data) {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            send_error(w, option, REP_ERR_INVALID, why)?;
+            return Ok(Step::Next);
+        }
+    };
+    if !export.matches(name) {
+        send_error(w, option, REP_ERR_UNKNOWN, "no export with that name")?;
+        return Ok(Step::Next);
+    }
+    let used_canonical_name = name == export.name.as_bytes();
+    send_export_info(w, option, export, &requests, used_canonical_name)?;
+    send(w, option, REP_ACK, &[])?;
+    if option == OPT_GO {
+        return Ok(Step::Done(Outcome::Transmission { structured }));
+    }
+    Ok(Step::Next)
 }
 
 /// Splits the payload of `NBD_OPT_INFO`/`NBD_OPT_GO`: a 32-bit name length, the name, a

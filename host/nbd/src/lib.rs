@@ -32,6 +32,9 @@ mod handshake;
 mod net;
 mod proto;
 mod server;
+/// A raw NBD client for protocol tests (this crate's and erofs-host's).
+#[cfg(feature = "test-client")]
+pub mod test_client;
 mod transmission;
 
 use std::fmt;

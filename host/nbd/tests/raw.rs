@@ -178,7 +178,7 @@ fn commands_and_invalid_requests() {
     let size = SIZE as u64;
     for structured in [false, true] {
         let mut c = server.connect();
-        assert_eq!(c.handshake(structured), size);
+        assert_eq!(c.handshake(EXPORT, structured), size);
         // (what, command, flags, offset, length, payload bytes sent, expected error)
         let cases: [(&str, u16, u16, u64, u32, usize, u32); 14] = [
             ("write", CMD_WRITE, 0, 0, 4096, 4096, EPERM),
@@ -256,7 +256,7 @@ fn pipelined_reads_with_distinct_cookies() {
     let size = SIZE as u64;
     for structured in [false, true] {
         let mut c = server.connect();
-        c.handshake(structured);
+        c.handshake(EXPORT, structured);
         // 200 reads of varied sizes and offsets, sent in one burst.
         let mut expected: HashMap<u64, (u64, u32)> = HashMap::new();
         let mut burst = Vec::new();
@@ -299,7 +299,7 @@ fn disc_waits_for_in_flight_reads() {
     let server = TestServer::tcp(SIZE);
     for structured in [false, true] {
         let mut c = server.connect();
-        c.handshake(structured);
+        c.handshake(EXPORT, structured);
         let mut burst = Vec::new();
         for i in 0..16u64 {
             burst.extend(request_bytes(CMD_READ, 0, i, i * 65536, 65536));
@@ -326,7 +326,7 @@ fn failing_source_reports_eio_without_data() {
     let server = TestServer::start(tcp_any(), pseudo_random(SIZE, 7), Some(poison));
     for structured in [false, true] {
         let mut c = server.connect();
-        c.handshake(structured);
+        c.handshake(EXPORT, structured);
         let r = c.read(1, poison.0, 4096);
         assert_eq!((r.error, r.data.len()), (EIO, 0));
         // Partly overlapping, then a good read pipelined right behind it: if the server
@@ -350,9 +350,9 @@ fn failing_source_reports_eio_without_data() {
 fn bad_request_magic_closes_only_that_connection() {
     let server = TestServer::tcp(SIZE);
     let mut other = server.connect();
-    other.handshake(true);
+    other.handshake(EXPORT, true);
     let mut c = server.connect();
-    c.handshake(false);
+    c.handshake(EXPORT, false);
     let mut bad = request_bytes(CMD_READ, 0, 1, 0, 512);
     bad[0] ^= 0xff;
     c.send(&bad).expect("send");
@@ -368,12 +368,12 @@ fn bad_request_magic_closes_only_that_connection() {
 fn disconnects_mid_request_do_not_disturb_others() {
     let server = TestServer::tcp(SIZE);
     let mut bystander = server.connect();
-    bystander.handshake(true);
+    bystander.handshake(EXPORT, true);
 
     // Many large reads in flight, then the client vanishes after a few bytes.
     for structured in [false, true] {
         let mut c = server.connect();
-        c.handshake(structured);
+        c.handshake(EXPORT, structured);
         let mut burst = Vec::new();
         for i in 0..32u64 {
             burst.extend(request_bytes(CMD_READ, 0, i, i * 4096, MAX_REQUEST));
@@ -386,7 +386,7 @@ fn disconnects_mid_request_do_not_disturb_others() {
 
     // Half a request header.
     let mut c = server.connect();
-    c.handshake(false);
+    c.handshake(EXPORT, false);
     c.send(&request_bytes(CMD_READ, 0, 1, 0, 512)[..13])
         .expect("send");
     drop(c);
@@ -394,7 +394,7 @@ fn disconnects_mid_request_do_not_disturb_others() {
 
     // A write whose payload never fully arrives.
     let mut c = server.connect();
-    c.handshake(true);
+    c.handshake(EXPORT, true);
     let mut req = request_bytes(CMD_WRITE, 0, 1, 0, 1 << 20);
     req.extend_from_slice(&[1u8; 1000]);
     c.send(&req).expect("send");
@@ -403,7 +403,7 @@ fn disconnects_mid_request_do_not_disturb_others() {
 
     // An absurd write payload length is refused by closing.
     let mut c = server.connect();
-    c.handshake(false);
+    c.handshake(EXPORT, false);
     c.request(CMD_WRITE, 0, 1, 0, u32::MAX);
     assert!(c.is_closed());
     assert_healthy(&server);
@@ -439,7 +439,7 @@ fn garbage_never_kills_the_server() {
                 c.greet(3);
             }
             _ => {
-                c.handshake(round % 2 == 0);
+                c.handshake(EXPORT, round % 2 == 0);
             }
         }
         // Keep it a request magic half of the time to reach deeper code paths.
@@ -461,7 +461,7 @@ fn unix_socket_serves_and_cleans_up() {
     assert!(server.uri.starts_with("nbd+unix:///layer0?socket="));
     assert_healthy(&server);
     let mut c = server.connect();
-    c.handshake(true);
+    c.handshake(EXPORT, true);
     let r = c.read(1, 4_000_000, 100_000);
     assert!(r.data == slice(&server, 4_000_000, 100_000));
     // Stop with that client still connected: serve returns and removes the socket file.
@@ -478,7 +478,7 @@ fn stop_returns_promptly_with_idle_clients() {
     let mut idle_handshake = server.connect();
     idle_handshake.greet(3);
     let mut idle_transmission = server.connect();
-    idle_transmission.handshake(false);
+    idle_transmission.handshake(EXPORT, false);
     let started = Instant::now();
     server.stop().expect("serve result");
     assert!(started.elapsed() < Duration::from_secs(5));

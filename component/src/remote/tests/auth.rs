@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use crate::error::Error;
+use crate::error::Kind;
 use crate::remote::auth::*;
 use crate::remote::fake::{resp, FakeTransport};
 use crate::remote::net::{accept_any, Net};
@@ -218,7 +218,9 @@ fn basic_challenge_and_token_refusal() {
     let err =
         fetch_with_auth(&net, Some(&auth), Method::Get, &url, &[], 100, &accept_any).unwrap_err();
     assert!(
-        matches!(&err, Error::Io(m) if m.contains("authentication required") && m.contains("Basic")),
+        err.is(Kind::Io)
+            && err.message().contains("authentication required")
+            && err.message().contains("Basic"),
         "{err}"
     );
     fake.push(resp(401, &[CHALLENGE], b""));

@@ -1,7 +1,7 @@
 //! The remote blob: chunk cache, readahead, response checks, retries, redirects.
 
 use super::*;
-use crate::error::Error;
+use crate::error::{Error, Kind};
 use crate::remote::auth::Auth;
 use crate::remote::blob::{parse_content_range, ContentRange};
 use crate::remote::manifest::sha256_digest;
@@ -210,9 +210,8 @@ fn bad_responses_are_retried_then_fail_with_the_cause() {
         }
         let b = blob(&fake, 4000, &opts(1000));
         let err = b.pread(0, 10).unwrap_err();
-        let Error::Io(msg) = &err else {
-            panic!("{err:?}")
-        };
+        assert!(err.is(Kind::Io), "{err:?}");
+        let msg = &err.message();
         assert!(
             msg.contains(BLOB_URL) && msg.contains("bytes 0-999") && msg.contains(cause),
             "{cause}: {msg}"

@@ -1,13 +1,12 @@
 //! Helpers shared by the integration tests: in-memory block sources, a server guard that
-//! always stops and joins the server, a child-process guard, temp dirs and a tiny raw
-//! NBD client.
+//! always stops and joins the server, a child-process guard and temp dirs. The raw NBD
+//! client is the crate's own `test_client` (feature `test-client`), re-exported here.
 
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +15,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use erofs_nbd::{BlockSource, Listen, ReadError, Server, ServerConfig};
+
+pub use erofs_nbd::test_client::*;
 
 pub const EXPORT: &str = "layer0";
 pub const MAX_REQUEST: u32 = 1 << 20;
@@ -241,287 +242,12 @@ pub fn run_tool(dir: &TempDir, program: &str, args: &[&str], limit: Duration) ->
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// A minimal raw NBD client for protocol tests.
-// ---------------------------------------------------------------------------------------
-
-pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-pub const REQUEST_MAGIC: u32 = 0x2560_9513;
-pub const SIMPLE_MAGIC: u32 = 0x6744_6698;
-pub const STRUCTURED_MAGIC: u32 = 0x668e_33ef;
-
-pub const OPT_EXPORT_NAME: u32 = 1;
-pub const OPT_ABORT: u32 = 2;
-pub const OPT_LIST: u32 = 3;
-pub const OPT_INFO: u32 = 6;
-pub const OPT_GO: u32 = 7;
-pub const OPT_STRUCTURED_REPLY: u32 = 8;
-pub const REP_ACK: u32 = 1;
-pub const REP_SERVER: u32 = 2;
-pub const REP_INFO: u32 = 3;
-pub const REP_ERR_UNSUP: u32 = 0x8000_0001;
-pub const REP_ERR_INVALID: u32 = 0x8000_0003;
-pub const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
-pub const REP_ERR_TOO_BIG: u32 = 0x8000_0009;
-
-pub const CMD_READ: u16 = 0;
-pub const CMD_WRITE: u16 = 1;
-pub const CMD_DISC: u16 = 2;
-pub const CMD_FLUSH: u16 = 3;
-pub const CMD_TRIM: u16 = 4;
-pub const CMD_WRITE_ZEROES: u16 = 6;
-
-pub const EPERM: u32 = 1;
-pub const EIO: u32 = 5;
-pub const EINVAL: u32 = 22;
-
-pub enum Sock {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-pub struct Conn {
-    pub sock: Sock,
-    pub structured: bool,
-}
-
-/// One decoded transmission reply: cookie, error (0 = success) and the data.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Reply {
-    pub cookie: u64,
-    pub error: u32,
-    pub data: Vec<u8>,
-}
-
-impl Conn {
-    pub fn tcp(addr: &str) -> Conn {
-        let s = TcpStream::connect(addr).expect("connect tcp");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        s.set_nodelay(true).expect("nodelay");
-        Conn {
-            sock: Sock::Tcp(s),
-            structured: false,
-        }
-    }
-
-    pub fn unix(path: &Path) -> Conn {
-        let s = UnixStream::connect(path).expect("connect unix");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        Conn {
-            sock: Sock::Unix(s),
-            structured: false,
-        }
-    }
-
-    pub fn send(&mut self, b: &[u8]) -> io::Result<()> {
-        match &mut self.sock {
-            Sock::Tcp(s) => s.write_all(b),
-            Sock::Unix(s) => s.write_all(b),
-        }
-    }
-
-    pub fn recv(&mut self, n: usize) -> io::Result<Vec<u8>> {
-        let mut b = vec![0u8; n];
-        match &mut self.sock {
-            Sock::Tcp(s) => s.read_exact(&mut b)?,
-            Sock::Unix(s) => s.read_exact(&mut b)?,
-        }
-        Ok(b)
-    }
-
-    fn recv_u16(&mut self) -> u16 {
-        u16::from_be_bytes(self.recv(2).expect("recv").try_into().expect("2"))
-    }
-    fn recv_u32(&mut self) -> u32 {
-        u32::from_be_bytes(self.recv(4).expect("recv").try_into().expect("4"))
-    }
-    fn recv_u64(&mut self) -> u64 {
-        u64::from_be_bytes(self.recv(8).expect("recv").try_into().expect("8"))
-    }
-
-    /// True once the server has closed the connection (read returns EOF or reset).
-    pub fn is_closed(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        let r = match &mut self.sock {
-            Sock::Tcp(s) => s.read(&mut b),
-            Sock::Unix(s) => s.read(&mut b),
-        };
-        match r {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ),
-        }
-    }
-
-    pub fn close(self) {
-        match &self.sock {
-            Sock::Tcp(s) => {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-            Sock::Unix(s) => {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-        }
-    }
-
-    /// Reads the greeting and answers with `client_flags`; returns the handshake flags.
-    pub fn greet(&mut self, client_flags: u32) -> u16 {
-        assert_eq!(self.recv_u64(), NBDMAGIC);
-        assert_eq!(self.recv_u64(), IHAVEOPT);
-        let flags = self.recv_u16();
-        self.send(&client_flags.to_be_bytes()).expect("send flags");
-        flags
-    }
-
-    pub fn send_option(&mut self, option: u32, data: &[u8]) {
-        let mut v = IHAVEOPT.to_be_bytes().to_vec();
-        v.extend_from_slice(&option.to_be_bytes());
-        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        v.extend_from_slice(data);
-        self.send(&v).expect("send option");
-    }
-
-    /// Reads one option reply: (option, reply type, payload).
-    pub fn option_reply(&mut self) -> (u32, u32, Vec<u8>) {
-        assert_eq!(self.recv_u64(), OPT_REPLY_MAGIC);
-        let option = self.recv_u32();
-        let kind = self.recv_u32();
-        let len = self.recv_u32() as usize;
-        let payload = self.recv(len).expect("reply payload");
-        (option, kind, payload)
-    }
-
-    /// Sends INFO or GO and collects the replies up to the final one.
-    pub fn info_or_go(&mut self, option: u32, name: &str, reqs: &[u16]) -> Vec<(u32, Vec<u8>)> {
-        let mut d = (name.len() as u32).to_be_bytes().to_vec();
-        d.extend_from_slice(name.as_bytes());
-        d.extend_from_slice(&(reqs.len() as u16).to_be_bytes());
-        for r in reqs {
-            d.extend_from_slice(&r.to_be_bytes());
-        }
-        self.send_option(option, &d);
-        let mut out = Vec::new();
-        loop {
-            let (o, kind, p) = self.option_reply();
-            assert_eq!(o, option);
-            out.push((kind, p));
-            if kind != REP_INFO {
-                return out;
-            }
-        }
-    }
-
-    /// Full fixed-newstyle handshake with NBD_OPT_GO; returns the export size.
-    pub fn handshake(&mut self, structured: bool) -> u64 {
-        self.greet(3);
-        if structured {
-            self.send_option(OPT_STRUCTURED_REPLY, &[]);
-            assert_eq!(self.option_reply().1, REP_ACK);
-            self.structured = true;
-        }
-        let replies = self.info_or_go(OPT_GO, EXPORT, &[3]);
-        assert_eq!(replies.last().map(|r| r.0), Some(REP_ACK), "GO failed");
-        let export = replies
-            .iter()
-            .find(|(k, p)| *k == REP_INFO && p[..2] == [0, 0])
-            .expect("NBD_INFO_EXPORT");
-        u64::from_be_bytes(export.1[2..10].try_into().expect("size"))
-    }
-
-    pub fn request(&mut self, kind: u16, flags: u16, cookie: u64, offset: u64, len: u32) {
-        self.send(&request_bytes(kind, flags, cookie, offset, len))
-            .expect("send request");
-    }
-
-    /// Reads one complete reply (simple, or all chunks of a structured one). For simple
-    /// replies the caller says how much data to expect on success.
-    pub fn reply(&mut self, simple_read_len: usize) -> Reply {
-        self.reply_lookup(|_| simple_read_len)
-    }
-
-    /// Like `reply`, with the expected simple-reply data length looked up by cookie.
-    pub fn reply_lookup(&mut self, len_of: impl Fn(u64) -> usize) -> Reply {
-        let magic = self.recv_u32();
-        if magic == SIMPLE_MAGIC {
-            let error = self.recv_u32();
-            let cookie = self.recv_u64();
-            let data = if error == 0 {
-                self.recv(len_of(cookie)).expect("data")
-            } else {
-                Vec::new()
-            };
-            return Reply {
-                cookie,
-                error,
-                data,
-            };
-        }
-        assert_eq!(magic, STRUCTURED_MAGIC, "unexpected reply magic {magic:#x}");
-        let mut error = 0;
-        let mut data = Vec::new();
-        let mut cookie_seen;
-        let mut magic = magic;
-        loop {
-            assert_eq!(magic, STRUCTURED_MAGIC);
-            let flags = self.recv_u16();
-            let kind = self.recv_u16();
-            cookie_seen = self.recv_u64();
-            let len = self.recv_u32() as usize;
-            let payload = self.recv(len).expect("chunk payload");
-            match kind {
-                0 => assert_eq!(len, 0),
-                1 => data.extend_from_slice(&payload[8..]),
-                0x8001 => {
-                    error = u32::from_be_bytes(payload[..4].try_into().expect("err"));
-                    let mlen = u16::from_be_bytes(payload[4..6].try_into().expect("mlen"));
-                    assert!(6 + mlen as usize <= len);
-                }
-                other => panic!("unexpected chunk type {other:#x}"),
-            }
-            if flags & 1 != 0 {
-                break;
-            }
-            magic = self.recv_u32();
-        }
-        Reply {
-            cookie: cookie_seen,
-            error,
-            data,
-        }
-    }
-
-    /// READ then its reply.
-    pub fn read(&mut self, cookie: u64, offset: u64, len: u32) -> Reply {
-        self.request(CMD_READ, 0, cookie, offset, len);
-        let r = self.reply(len as usize);
-        assert_eq!(r.cookie, cookie);
-        r
-    }
-}
-
-pub fn request_bytes(kind: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
-    let mut v = REQUEST_MAGIC.to_be_bytes().to_vec();
-    v.extend_from_slice(&flags.to_be_bytes());
-    v.extend_from_slice(&kind.to_be_bytes());
-    v.extend_from_slice(&cookie.to_be_bytes());
-    v.extend_from_slice(&offset.to_be_bytes());
-    v.extend_from_slice(&len.to_be_bytes());
-    v
-}
-
 /// Opens a fresh connection and checks a few reads against the expected bytes, in both
 /// reply modes: the server is still healthy.
 pub fn assert_healthy(server: &TestServer) {
     for structured in [false, true] {
         let mut c = server.connect();
-        let size = c.handshake(structured);
+        let size = c.handshake(EXPORT, structured);
         assert_eq!(size, server.data.len() as u64);
         for (i, (off, len)) in [(0u64, 4096u32), (size - 777, 777), (12_345, 65_536)]
             .into_iter()

@@ -1,0 +1,22 @@
+//! Random access into a gzip blob (zran.c's idea, with SOCI zinfo checkpoints).
+//!
+//! The pieces, from the bytes up:
+//! - [`zinfo`]: the checkpoint index file (v1/v2), parsed and checked whole at open;
+//! - [`gzip`]: member header and trailer framing;
+//! - [`inflate`]: a raw-deflate engine that can restart at a checkpoint;
+//! - [`input`]: the window of compressed bytes a cursor consumes;
+//! - [`cursor`]: one live decoder, a page at a time, across members;
+//! - [`checkpoints`]: checkpoints learned while decoding;
+//! - [`cache`]: decoded pages;
+//! - [`reader`]: [`GzRan`], which ties them together for `pread`.
+
+pub mod cache;
+pub mod checkpoints;
+pub mod cursor;
+pub mod gzip;
+pub mod inflate;
+pub mod input;
+pub mod reader;
+pub mod zinfo;
+
+pub use reader::{Counters, GzRan, Options};

@@ -1,0 +1,298 @@
+//! Random access into a gzip blob: the zinfo's checkpoints, checkpoints learned while
+//! decoding, a few live cursors, and a cache of decoded pages.
+//!
+//! A read is split into 32 KiB pages. A cached page costs a copy. A missing page is
+//! decoded by the cheapest of: a live cursor at or before it (sequential reads continue
+//! with no restart), or a fresh start from the nearest checkpoint. Every page a cursor
+//! completes on the way is cached. Nothing is decoded beyond the page a read needs.
+
+use super::cache::PageCache;
+use super::checkpoints::{LearnedCheckpoints, NoLearning};
+use super::cursor::{Cursor, Restart, PAGE};
+use super::zinfo::Zinfo;
+use crate::defaults;
+use crate::error::{Error, Result};
+use crate::source::SizedSource;
+
+/// Tuning. The defaults and their reasons are in [`crate::defaults`].
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Bytes of decoded pages kept (the decode cache); 0 turns it off.
+    pub cache_bytes: u64,
+    /// Live inflater cursors kept; 0 restarts every read from a checkpoint.
+    pub max_cursors: usize,
+    /// Uncompressed distance between learned checkpoints; 0 turns learning off.
+    pub learn_interval: u64,
+    /// The most learned checkpoints kept.
+    pub max_learned: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            cache_bytes: defaults::CACHE_BYTES,
+            max_cursors: defaults::MAX_CURSORS,
+            learn_interval: defaults::LEARN_INTERVAL,
+            max_learned: defaults::MAX_LEARNED,
+        }
+    }
+}
+
+use defaults::RESTART_COST;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cursor_starts: u64,
+    pub learned_starts: u64,
+    /// Bytes decoded by cursors that have since been dropped or recycled.
+    pub retired_decoded: u64,
+}
+
+pub struct GzRan {
+    blob: SizedSource,
+    zinfo_file: SizedSource,
+    zinfo: Zinfo,
+    learned: LearnedCheckpoints,
+    cursors: Vec<Cursor>,
+    cache: PageCache,
+    options: Options,
+    tick: u64,
+    size: u64,
+    pub counters: Counters,
+}
+
+impl GzRan {
+    /// Validate the zinfo against the blob, then find the exact uncompressed size by
+    /// decoding from the last checkpoint to the end of the blob (checking every trailer
+    /// met on the way, and the CRC of any member decoded from its start).
+    pub fn open(blob: SizedSource, zinfo_file: SizedSource, options: Options) -> Result<Self> {
+        let zinfo = Zinfo::parse(&zinfo_file, blob.size)?;
+        let fixed = zinfo.checkpoints.iter().map(|c| c.out).collect();
+        let mut this = Self {
+            learned: LearnedCheckpoints::new(options.learn_interval, options.max_learned, fixed),
+            blob,
+            zinfo_file,
+            zinfo,
+            cursors: Vec::new(),
+            cache: PageCache::new(options.cache_bytes),
+            options,
+            tick: 0,
+            size: 0,
+            counters: Counters::default(),
+        };
+        this.size = this
+            .measure()
+            .map_err(|e| e.context("finding the tar size"))?;
+        Ok(this)
+    }
+
+    fn measure(&mut self) -> Result<u64> {
+        let last = self.zinfo.checkpoints.len() - 1;
+        let restart = self.zinfo_restart(last)?;
+        let mut cursor = Cursor::new()?;
+        cursor.restart(&self.blob, &restart)?;
+        loop {
+            cursor.complete_page(&self.blob, &mut NoLearning)?;
+            if cursor.ended() {
+                break;
+            }
+            cursor.advance();
+        }
+        let size = cursor.position();
+        self.counters.retired_decoded += cursor.decoded;
+        if size <= restart.out {
+            return Err(Error::bad(format!(
+                "zinfo: the last checkpoint (out {}) is at or past the end of the stream ({size})",
+                restart.out
+            )));
+        }
+        Ok(size)
+    }
+
+    /// Exact size of the uncompressed stream.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn blob(&self) -> &SizedSource {
+        &self.blob
+    }
+
+    pub fn learned_count(&self) -> usize {
+        self.learned.len()
+    }
+
+    /// Uncompressed bytes produced by all cursors so far.
+    pub fn decoded(&self) -> u64 {
+        self.counters.retired_decoded + self.cursors.iter().map(|c| c.decoded).sum::<u64>()
+    }
+
+    /// Append the bytes `[offset, offset+len)` (clamped to the size) to `out`.
+    pub fn read_into(&mut self, offset: u64, len: u64, out: &mut Vec<u8>) -> Result<()> {
+        let end = offset.saturating_add(len).min(self.size);
+        let mut pos = offset;
+        while pos < end {
+            let page = pos / PAGE as u64;
+            let in_page = (pos % PAGE as u64) as usize;
+            let take = ((end - pos) as usize).min(PAGE - in_page);
+            if let Some(bytes) = self.cache.get(page) {
+                self.counters.cache_hits += 1;
+                let got = bytes
+                    .get(in_page..in_page + take)
+                    .ok_or_else(|| short_page(page))?;
+                out.extend_from_slice(got);
+            } else {
+                self.counters.cache_misses += 1;
+                self.decode_page(page, |bytes| {
+                    let got = bytes
+                        .get(in_page..in_page + take)
+                        .ok_or_else(|| short_page(page))?;
+                    out.extend_from_slice(got);
+                    Ok(())
+                })?;
+            }
+            pos += take as u64;
+        }
+        if self.options.max_cursors == 0 {
+            self.retire_all();
+        }
+        Ok(())
+    }
+
+    /// Drop every cursor, the cache and the learned checkpoints: the next read starts cold.
+    pub fn forget(&mut self) {
+        self.retire_all();
+        self.cache.clear();
+        self.learned = LearnedCheckpoints::new(
+            self.options.learn_interval,
+            self.options.max_learned,
+            self.zinfo.checkpoints.iter().map(|c| c.out).collect(),
+        );
+    }
+
+    fn retire_all(&mut self) {
+        for c in self.cursors.drain(..) {
+            self.counters.retired_decoded += c.decoded;
+        }
+    }
+
+    /// Decode page `page` and hand its bytes to `use_page`.
+    fn decode_page(&mut self, page: u64, use_page: impl FnOnce(&[u8]) -> Result<()>) -> Result<()> {
+        let target = page * PAGE as u64;
+        let index = self.choose_cursor(target)?;
+        self.tick += 1;
+        let cursor = &mut self.cursors[index];
+        cursor.last_used = self.tick;
+        loop {
+            cursor.complete_page(&self.blob, &mut self.learned)?;
+            if cursor.position() >= self.size && !cursor.ended() {
+                // The last page ended on a page boundary: check the trailer now.
+                cursor.finish(&self.blob)?;
+            }
+            let here = cursor.page_start() / PAGE as u64;
+            // The first page after a restart may be partial (unknown head): skip it.
+            if let Some(bytes) = cursor.page() {
+                self.cache.insert(here, bytes);
+                if here == page {
+                    let result = use_page(bytes);
+                    cursor.advance();
+                    return result;
+                }
+            }
+            if cursor.ended() || here > page {
+                // The size was measured at open, so this means the blob changed under us.
+                return Err(Error::io(format!(
+                    "gzip: stream ended at {} before page {page}; did the blob change?",
+                    cursor.position()
+                )));
+            }
+            cursor.advance();
+        }
+    }
+
+    /// The index of a cursor positioned at or before `target`, restarting one if that is
+    /// cheaper than continuing any live one.
+    fn choose_cursor(&mut self, target: u64) -> Result<usize> {
+        // Restart points at or before the page start (see cursor.rs on page heads).
+        let limit = target;
+        let zinfo_out = self.zinfo.checkpoint_before(limit).map(|c| c.out);
+        let learned_out = self.learned.before(limit).map(|l| l.out);
+        let best_out = zinfo_out.max(learned_out).unwrap_or(0);
+        let restart_cost = target.saturating_sub(best_out) + RESTART_COST;
+
+        let live = self
+            .cursors
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.page_start() <= target && !c.ended() && c.page().is_some())
+            .min_by_key(|(_, c)| target - c.page_start());
+        if let Some((index, cursor)) = live {
+            if target - cursor.page_start() <= restart_cost {
+                return Ok(index);
+            }
+        }
+
+        let restart = if learned_out > zinfo_out {
+            self.counters.learned_starts += 1;
+            let point = self.learned.before(limit).ok_or_else(|| {
+                Error::internal("gzip: the learned checkpoint chosen a moment ago is gone")
+            })?;
+            Restart {
+                in_byte: point.in_byte,
+                bits: point.bits,
+                out: point.out,
+                history: point.history.clone(),
+                member_start: false,
+            }
+        } else {
+            let index = self
+                .zinfo
+                .checkpoints
+                .partition_point(|c| c.out <= limit)
+                .saturating_sub(1);
+            self.zinfo_restart(index)?
+        };
+        self.counters.cursor_starts += 1;
+
+        let capacity = self.options.max_cursors.max(1);
+        let index = if self.cursors.len() < capacity {
+            self.cursors.push(Cursor::new()?);
+            self.cursors.len() - 1
+        } else {
+            let (victim, _) = self
+                .cursors
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.last_used)
+                .ok_or_else(|| {
+                    Error::internal("gzip: no cursor to recycle, though the cursor table is full")
+                })?;
+            victim
+        };
+        self.cursors[index].restart(&self.blob, &restart)?;
+        Ok(index)
+    }
+
+    fn zinfo_restart(&self, index: usize) -> Result<Restart> {
+        let cp = self
+            .zinfo
+            .checkpoints
+            .get(index)
+            .ok_or_else(|| Error::bad(format!("zinfo: no checkpoint {index}")))?;
+        Ok(Restart {
+            in_byte: cp.in_byte,
+            bits: cp.bits,
+            out: cp.out,
+            history: Zinfo::window(&self.zinfo_file, cp)?,
+            member_start: cp.out == 0,
+        })
+    }
+}
+
+fn short_page(page: u64) -> Error {
+    Error::io(format!(
+        "gzip: page {page} is shorter than the measured size says"
+    ))
+}

@@ -1,0 +1,182 @@
+//! The tar-index device: `meta ‖ uncompressed tar` (docs/formats.md, "The device").
+//!
+//! Once the metadata passes the layout checks (layout.rs), the tar must be at least as
+//! long as device slot 0's block count says. The device size is then the metadata size
+//! plus the exact tar size: never the reference's 8 EiB probe constant.
+
+use crate::defaults::META_IN_MEMORY_LIMIT;
+use crate::error::{Error, Result};
+use crate::gzran::{GzRan, Options};
+use crate::source::{RemoteStats, SizedSource};
+
+use super::layout::{check_layout, Layout, BLOCK};
+use super::policy::check_plain_head;
+
+/// Where the tar bytes come from.
+pub enum Tar {
+    /// The blob is the uncompressed tar.
+    Plain(SizedSource),
+    /// The blob is gzip; the zinfo gives random access.
+    Gzip(Box<GzRan>),
+}
+
+enum Meta {
+    InMemory(Vec<u8>),
+    Source(SizedSource),
+}
+
+pub struct Device {
+    meta: Meta,
+    tar: Tar,
+    layout: Layout,
+    tar_size: u64,
+    /// The structured error of the last failed read by the EROFS reader, which can only
+    /// carry a string across `ReadAt`; `fs.rs` takes it back (see `take_read_error`).
+    read_error: Option<Error>,
+}
+
+impl Device {
+    pub fn open(
+        meta: SizedSource,
+        blob: SizedSource,
+        zinfo: Option<SizedSource>,
+        options: Options,
+    ) -> Result<Self> {
+        let layout = check_layout(&meta)?;
+        let tar = match zinfo {
+            Some(zinfo) => Tar::Gzip(Box::new(GzRan::open(blob, zinfo, options)?)),
+            None => {
+                check_plain_head(&blob.read_clamped(0, 2)?)?;
+                Tar::Plain(blob)
+            }
+        };
+        let tar_size = match &tar {
+            Tar::Plain(blob) => blob.size,
+            Tar::Gzip(gz) => gz.size(),
+        };
+        let needed = layout.tar_blocks.saturating_mul(BLOCK);
+        if tar_size < needed {
+            return Err(Error::bad(format!(
+                "blob: the tar is {tar_size} bytes, but the metadata's device table addresses {} blocks ({needed} bytes)",
+                layout.tar_blocks
+            )));
+        }
+        let meta = if meta.size <= META_IN_MEMORY_LIMIT {
+            Meta::InMemory(meta.read_exact(0, meta.size as usize)?)
+        } else {
+            Meta::Source(meta)
+        };
+        Ok(Self {
+            meta,
+            tar,
+            layout,
+            tar_size,
+            read_error: None,
+        })
+    }
+
+    /// The error behind the EROFS reader's last failed device read, if any; cleared.
+    pub fn take_read_error(&mut self) -> Option<Error> {
+        self.read_error.take()
+    }
+
+    pub fn meta_size(&self) -> u64 {
+        self.layout.meta_size
+    }
+
+    pub fn tar_size(&self) -> u64 {
+        self.tar_size
+    }
+
+    pub fn size(&self) -> u64 {
+        self.layout.meta_size + self.tar_size
+    }
+
+    /// The remote fetcher's counters, when the blob is remote.
+    pub fn remote_stats(&self) -> Option<RemoteStats> {
+        match &self.tar {
+            Tar::Plain(blob) => blob.remote_stats(),
+            Tar::Gzip(gz) => gz.blob().remote_stats(),
+        }
+    }
+
+    pub fn tar(&self) -> &Tar {
+        &self.tar
+    }
+
+    pub fn tar_mut(&mut self) -> &mut Tar {
+        &mut self.tar
+    }
+
+    /// Bytes `[offset, offset+len)` of the device, clamped to its end: the bytes that
+    /// exist, then nothing.
+    pub fn pread(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let end = offset.saturating_add(len as u64).min(self.size());
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let meta_end = self.layout.meta_size;
+        if offset < meta_end {
+            let upto = end.min(meta_end);
+            match &self.meta {
+                Meta::InMemory(bytes) => {
+                    out.extend_from_slice(&bytes[offset as usize..upto as usize])
+                }
+                Meta::Source(meta) => {
+                    out.extend_from_slice(&meta.read_exact(offset, (upto - offset) as usize)?)
+                }
+            }
+        }
+        if end > meta_end {
+            let tar_from = offset.max(meta_end) - meta_end;
+            let tar_len = end - meta_end - tar_from;
+            match &mut self.tar {
+                Tar::Plain(blob) => {
+                    out.extend_from_slice(&blob.read_exact(tar_from, tar_len as usize)?)
+                }
+                Tar::Gzip(gz) => gz.read_into(tar_from, tar_len, &mut out)?,
+            }
+        }
+        if out.len() as u64 != end - offset {
+            // The pieces above are exact by construction: this is a bug, not bad input.
+            return Err(Error::internal(format!(
+                "device: read at {offset} produced {} bytes instead of {}",
+                out.len(),
+                end - offset
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// The EROFS reader reads the device through this.
+impl erofs_image::ReadAt for Device {
+    fn read_exact_at(
+        &mut self,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), erofs_image::Error> {
+        let len = u32::try_from(buf.len()).map_err(|_| {
+            erofs_image::Error::Range(format!("read of {} bytes is too large", buf.len()))
+        })?;
+        let bytes = self.pread(offset, len).map_err(|e| {
+            let image = e.to_image();
+            self.read_error = Some(e);
+            image
+        })?;
+        if bytes.len() != buf.len() {
+            return Err(erofs_image::Error::Corrupt(format!(
+                "device read of {} bytes at {offset} passes the device end ({})",
+                buf.len(),
+                self.size()
+            )));
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        Device::size(self)
+    }
+}

@@ -1,0 +1,14 @@
+//! The subcommands of `erofs-host`. Each file is one command (its arguments and `run`);
+//! [`device_args`] holds what they share: the arguments that name a device, resolved
+//! once into the sandbox's inputs. A command never calls into another command.
+
+pub mod bench;
+pub mod cat;
+pub mod device_args;
+pub mod image;
+pub mod mount;
+pub mod serve_nbd;
+pub mod umount;
+pub mod verify;
+
+pub use device_args::DeviceArgs;

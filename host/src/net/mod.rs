@@ -1,0 +1,13 @@
+//! The network path of remote blobs, on the host side of `wasi:http`.
+//!
+//! - [`egress`]: the policy every outgoing request passes (allow-list, https only unless
+//!   told otherwise, credentials added by the host, counters).
+//! - [`http_send`]: the host's HTTP/1.1 sender (private CA, timeouts).
+//! - [`credentials`]: registry credentials from the command line, the environment or
+//!   `~/.docker/config.json`.
+//! - [`range_cache`]: the on-disk cache of fetched blob ranges.
+
+pub(crate) mod credentials;
+pub(crate) mod egress;
+pub(crate) mod http_send;
+pub(crate) mod range_cache;

@@ -1,0 +1,453 @@
+//! A tar-index device served by the component, inside a sandbox:
+//! - the store's linear memory is capped (`memory_limit`);
+//! - every call has a deadline (`call_timeout`), enforced by epoch interruption;
+//! - a trap (guest panic, memory cap, deadline) fails only the call that hit it: the
+//!   store is dropped and the next call builds a fresh instance and reopens the device.
+//!
+//! Component errors (bad input, I/O, ...) are not traps: they are returned as they are
+//! and the instance stays.
+
+use std::path::PathBuf;
+#[cfg(feature = "fault-injection")]
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use wasmtime::component::ResourceAny;
+use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime_wasi::WasiCtx;
+
+use super::errors::CallError;
+use super::host_file::HostFile;
+use super::runtime::{
+    Attributes, BlobLocation, DeviceStats, DirEntry, OpenOptions, Reader, RemoteOptions,
+    RemoteStats, Runtime, StoreState, VerifyReport, WitError, EPOCH_TICK,
+};
+use crate::net::egress::{Egress, EgressPolicy};
+
+/// Core instances one store may hold. The component is a handful of core modules
+/// (the Rust code and the WASI adapter shims); 4 leaves room without allowing a guest to
+/// multiply itself.
+pub(super) const MAX_INSTANCES: usize = 4;
+/// Tables one store may hold: each core module has one or two (functions, the
+/// component's indirect-call shims); 16 is several times what the component needs.
+pub(super) const MAX_TABLES: usize = 16;
+/// Linear memories one store may hold: the component uses one, its adapters at most one
+/// more; 4 is a safe bound. Their total size is capped by [`Limits::memory`].
+pub(super) const MAX_MEMORIES: usize = 4;
+
+/// Sandbox limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Cap on the guest's linear memory.
+    pub memory: u64,
+    /// Deadline for one call into the guest.
+    pub call_timeout: Duration,
+}
+
+/// The files and settings a device is opened with; kept so that it can be reopened.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    pub meta: PathBuf,
+    pub blob: BlobSource,
+    pub zinfo: Option<PathBuf>,
+    pub options: OpenOptions,
+    /// Fault injection for tests: the blob read after this many more blob reads (over
+    /// all instances) traps the component, once.
+    #[cfg(feature = "fault-injection")]
+    pub trap_after_blob_reads: Option<Arc<AtomicI64>>,
+}
+
+/// Where the layer blob comes from.
+#[derive(Clone)]
+pub enum BlobSource {
+    /// A local file, given to the component as a vfile.
+    Local(PathBuf),
+    /// Fetched by the component over wasi:http, through the egress policy.
+    Remote {
+        location: BlobLocation,
+        options: RemoteOptions,
+        egress: Arc<EgressPolicy>,
+    },
+}
+
+impl std::fmt::Debug for BlobSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlobSource::Local(p) => write!(f, "{}", p.display()),
+            BlobSource::Remote { location, .. } => write!(f, "{location:?}"),
+        }
+    }
+}
+
+impl BlobSource {
+    /// The egress policy of a remote blob (its counters are the host's network stats).
+    pub fn egress(&self) -> Option<&Arc<EgressPolicy>> {
+        match self {
+            BlobSource::Local(_) => None,
+            BlobSource::Remote { egress, .. } => Some(egress),
+        }
+    }
+
+    /// A short name for messages and FUSE's fsname.
+    pub fn display_name(&self) -> String {
+        match self {
+            BlobSource::Local(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            BlobSource::Remote {
+                location: BlobLocation::Url(u),
+                ..
+            } => u.rsplit('/').next().unwrap_or(u).to_string(),
+            BlobSource::Remote {
+                location: BlobLocation::Oci(o),
+                ..
+            } => o.reference.clone(),
+        }
+    }
+}
+
+/// What the instance serves: the raw device, or the EROFS filesystem on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Device,
+    Filesystem,
+}
+
+struct Live {
+    store: Store<StoreState>,
+    bindings: Reader,
+    /// A `device`, or a `filesystem` (which owns its device), per `mode`.
+    handle: ResourceAny,
+}
+
+/// The result of one raw call into the guest: the outer error is a trap.
+type GuestResult<R> = wasmtime::Result<Result<R, WitError>>;
+
+pub struct SandboxedDevice {
+    runtime: Arc<Runtime>,
+    spec: DeviceSpec,
+    mode: Mode,
+    limits: Limits,
+    live: Option<Live>,
+    size: u64,
+    meta_size: u64,
+    /// Traps survived so far.
+    pub traps: u64,
+    /// The policy for stores of local-blob devices: no network at all.
+    deny_all: Arc<EgressPolicy>,
+}
+
+impl SandboxedDevice {
+    /// Instantiate the component and open the device. Errors name the file at fault.
+    pub fn open(runtime: Arc<Runtime>, spec: DeviceSpec, limits: Limits) -> Result<Self> {
+        Self::open_as(runtime, spec, limits, Mode::Device)
+    }
+
+    /// Instantiate the component, open the device and parse its EROFS superblock.
+    pub fn open_filesystem(
+        runtime: Arc<Runtime>,
+        spec: DeviceSpec,
+        limits: Limits,
+    ) -> Result<Self> {
+        Self::open_as(runtime, spec, limits, Mode::Filesystem)
+    }
+
+    fn open_as(
+        runtime: Arc<Runtime>,
+        spec: DeviceSpec,
+        limits: Limits,
+        mode: Mode,
+    ) -> Result<Self> {
+        // The metadata image's size, from the same open the component's vfile will get
+        // (an unreadable file is named here, before any instance exists).
+        let meta_size = HostFile::open(&spec.meta)?.size;
+        let mut this = SandboxedDevice {
+            runtime,
+            spec,
+            mode,
+            limits,
+            live: None,
+            size: 0,
+            meta_size,
+            traps: 0,
+            deny_all: EgressPolicy::deny_all()?,
+        };
+        this.live = Some(this.start().map_err(|e| anyhow::anyhow!("{e}"))?);
+        this.size = this
+            .call(|b, s, h| match mode {
+                Mode::Device => Ok(Ok(b.erofs_reader_tarindex().device().call_size(s, h)?)),
+                Mode::Filesystem => Ok(Ok(b
+                    .erofs_reader_filesystem()
+                    .filesystem()
+                    .call_device_size(s, h)?)),
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(this)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn meta_size(&self) -> u64 {
+        self.meta_size
+    }
+
+    /// The files and settings this device was opened with.
+    pub fn spec(&self) -> &DeviceSpec {
+        &self.spec
+    }
+
+    /// Change the deadline for later calls.
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.limits.call_timeout = timeout;
+    }
+
+    /// Read device bytes. See the WIT `device.pread` for the contract.
+    pub fn pread(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, CallError> {
+        match self.mode {
+            Mode::Device => self.call(|b, s, h| {
+                b.erofs_reader_tarindex()
+                    .device()
+                    .call_pread(s, h, offset, len)
+            }),
+            Mode::Filesystem => self.call(|b, s, h| {
+                b.erofs_reader_filesystem()
+                    .filesystem()
+                    .call_device_pread(s, h, offset, len)
+            }),
+        }
+    }
+
+    /// The device's counters (device mode only: a filesystem owns its device).
+    pub fn stats(&mut self) -> Result<DeviceStats, CallError> {
+        match self.mode {
+            Mode::Device => {
+                self.call(|b, s, h| Ok(Ok(b.erofs_reader_tarindex().device().call_stats(s, h)?)))
+            }
+            Mode::Filesystem => Err(CallError::Component(WitError::Unsupported(
+                "stats of a filesystem".into(),
+            ))),
+        }
+    }
+
+    /// The remote fetcher's counters (device mode).
+    pub fn remote_stats(&mut self) -> Result<RemoteStats, CallError> {
+        match self.mode {
+            Mode::Device => self.call(|b, s, h| {
+                Ok(Ok(b
+                    .erofs_reader_tarindex()
+                    .device()
+                    .call_remote_stats(s, h)?))
+            }),
+            Mode::Filesystem => Err(CallError::Component(WitError::Unsupported(
+                "stats of a filesystem".into(),
+            ))),
+        }
+    }
+
+    pub fn root(&mut self) -> Result<u64, CallError> {
+        self.fs_call(|b, s, h| {
+            Ok(Ok(b
+                .erofs_reader_filesystem()
+                .filesystem()
+                .call_root(s, h)?))
+        })
+    }
+
+    pub fn getattr(&mut self, ino: u64) -> Result<Attributes, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_getattr(s, h, ino)
+        })
+    }
+
+    pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Result<Attributes, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_lookup(s, h, parent, name)
+        })
+    }
+
+    pub fn readdir(&mut self, ino: u64, cookie: u64, max: u32) -> Result<Vec<DirEntry>, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_readdir(s, h, ino, cookie, max)
+        })
+    }
+
+    pub fn read(&mut self, ino: u64, offset: u64, len: u32) -> Result<Vec<u8>, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_read(s, h, ino, offset, len)
+        })
+    }
+
+    pub fn readlink(&mut self, ino: u64) -> Result<Vec<u8>, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_readlink(s, h, ino)
+        })
+    }
+
+    pub fn listxattr(&mut self, ino: u64) -> Result<Vec<Vec<u8>>, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_listxattr(s, h, ino)
+        })
+    }
+
+    pub fn getxattr(&mut self, ino: u64, name: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_getxattr(s, h, ino, name)
+        })
+    }
+
+    /// Walk the whole EROFS tree in the sandbox (see the WIT `filesystem.verify`).
+    pub fn verify(&mut self) -> Result<VerifyReport, CallError> {
+        self.fs_call(|b, s, h| b.erofs_reader_filesystem().filesystem().call_verify(s, h))
+    }
+
+    fn fs_call<R>(
+        &mut self,
+        f: impl FnOnce(&Reader, &mut Store<StoreState>, ResourceAny) -> GuestResult<R>,
+    ) -> Result<R, CallError> {
+        if self.mode != Mode::Filesystem {
+            return Err(CallError::Component(WitError::Unsupported(
+                "a filesystem call on a raw device".into(),
+            )));
+        }
+        self.call(f)
+    }
+
+    /// Build a store and an instance, and open the device (and filesystem) in it.
+    fn start(&self) -> Result<Live, CallError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(self.limits.memory).unwrap_or(usize::MAX))
+            .instances(MAX_INSTANCES)
+            .tables(MAX_TABLES)
+            .memories(MAX_MEMORIES)
+            .build();
+        let egress = match &self.spec.blob {
+            BlobSource::Remote { egress, .. } => egress.clone(),
+            BlobSource::Local(_) => self.deny_all.clone(),
+        };
+        let state = StoreState {
+            wasi: WasiCtx::builder().build(),
+            table: Default::default(),
+            limits,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            egress: Egress(egress),
+        };
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        store.epoch_deadline_trap();
+
+        let io = |e: anyhow::Error| CallError::Component(WitError::Io(format!("{e:#}")));
+        let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
+        let meta = HostFile::open(&self.spec.meta).map_err(io)?;
+        let zinfo = self
+            .spec
+            .zinfo
+            .as_ref()
+            .map(|z| HostFile::open(z))
+            .transpose()
+            .map_err(io)?;
+        let table = &mut store.data_mut().table;
+        let meta = table.push(meta).map_err(|e| io(e.into()))?;
+        let zinfo = zinfo
+            .map(|z| table.push(z))
+            .transpose()
+            .map_err(|e| io(e.into()))?;
+
+        let bindings = self.runtime.pre.instantiate(&mut store).map_err(trap)?;
+        let tarindex = bindings.erofs_reader_tarindex();
+        let device = match &self.spec.blob {
+            BlobSource::Local(path) => {
+                #[cfg_attr(not(feature = "fault-injection"), allow(unused_mut))]
+                let mut blob = HostFile::open(path).map_err(io)?;
+                #[cfg(feature = "fault-injection")]
+                {
+                    blob.trap_after_reads = self.spec.trap_after_blob_reads.clone();
+                }
+                let blob = store
+                    .data_mut()
+                    .table
+                    .push(blob)
+                    .map_err(|e| io(e.into()))?;
+                tarindex.call_open(&mut store, meta, blob, zinfo, self.spec.options)
+            }
+            BlobSource::Remote {
+                location, options, ..
+            } => tarindex.call_open_remote(
+                &mut store,
+                meta,
+                location,
+                zinfo,
+                self.spec.options,
+                *options,
+            ),
+        }
+        .map_err(trap)?
+        .map_err(CallError::Component)?;
+        let handle = match self.mode {
+            Mode::Device => device,
+            Mode::Filesystem => bindings
+                .erofs_reader_filesystem()
+                .call_open(&mut store, device)
+                .map_err(trap)?
+                .map_err(CallError::Component)?,
+        };
+        Ok(Live {
+            store,
+            bindings,
+            handle,
+        })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+
+    /// Run one call with a fresh deadline; rebuild the instance first if a trap killed
+    /// it, and discard it if this call traps.
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&Reader, &mut Store<StoreState>, ResourceAny) -> GuestResult<R>,
+    ) -> Result<R, CallError> {
+        if self.live.is_none() {
+            self.live = Some(self.start()?);
+        }
+        let ticks = self.deadline_ticks();
+        let live = self
+            .live
+            .as_mut()
+            .ok_or_else(|| CallError::Trap("no instance".into()))?;
+        live.store.set_epoch_deadline(ticks);
+        match f(&live.bindings, &mut live.store, live.handle) {
+            Ok(result) => result.map_err(CallError::Component),
+            Err(trap) => {
+                self.traps += 1;
+                self.live = None;
+                tracing::warn!("component trapped; the instance will be rebuilt: {trap:#}");
+                Err(CallError::Trap(format!("{trap:#}")))
+            }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Why a call into the sandbox failed, and the host's one table from the component's
+//! WIT `error` variant to errno (as `wit/reader.wit` documents it for each case). Every
+//! bridge (FUSE, the loop backend's device file, NBD) takes its errno from here.
+
+use super::runtime::WitError;
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// The component returned an error.
+    Component(WitError),
+    /// The component trapped; the instance was discarded.
+    Trap(String),
+}
+
+/// The errno for each WIT `error` case; the comment on each case in `wit/reader.wit`
+/// names the same value.
+pub fn wit_errno(e: &WitError) -> i32 {
+    match e {
+        // Malformed input (zinfo, metadata, gzip, tar) and inconsistent metadata are both
+        // a damaged structure: "Structure needs cleaning". Retrying will not help.
+        WitError::BadInput(_) | WitError::Corrupt(_) => libc::EUCLEAN,
+        // A source failed or came up short: an I/O error, which a retry may cure.
+        WitError::Io(_) => libc::EIO,
+        WitError::OutOfRange(_) => libc::EINVAL,
+        WitError::Unsupported(_) => libc::EOPNOTSUPP,
+        WitError::NotFound => libc::ENOENT,
+        WitError::NotDirectory => libc::ENOTDIR,
+        WitError::IsDirectory => libc::EISDIR,
+        WitError::NotSymlink => libc::EINVAL,
+        WitError::NoAttribute => libc::ENODATA,
+        WitError::NameTooLong => libc::ENAMETOOLONG,
+    }
+}
+
+impl CallError {
+    /// The errno a filesystem or block bridge should report. A trap is an I/O error:
+    /// the instance is rebuilt, so the same request may then succeed.
+    pub fn errno(&self) -> i32 {
+        match self {
+            CallError::Component(e) => wit_errno(e),
+            CallError::Trap(_) => libc::EIO,
+        }
+    }
+
+    /// True for failures of the image, a source or the sandbox (worth a log line); false
+    /// for the ordinary answers of a filesystem (no such name, no such attribute...) and
+    /// for requests the reader declines (out of range, unsupported).
+    pub fn is_failure(&self) -> bool {
+        match self {
+            CallError::Component(e) => matches!(
+                e,
+                WitError::BadInput(_) | WitError::Io(_) | WitError::Corrupt(_)
+            ),
+            CallError::Trap(_) => true,
+        }
+    }
+
+    /// True when the request itself was outside the object (NBD reports it as EINVAL
+    /// rather than as an I/O error).
+    pub fn is_out_of_range(&self) -> bool {
+        matches!(self, CallError::Component(WitError::OutOfRange(_)))
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Component(e) => write!(f, "{}", describe(e)),
+            CallError::Trap(t) => write!(f, "the component trapped: {t}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// A WIT error as a sentence for messages.
+pub fn describe(e: &WitError) -> String {
+    match e {
+        WitError::BadInput(m) => format!("bad input: {m}"),
+        WitError::Io(m) => format!("I/O error: {m}"),
+        WitError::OutOfRange(m) => format!("out of range: {m}"),
+        WitError::Unsupported(m) => format!("unsupported: {m}"),
+        WitError::Corrupt(m) => format!("corrupt image: {m}"),
+        WitError::NotFound => "no such file or directory".into(),
+        WitError::NotDirectory => "not a directory".into(),
+        WitError::IsDirectory => "is a directory".into(),
+        WitError::NotSymlink => "not a symlink".into(),
+        WitError::NoAttribute => "no such extended attribute".into(),
+        WitError::NameTooLong => "name too long".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wit_errno_table() {
+        let text = |_: ()| String::from("x");
+        assert_eq!(wit_errno(&WitError::Corrupt(text(()))), libc::EUCLEAN);
+        assert_eq!(wit_errno(&WitError::BadInput(text(()))), libc::EUCLEAN);
+        assert_eq!(wit_errno(&WitError::Io(text(()))), libc::EIO);
+        assert_eq!(wit_errno(&WitError::OutOfRange(text(()))), libc::EINVAL);
+        assert_eq!(
+            wit_errno(&WitError::Unsupported(text(()))),
+            libc::EOPNOTSUPP
+        );
+        assert_eq!(wit_errno(&WitError::NotFound), libc::ENOENT);
+        assert_eq!(wit_errno(&WitError::NoAttribute), libc::ENODATA);
+        assert_eq!(CallError::Trap(text(())).errno(), libc::EIO);
+        assert!(CallError::Trap(text(())).is_failure());
+        assert!(!CallError::Component(WitError::NotFound).is_failure());
+    }
+}

@@ -1,0 +1,30 @@
+//! The sandbox: everything that runs the component and talks to it.
+//!
+//! - [`runtime`]: the wasmtime engine, the precompiled-component cache, the linker and
+//!   the epoch ticker behind call deadlines.
+//! - [`host_file`]: the host `vfile`s (local files) the component reads.
+//! - [`device`]: one device served by one sandboxed instance (memory cap, call deadline,
+//!   rebuild after a trap).
+//! - [`errors`]: why a call failed, and the one table from component errors to errno.
+//! - [`filesystem_pool`]: instances that serve the EROFS *filesystem* to FUSE threads.
+//! - [`device_pool`]: instances that serve the raw *device* bytes, routed by offset
+//!   (NBD, the loop backend's device file).
+//! - [`verify`]: the whole-image check before a kernel sees an image.
+//! - [`image_layers`]: the layers of an image manifest, listed by the component.
+
+pub mod device;
+pub mod device_pool;
+pub mod errors;
+pub mod filesystem_pool;
+pub(crate) mod host_file;
+pub mod image_layers;
+pub mod runtime;
+pub mod verify;
+
+pub use device::{BlobSource, DeviceSpec, Limits, Mode, SandboxedDevice};
+pub use device_pool::DevicePool;
+pub use errors::CallError;
+pub use filesystem_pool::FilesystemPool;
+pub use image_layers::list_image_layers;
+pub use runtime::{OpenOptions, Runtime, VerifyReport};
+pub use verify::verify_image;

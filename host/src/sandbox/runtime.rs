@@ -1,0 +1,265 @@
+//! The wasmtime layer: engine configuration, the precompiled-component cache, the linker
+//! with WASI and our `vfile` import, and the epoch ticker that enforces call deadlines.
+//!
+//! Limits, and why:
+//! - Epoch interruption with a 10 ms tick: cheap (a counter check on loop back-edges)
+//!   and the only way to stop a guest stuck in a loop. Each call gets a deadline.
+//! - A per-store memory cap (StoreLimits), set by the caller (see `sandbox.rs`).
+//! - WASI with nothing granted: no preopened directories, no environment, no arguments,
+//!   no stdio. The guest imports WASI only because Rust's std for wasm32-wasip2 does.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::host_file::{HostFile, ReadError};
+
+/// Part of the precompiled-cache key (the pinned version in host/Cargo.toml).
+const WASMTIME_VERSION: &str = "48.0.8";
+
+/// A wasmtime error with context, as an anyhow error.
+pub fn wt(e: wasmtime::Error, what: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {e:#}")
+}
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "reader",
+    with: {
+        "erofs:reader/vfile.vfile": crate::sandbox::host_file::HostFile,
+    },
+    imports: { default: trappable },
+});
+
+pub use erofs::reader::types::Error as WitError;
+pub use exports::erofs::reader::filesystem::{Attributes, DirEntry, FileKind, VerifyReport};
+pub use exports::erofs::reader::tarindex::{
+    BlobLocation, DeviceStats, ImageInfo, ImageLayer, OciBlob, OpenOptions, RemoteOptions,
+    RemoteStats,
+};
+
+/// One epoch tick. Deadlines are whole ticks, so they are accurate to about 10 ms.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Per-store state: WASI's context and the table that holds host resources (vfiles).
+pub struct StoreState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limits: StoreLimits,
+    pub http: wasmtime_wasi_http::WasiHttpCtx,
+    /// The egress policy this store's `wasi:http` requests go through.
+    pub egress: crate::net::egress::Egress,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for StoreState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.egress,
+        }
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A compiled component, ready to instantiate many times.
+pub struct Runtime {
+    pub engine: Engine,
+    pub pre: ReaderPre<StoreState>,
+}
+
+impl Runtime {
+    /// Load `component` (a .wasm file), from the precompiled cache when possible.
+    pub fn load(component: &Path) -> Result<Arc<Runtime>> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| wt(e, "creating the wasmtime engine"))?;
+        let compiled = load_cached(&engine, component)?;
+
+        let mut linker: Linker<StoreState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| wt(e, "linking WASI"))?;
+        // wasi:http goes through the egress policy in each store (egress.rs).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+            .map_err(|e| wt(e, "linking wasi:http"))?;
+        Reader::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| wt(e, "linking erofs:reader/vfile"))?;
+        let pre = linker.instantiate_pre(&compiled).map_err(|e| {
+            wt(
+                e,
+                &format!(
+                    "{}: the component does not fit the erofs:reader world",
+                    component.display()
+                ),
+            )
+        })?;
+        let pre = ReaderPre::new(pre).map_err(|e| {
+            wt(
+                e,
+                &format!(
+                    "{}: the component does not export erofs:reader/tarindex",
+                    component.display()
+                ),
+            )
+        })?;
+        start_epoch_ticker(&engine);
+        Ok(Arc::new(Runtime { engine, pre }))
+    }
+}
+
+/// Increment the engine's epoch every tick, forever, from one background thread.
+fn start_epoch_ticker(engine: &Engine) {
+    static START: Once = Once::new();
+    let engine = engine.clone();
+    START.call_once(move || {
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| {
+                tracing::warn!("no epoch ticker thread ({e}); call deadlines are off")
+            });
+    });
+}
+
+/// Where precompiled components are kept: `$EROFS_WASM_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/erofs-wasm`, else `~/.cache/erofs-wasm`. Empty values count as unset
+/// (an empty path would put the cache in the current directory).
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = crate::env::path("EROFS_WASM_CACHE_DIR") {
+        return Some(dir);
+    }
+    if let Some(dir) = crate::env::path("XDG_CACHE_HOME") {
+        return Some(dir.join("erofs-wasm"));
+    }
+    crate::env::path("HOME").map(|h| h.join(".cache/erofs-wasm"))
+}
+
+/// Compile `path`, or load the native code compiled earlier for the same wasm bytes, the
+/// same wasmtime version and the same engine settings. Compiling takes ~100 ms; loading
+/// takes well under 1 ms. A cache that cannot be read or written only costs time.
+fn load_cached(engine: &Engine, path: &Path) -> Result<Component> {
+    let wasm = std::fs::read(path)
+        .with_context(|| format!("{}: cannot read the component", path.display()))?;
+    let mut key = Sha256::new();
+    key.update(&wasm);
+    key.update(WASMTIME_VERSION.as_bytes());
+    {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        key.update(h.finish().to_le_bytes());
+    }
+    let key = hex::encode(key.finalize());
+    let cached = cache_dir().map(|d| d.join(format!("{key}.cwasm")));
+
+    if let Some(cached) = &cached {
+        if cached.exists() {
+            // SAFETY: the file was written by `precompile_component` for an engine with
+            // this compatibility hash, under a name keyed by the wasm's sha256; a file
+            // that fails wasmtime's own header checks is recompiled below.
+            match unsafe { Component::deserialize_file(engine, cached) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(
+                    "{}: stale precompiled component ({e:#}); recompiling",
+                    cached.display()
+                ),
+            }
+        }
+    }
+    let serialized = engine.precompile_component(&wasm).map_err(|e| {
+        wt(
+            e,
+            &format!("{}: not a valid WebAssembly component", path.display()),
+        )
+    })?;
+    if let Some(cached) = &cached {
+        if let Err(e) = write_atomically(cached, &serialized) {
+            tracing::debug!(
+                "{}: could not cache the compiled component: {e:#}",
+                cached.display()
+            );
+        }
+    }
+    // SAFETY: the bytes were produced by this engine just now.
+    unsafe { Component::deserialize(engine, &serialized) }
+        .map_err(|e| wt(e, "loading the compiled component"))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("cache path has no parent")?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+impl erofs::reader::types::Host for StoreState {}
+
+impl erofs::reader::vfile::Host for StoreState {}
+
+/// The WIT `vfile` resource over a [`HostFile`].
+impl erofs::reader::vfile::HostVfile for StoreState {
+    fn size(&mut self, file: Resource<HostFile>) -> wasmtime::Result<Result<u64, WitError>> {
+        Ok(Ok(self.table.get(&file)?.size))
+    }
+
+    fn pread(
+        &mut self,
+        file: Resource<HostFile>,
+        offset: u64,
+        len: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        let file = self.table.get(&file)?;
+        #[cfg(feature = "fault-injection")]
+        if let Some(countdown) = &file.trap_after_reads {
+            if countdown.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                return Err(wasmtime::Error::msg(format!(
+                    "injected fault: trap on a read of {}",
+                    file.path.display()
+                )));
+            }
+        }
+        let path = file.path.display();
+        Ok(file.pread(offset, len).map_err(|e| match e {
+            ReadError::TooLarge { len } => {
+                WitError::OutOfRange(format!("{path}: read of {len} bytes is too large"))
+            }
+            ReadError::Shrank { at } => WitError::Io(format!(
+                "{path}: file shrank: read at {at} returned nothing"
+            )),
+            ReadError::Io { at, source } => WitError::Io(format!("{path}: read at {at}: {source}")),
+        }))
+    }
+
+    fn drop(&mut self, file: Resource<HostFile>) -> wasmtime::Result<()> {
+        self.table.delete(file)?;
+        Ok(())
+    }
+}
