@@ -282,7 +282,7 @@ fn metadata_defects() {
         (
             "bad superblock magic",
             Box::new(|i| i.meta[1024] ^= 0xff),
-            "meta: corrupt image: bad superblock magic",
+            "corrupt image: meta: bad superblock magic",
         ),
         (
             "meta size not a multiple of 512",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `just demo`: mount a sample container layer lazily, with its metadata parsed inside the
-# WebAssembly sandbox, look around, read a file, and unmount.
+# `just demo`: index a sample container layer (the tar index and zinfo built inside the
+# WebAssembly sandbox from the blob alone), then mount it lazily with that index, look
+# around, read a file, and unmount. No mkfs.erofs needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 host=target/release/erofs-host
@@ -15,13 +16,19 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-echo "== sample layer: $layer (gzip blob, zinfo checkpoints, EROFS tar index)"
-ls -l "$layer"/layer.tar.gz "$layer"/layer.zinfo "$layer"/meta.erofs
+meta="$work/meta.erofs"
+zinfo="$work/layer.zinfo"
+echo "== sample layer: $layer/layer.tar.gz (a gzip'd tar, as a registry serves it)"
+ls -l "$layer"/layer.tar.gz
+echo
+echo "== erofs-host index: the EROFS tar index and the zinfo, built in the sandbox"
+"$host" index "$wasm" "$layer/layer.tar.gz" --tarindex "$meta" --zinfo "$zinfo"
+ls -l "$meta" "$zinfo"
 echo
 echo "== erofs-host cat: the device (meta ‖ tar), decoded inside the sandbox"
-"$host" cat "$wasm" --tarindex "$layer/meta.erofs" --zinfo "$layer/layer.zinfo" "$layer/layer.tar.gz" > "$work/device.img"
+"$host" cat "$wasm" --tarindex "$meta" --zinfo "$zinfo" "$layer/layer.tar.gz" > "$work/device.img"
 ours=$(sha256sum < "$work/device.img" | cut -d' ' -f1)
-want=$( (cat "$layer/meta.erofs"; gzip -dc "$layer/layer.tar.gz") | sha256sum | cut -d' ' -f1)
+want=$( (cat "$meta"; gzip -dc "$layer/layer.tar.gz") | sha256sum | cut -d' ' -f1)
 echo "device sha256 $ours"
 echo "meta ‖ gunzip $want"
 [ "$ours" = "$want" ] && echo "identical" || { echo "MISMATCH"; exit 1; }
@@ -32,7 +39,7 @@ if [ "$(id -u)" != 0 ] || [ ! -e /dev/fuse ]; then
     exit 0
 fi
 echo "== erofs-host mount (FUSE; the kernel never parses the image's metadata)"
-"$host" mount "$wasm" "$layer/layer.tar.gz" "$mnt" --tarindex "$layer/meta.erofs" --zinfo "$layer/layer.zinfo"
+"$host" mount "$wasm" "$layer/layer.tar.gz" "$mnt" --tarindex "$meta" --zinfo "$zinfo"
 echo
 echo "== ls -l $mnt"
 ls -l "$mnt"

@@ -12,7 +12,7 @@ mod common;
 #[path = "image/support.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -32,7 +32,11 @@ fn fixture_index_dir(reg: &Registry, image: &str, dir: &Path) -> Vec<LayerDevice
             f.join("layer.tar")
         } else {
             std::fs::copy(f.join("layer.zinfo"), dir.join(format!("{stem}.zinfo"))).unwrap();
-            tar_of(&f.join("layer.tar.gz"), true, &dir.join(format!("{stem}.tar")))
+            tar_of(
+                &f.join("layer.tar.gz"),
+                true,
+                &dir.join(format!("{stem}.tar")),
+            )
         };
         devices.push(LayerDevice {
             meta: f.join("meta.erofs"),
@@ -47,20 +51,32 @@ fn no_leftovers(what: &str, mnt: &Path) {
         .into_iter()
         .chain(mounts_mentioning(".layers/"))
         .collect();
-    assert!(left.is_empty(), "{what}: mounts left behind:\n{}", left.join("\n"));
+    assert!(
+        left.is_empty(),
+        "{what}: mounts left behind:\n{}",
+        left.join("\n")
+    );
 }
 
 #[test]
 fn fixture_layers_merge_like_the_kernel() {
     if !is_root() {
-        return skip("fixture_layers_merge_like_the_kernel", "needs root (loop and overlay mounts)");
+        return skip(
+            "fixture_layers_merge_like_the_kernel",
+            "needs root (loop and overlay mounts)",
+        );
     }
-    let Some(reg) = Registry::start("merge", "multilayer") else { return };
+    let Some(reg) = Registry::start("merge", "multilayer") else {
+        return;
+    };
     let tmp = TempDir::new("image-merge");
     let index = tmp.path().join("index");
     let devices = fixture_index_dir(&reg, "multilayer", &index);
     let kernel = KernelView::new(tmp.path(), &devices);
-    let reference = reg.image("multilayer")["reference"].as_str().unwrap().to_string();
+    let reference = reg.image("multilayer")["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for extra in [
         &[][..],
         &["--backend", "loop"][..],
@@ -72,9 +88,16 @@ fn fixture_layers_merge_like_the_kernel() {
         let by_kernel = !extra.contains(&"fuse-overlayfs");
         let n = assert_same_tree(&what, &mnt, &kernel.merged, by_kernel);
         // Whiteouts hide, opaque directories hide what is below them.
-        assert!(!mnt.join("etc/removed").exists(), "{what}: a whiteout shows");
+        assert!(
+            !mnt.join("etc/removed").exists(),
+            "{what}: a whiteout shows"
+        );
         let out = m.umount();
-        assert!(out.status.success(), "{what}: umount: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{what}: umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         drop(m);
         no_leftovers(&what, &mnt);
         eprintln!("{what}: {n} entries equal the kernel's view; unmounted cleanly");
@@ -86,14 +109,24 @@ fn upper_layer_takes_writes() {
     if !is_root() {
         return skip("upper_layer_takes_writes", "needs root (overlay mounts)");
     }
-    let Some(reg) = Registry::start("upper", "multilayer") else { return };
+    let Some(reg) = Registry::start("upper", "multilayer") else {
+        return;
+    };
     let tmp = TempDir::new("image-upper");
     let index = tmp.path().join("index");
     fixture_index_dir(&reg, "multilayer", &index);
-    let reference = reg.image("multilayer")["reference"].as_str().unwrap().to_string();
+    let reference = reg.image("multilayer")["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mnt = tmp.path().join("mnt");
     let upper = tmp.path().join("rw");
-    let m = ImageMount::new(&reference, &mnt, &index, &["--upper", upper.to_str().unwrap()]);
+    let m = ImageMount::new(
+        &reference,
+        &mnt,
+        &index,
+        &["--upper", upper.to_str().unwrap()],
+    );
     std::fs::write(mnt.join("etc/new"), b"new").unwrap();
     std::fs::remove_file(mnt.join("opaque/kept")).unwrap();
     assert_eq!(std::fs::read(upper.join("upper/etc/new")).unwrap(), b"new");
@@ -105,9 +138,14 @@ fn upper_layer_takes_writes() {
 #[test]
 fn failures_unwind_and_umount_clears_a_dead_server() {
     if !is_root() {
-        return skip("failures_unwind_and_umount_clears_a_dead_server", "needs root");
+        return skip(
+            "failures_unwind_and_umount_clears_a_dead_server",
+            "needs root",
+        );
     }
-    let Some(reg) = Registry::start("fail", "multilayer,zstd,docker") else { return };
+    let Some(reg) = Registry::start("fail", "multilayer,zstd,docker") else {
+        return;
+    };
     let tmp = TempDir::new("image-fail");
     let index = tmp.path().join("index");
     fixture_index_dir(&reg, "multilayer", &index);
@@ -125,7 +163,9 @@ fn failures_unwind_and_umount_clears_a_dead_server() {
 
     // A missing zinfo for the top layer: the two layers below were mounted, and are
     // taken down again; the message names the file.
-    let top = reg.image("multilayer")["layers"][2]["digest"].as_str().unwrap();
+    let top = reg.image("multilayer")["layers"][2]["digest"]
+        .as_str()
+        .unwrap();
     let zinfo = index.join(format!("{}.zinfo", top.replace(':', "-")));
     let saved = tmp.path().join("saved.zinfo");
     std::fs::rename(&zinfo, &saved).unwrap();
@@ -147,7 +187,11 @@ fn failures_unwind_and_umount_clears_a_dead_server() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .find(|p| std::fs::read_to_string(p).unwrap().contains(&*mnt.to_string_lossy()))
+        .find(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .contains(&*mnt.to_string_lossy())
+        })
         .expect("the mount's registration");
     let pid = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&reg_file).unwrap())
         .unwrap()["pid"]
@@ -157,7 +201,11 @@ fn failures_unwind_and_umount_clears_a_dead_server() {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     std::thread::sleep(std::time::Duration::from_millis(300));
     let out = m.umount();
-    assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "umount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(m);
     no_leftovers("killed server", &mnt);
 
@@ -168,60 +216,25 @@ fn failures_unwind_and_umount_clears_a_dead_server() {
     no_leftovers("docker", &mnt);
 }
 
-/// How the layers of the buildah image get their indexes: our own `erofs-host index`
-/// when this build has it, else the reference mkfs.erofs (said loudly), else none.
-enum Indexer {
-    Ours,
-    Reference(PathBuf),
-}
-
-fn indexer() -> Option<Indexer> {
-    let ours = run_host(&["index", "--help"], T);
-    if ours.status.success() {
-        return Some(Indexer::Ours);
+/// Index one layer blob with our own `erofs-host index` (whiteouts converted: --aufs).
+fn index_layer(blob: &Path, gzip: bool, meta: &Path, zinfo: &Path) {
+    let mut a: Vec<String> = vec![
+        "index".into(),
+        component().to_string_lossy().into_owned(),
+        blob.to_string_lossy().into_owned(),
+        "--aufs".into(),
+        "--quiet".into(),
+        "--tarindex".into(),
+        meta.to_string_lossy().into_owned(),
+    ];
+    if gzip {
+        a.push("--zinfo".into());
+        a.push(zinfo.to_string_lossy().into_owned());
     }
-    let mkfs = std::env::var_os("MKFS_EROFS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/mkfs.erofs"));
-    if mkfs.exists() {
-        skip(
-            "buildah image: erofs-host index",
-            &format!("this build has no `index` command; indexing with the reference {}", mkfs.display()),
-        );
-        return Some(Indexer::Reference(mkfs));
-    }
-    None
-}
-
-fn index_layer(how: &Indexer, blob: &Path, gzip: bool, meta: &Path, zinfo: &Path) {
-    let out = match how {
-        Indexer::Ours => {
-            let mut a: Vec<String> = vec![
-                "index".into(),
-                component().to_string_lossy().into_owned(),
-                blob.to_string_lossy().into_owned(),
-                "--aufs".into(),
-                "--tarindex".into(),
-                meta.to_string_lossy().into_owned(),
-            ];
-            if gzip {
-                a.push("--zinfo".into());
-                a.push(zinfo.to_string_lossy().into_owned());
-            }
-            run_host(&a, T)
-        }
-        Indexer::Reference(mkfs) => {
-            let mut c = Command::new(mkfs);
-            c.arg("--tar=i").arg("--aufs").arg("--quiet");
-            if gzip {
-                c.arg(format!("--gzinfo={}", zinfo.display()));
-            }
-            c.arg(meta).arg(blob).output().unwrap()
-        }
-    };
+    let out = run_host(&a, T);
     assert!(
         out.status.success(),
-        "indexing {}: {}",
+        "erofs-host index {}: {}",
         blob.display(),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -234,12 +247,14 @@ fn buildah_image_matches_the_kernel_and_runs_python() {
         return skip(name, "needs root (loop and overlay mounts, chroot)");
     }
     if Command::new("buildah").arg("--version").output().is_err() {
-        return skip(name, "buildah is not installed (apt-get install -y buildah)");
+        return skip(
+            name,
+            "buildah is not installed (apt-get install -y buildah)",
+        );
     }
-    let Some(how) = indexer() else {
-        return skip(name, "no indexer: neither `erofs-host index` nor mkfs.erofs");
+    let Some(reg) = Registry::start("buildah", "aufs") else {
+        return;
     };
-    let Some(reg) = Registry::start("buildah", "aufs") else { return };
     let tmp = TempDir::new("image-buildah");
     let work = tmp.path().join("buildah");
     std::fs::create_dir_all(&work).unwrap();
@@ -252,7 +267,11 @@ fn buildah_image_matches_the_kernel_and_runs_python() {
         .unwrap();
     // The vfs storage is plain directories: removing them leaves nothing.
     let _ = std::fs::remove_dir_all(&work);
-    assert!(out.status.success(), "build.sh: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     for tag in ["oci", "v2s2"] {
         let dir = tmp.path().join(tag);
@@ -266,7 +285,7 @@ fn buildah_image_matches_the_kernel_and_runs_python() {
             let gzip = media_type.contains("gzip");
             let stem = digest.replace(':', "-");
             let meta = index.join(format!("{stem}.meta"));
-            index_layer(&how, blob, gzip, &meta, &index.join(format!("{stem}.zinfo")));
+            index_layer(blob, gzip, &meta, &index.join(format!("{stem}.zinfo")));
             let tar = tar_of(blob, gzip, &dir.join(format!("{stem}.tar")));
             devices.push(LayerDevice { meta, tar });
         }
@@ -278,11 +297,23 @@ fn buildah_image_matches_the_kernel_and_runs_python() {
         let m = ImageMount::new(&reference, &mnt, &index, &[]);
         let n = assert_same_tree(tag, &mnt, &kernel.merged, true);
         // The OCI semantics, spelled out.
-        for gone in ["etc/file-to-delete", "etc/dir-to-delete", "opt/replaced/old1", "opt/replaced/old-sub", "data/short-lived"] {
+        for gone in [
+            "etc/file-to-delete",
+            "etc/dir-to-delete",
+            "opt/replaced/old1",
+            "opt/replaced/old-sub",
+            "data/short-lived",
+        ] {
             assert!(!mnt.join(gone).exists(), "{tag}: {gone} shows");
         }
-        assert_eq!(std::fs::read(mnt.join("data/copyup.txt")).unwrap(), b"first line\nsecond line\n");
-        assert_eq!(std::fs::read(mnt.join("opt/replaced/new")).unwrap(), b"new\n");
+        assert_eq!(
+            std::fs::read(mnt.join("data/copyup.txt")).unwrap(),
+            b"first line\nsecond line\n"
+        );
+        assert_eq!(
+            std::fs::read(mnt.join("opt/replaced/new")).unwrap(),
+            b"new\n"
+        );
         assert!(mnt.join("data/dir-to-file").is_file() && mnt.join("data/file-to-dir").is_dir());
         // A real program runs from it.
         let py = Command::new("chroot")
@@ -290,13 +321,24 @@ fn buildah_image_matches_the_kernel_and_runs_python() {
             .args(["/usr/bin/python3", "-c", "import json, email, http.client, sys; print(json.dumps({'ok': sys.version_info[0]}))"])
             .output()
             .unwrap();
-        assert!(py.status.success(), "{tag}: chroot python3: {}", String::from_utf8_lossy(&py.stderr));
+        assert!(
+            py.status.success(),
+            "{tag}: chroot python3: {}",
+            String::from_utf8_lossy(&py.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), r#"{"ok": 3}"#);
         let out = m.umount();
-        assert!(out.status.success(), "{tag}: umount: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{tag}: umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         drop(m);
         drop(kernel);
         no_leftovers(tag, &mnt);
-        eprintln!("buildah image ({tag}, {} layers): {n} entries equal the kernel's view; python3 ran", layers.len());
+        eprintln!(
+            "buildah image ({tag}, {} layers): {n} entries equal the kernel's view; python3 ran",
+            layers.len()
+        );
     }
 }

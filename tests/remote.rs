@@ -424,27 +424,16 @@ fn the_range_cache_serves_a_second_run() {
     let cache = TempDir::new("rangecache");
     let reference = reg.oci("pigz");
     let dir = cache.path().to_string_lossy().into_owned();
-    let first = run(
-        reg,
-        &args(
-            "cat",
-            &reference,
-            "pigz",
-            &reg.s("ca_file"),
-            &["--stats", "--cache-dir", &dir],
-        ),
+    let cat = args(
+        "cat",
+        &reference,
+        "pigz",
+        &reg.s("ca_file"),
+        &["--stats", "--cache-dir", &dir],
     );
+    let first = run(reg, &cat);
     assert_device(&first, "pigz", "first run");
-    let second = run(
-        reg,
-        &args(
-            "cat",
-            &reference,
-            "pigz",
-            &reg.s("ca_file"),
-            &["--stats", "--cache-dir", &dir],
-        ),
-    );
+    let second = run(reg, &cat);
     assert_device(&second, "pigz", "second run");
     let stats = String::from_utf8_lossy(&second.stderr);
     let hits: u64 = stats

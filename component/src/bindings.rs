@@ -1,8 +1,11 @@
-//! The WIT glue (wasm32 only): imported `vfile`s become [`Source`]s, and the exported
-//! `tarindex` interface wraps [`Device`]. No logic lives here.
+//! The WIT glue (wasm32 only): imported `vfile`s become [`Source`]s, the exported
+//! `tarindex` interface wraps [`Device`], and `builder` wraps the index builder's
+//! [`Session`]. No logic lives here.
 
 use std::cell::RefCell;
 
+use crate::build::session::{digest_text, Progress, Session, SessionOptions};
+use crate::build::BlobFormat;
 use crate::error::{Error, Kind};
 use crate::fs::Filesystem;
 use crate::gzran::Options;
@@ -18,12 +21,15 @@ wit_bindgen::generate!({
 
 use erofs::reader::types::Error as WitError;
 use erofs::reader::vfile::Vfile;
+use exports::erofs::reader::builder::{
+    self, GuestIndexer, IndexOptions, IndexOutput, IndexProgress, IndexStats,
+};
 use exports::erofs::reader::filesystem::{
     self as wit_fs, Attributes, DirEntry as WitDirEntry, FileKind, GuestFilesystem, VerifyReport,
 };
 use exports::erofs::reader::tarindex::{
-    self, BlobLocation, DeviceStats, GuestDevice, ImageInfo, ImageLayer, OpenOptions, RemoteOptions,
-    RemoteStats,
+    self, BlobLocation, DeviceStats, GuestDevice, ImageInfo, ImageLayer, OpenOptions,
+    RemoteOptions, RemoteStats,
 };
 
 /// The one conversion to the WIT error: each kind to the case the WIT documents for it.
@@ -98,6 +104,18 @@ fn remote_options_from_wit(remote: RemoteOptions) -> remote::RemoteOptions {
     }
 }
 
+fn location_from_wit(blob: BlobLocation) -> remote::BlobLocation {
+    match blob {
+        BlobLocation::Url(url) => remote::BlobLocation::Url(url),
+        BlobLocation::Oci(o) => remote::BlobLocation::Oci {
+            reference: o.reference,
+            layer: o.layer,
+            digest: o.digest,
+            platform: o.platform,
+        },
+    }
+}
+
 impl tarindex::Guest for Component {
     type Device = DeviceResource;
 
@@ -140,15 +158,7 @@ impl tarindex::Guest for Component {
         remote: RemoteOptions,
     ) -> Result<tarindex::Device, WitError> {
         let remote_options = remote_options_from_wit(remote);
-        let location = match blob {
-            BlobLocation::Url(url) => remote::BlobLocation::Url(url),
-            BlobLocation::Oci(o) => remote::BlobLocation::Oci {
-                reference: o.reference,
-                layer: o.layer,
-                digest: o.digest,
-                platform: o.platform,
-            },
-        };
+        let location = location_from_wit(blob);
         let transport = Box::new(remote::WasiTransport::default());
         let (blob, info) = remote::open_blob(&location, transport, &remote_options)?;
         check_zinfo_for_layer(&info, zinfo.is_some())?;
@@ -384,6 +394,99 @@ impl GuestFilesystem for FsResource {
             entries: r.entries,
             hard_links: r.hard_links,
             data_bytes: r.data_bytes,
+        })
+    }
+}
+
+fn session_options(options: IndexOptions, format: BlobFormat) -> SessionOptions {
+    SessionOptions {
+        format,
+        aufs: options.aufs,
+        span: options.span_size,
+        uuid: options.uuid,
+        blob_digest: options.blob_digest,
+    }
+}
+
+fn progress_to_wit(p: Progress) -> IndexProgress {
+    IndexProgress {
+        blob_bytes: p.blob_bytes,
+        blob_size: p.blob_size,
+        tar_bytes: p.tar_bytes,
+        entries: p.entries,
+        gzip: p.gzip,
+        done: p.done,
+    }
+}
+
+impl builder::Guest for Component {
+    type Indexer = IndexerResource;
+}
+
+struct IndexerResource(RefCell<Session>);
+
+impl GuestIndexer for IndexerResource {
+    fn create(options: IndexOptions) -> Result<builder::Indexer, WitError> {
+        let session = Session::new(session_options(options, BlobFormat::Detect))?;
+        Ok(builder::Indexer::new(IndexerResource(RefCell::new(
+            session,
+        ))))
+    }
+
+    fn create_remote(
+        blob: BlobLocation,
+        options: IndexOptions,
+        remote: RemoteOptions,
+    ) -> Result<builder::Indexer, WitError> {
+        let remote_options = remote_options_from_wit(remote);
+        let transport = Box::new(remote::WasiTransport::default());
+        let (source, info) =
+            remote::open_blob(&location_from_wit(blob), transport, &remote_options)?;
+        // The manifest's media type, when there is one, decides the format.
+        let format = match info.compression {
+            remote::Compression::Gzip => BlobFormat::Gzip,
+            remote::Compression::Uncompressed => BlobFormat::Tar,
+            remote::Compression::Unknown => BlobFormat::Detect,
+        };
+        let session = Session::pulling(
+            session_options(options, format),
+            Box::new(source),
+            info.digest,
+        )?;
+        Ok(builder::Indexer::new(IndexerResource(RefCell::new(
+            session,
+        ))))
+    }
+
+    fn push(&self, chunk: Vec<u8>) -> Result<(), WitError> {
+        Ok(self.0.borrow_mut().push(&chunk)?)
+    }
+
+    fn pump(&self, max_bytes: u64) -> Result<IndexProgress, WitError> {
+        Ok(progress_to_wit(self.0.borrow_mut().pump(max_bytes)?))
+    }
+
+    fn progress(&self) -> IndexProgress {
+        progress_to_wit(self.0.borrow().progress())
+    }
+
+    fn finish(&self) -> Result<IndexOutput, WitError> {
+        let index = self.0.borrow_mut().finish()?;
+        let s = index.stats;
+        Ok(IndexOutput {
+            meta: index.meta,
+            zinfo: index.zinfo,
+            stats: IndexStats {
+                entries: s.entries,
+                inodes: s.inodes,
+                blob_size: s.blob_size,
+                tar_size: s.tar_size,
+                blob_digest: digest_text(&s.blob_sha256),
+                diff_id: digest_text(&s.tar_sha256),
+                checkpoints: s.checkpoints,
+                span_size: s.span,
+                notes: s.notes,
+            },
         })
     }
 }

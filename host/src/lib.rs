@@ -2,7 +2,7 @@
 //! concern. Dependencies point downwards only: commands → bridges → sandbox → net.
 //!
 //! - [`commands`]: the subcommands (`cat`, `bench`, `verify`, `serve-nbd`, `mount`,
-//!   `umount`) and the device arguments they share. No command uses another command.
+//!   `umount`, `index`) and the device arguments they share. No command uses another command.
 //! - [`bridge`]: how the kernel reaches a sandboxed device: the FUSE filesystem
 //!   (`--backend fuse`), the FUSE-served device file of `--backend loop`, and the NBD
 //!   export and kernel attach (`serve-nbd`, `--backend nbd`).
@@ -11,10 +11,12 @@
 //!   table from component errors to errno.
 //! - [`net`]: what the component's `wasi:http` requests go through: the egress
 //!   allow-list, the host's HTTP sender, registry credentials and the range cache.
+//! - [`atomic_output`]: output files written whole or not at all, even on Ctrl-C.
 //! - [`mount_registry`]: the record of live mounts that `umount` reads.
 //! - [`defaults`]: every default setting, each with its reason.
 //! - [`env`]: environment variables that name paths (an empty value means unset).
 
+pub(crate) mod atomic_output;
 pub(crate) mod bridge;
 pub mod commands;
 pub(crate) mod defaults;

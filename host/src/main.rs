@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use erofs_host::commands::{bench, cat, mount, serve_nbd, umount, verify};
+use erofs_host::commands::{bench, cat, index, mount, serve_nbd, umount, verify};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +36,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Export the device over NBD (TCP or a unix socket), read-only
     ServeNbd(serve_nbd::ServeNbdArgs),
+    /// Build a layer's tar index (META) and zinfo inside the sandbox, from the blob alone
+    Index(index::IndexArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Umount(args) => umount::run(args),
         Command::Verify(args) => verify::run(args),
         Command::ServeNbd(args) => serve_nbd::run(args),
+        Command::Index(args) => index::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+/// External tools with deadlines (also used by erofs-nbd's own tests).
+pub mod tools;
+
 pub const GZIP_FIXTURES: [&str; 5] = ["basic", "multimember", "pigz", "aufs", "large"];
 pub const ALL_FIXTURES: [&str; 6] = ["basic", "multimember", "pigz", "aufs", "large", "plain-tar"];
 

@@ -50,7 +50,10 @@ impl Registry {
     }
 
     pub fn addr(&self) -> String {
-        self.info["registry"].as_str().unwrap_or_default().to_string()
+        self.info["registry"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn image(&self, name: &str) -> &Value {
@@ -282,7 +285,12 @@ pub fn assert_same_tree(what: &str, got: &Path, kernel: &Path, dir_nlink: bool) 
         "{what}: {} of {} entries differ:\n{}",
         diffs.len(),
         want.len(),
-        diffs.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
+        diffs
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     want.len()
 }
@@ -290,7 +298,12 @@ pub fn assert_same_tree(what: &str, got: &Path, kernel: &Path, dir_nlink: bool) 
 /// Fetch the manifest `repo:tag` and every layer blob into `dir` (plain HTTP, with
 /// Python's urllib: no code of ours reads them). Returns (digest, media type, blob path)
 /// per layer, bottom first.
-pub fn fetch_layers(registry: &str, repo: &str, tag: &str, dir: &Path) -> Vec<(String, String, PathBuf)> {
+pub fn fetch_layers(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    dir: &Path,
+) -> Vec<(String, String, PathBuf)> {
     let script = r#"
 import json, sys, urllib.request
 reg, repo, tag, out = sys.argv[1:5]

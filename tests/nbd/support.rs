@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{host_bin, skip};
 
+pub use crate::common::tools::*;
 pub use erofs_nbd::test_client::*;
 
 /// Verification of the largest fixture plus the first instance's open take well under a
@@ -166,75 +167,6 @@ impl Drop for NbdServer {
             let _ = c.wait();
         }
     }
-}
-
-/// An external tool's outcome.
-pub struct Run {
-    pub status: Option<ExitStatus>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn ok(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-}
-
-/// A child process killed and reaped on drop.
-pub struct ChildGuard(pub Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Spawns `program` with its output going to files in `dir` (no pipe deadlocks).
-pub fn spawn_tool(dir: &Path, program: &str, args: &[&str]) -> (ChildGuard, PathBuf, PathBuf) {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let out = dir.join(format!("{program}-{n}.out"));
-    let err = dir.join(format!("{program}-{n}.err"));
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).expect("stdout file"))
-        .stderr(File::create(&err).expect("stderr file"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-    (ChildGuard(Some(child)), out, err)
-}
-
-/// Waits for a spawned tool for up to `limit` (killing it after) and collects its output.
-pub fn finish(mut guard: ChildGuard, out: &Path, err: &Path, limit: Duration) -> Run {
-    let deadline = Instant::now() + limit;
-    let mut status = None;
-    if let Some(child) = guard.0.as_mut() {
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = child.try_wait() {
-                status = Some(s);
-                guard.0 = None;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    drop(guard);
-    Run {
-        status,
-        stdout: std::fs::read_to_string(out).unwrap_or_default(),
-        stderr: std::fs::read_to_string(err).unwrap_or_default(),
-    }
-}
-
-/// Runs a tool to completion (bounded by `limit`).
-pub fn run_tool(dir: &Path, program: &str, args: &[&str], limit: Duration) -> Run {
-    let (guard, out, err) = spawn_tool(dir, program, args);
-    finish(guard, &out, &err, limit)
 }
 
 // ------------------------------------------------------------------------------------

@@ -32,6 +32,15 @@ impl Extent {
     }
 }
 
+/// Where a chunk index entry points: its start block on a device, that device's first
+/// block in the flat address space and its size in blocks, and its name for messages.
+struct ChunkTarget {
+    startblk: u64,
+    base: u64,
+    limit: u64,
+    device: String,
+}
+
 impl Filesystem {
     /// The extent of `ino` containing file offset `off` (which must be below the size).
     pub(crate) fn map_at(
@@ -90,6 +99,7 @@ impl Filesystem {
     }
 
     /// Decode chunk `idx` of `ino` from its raw index entry (4 or 8 bytes) and check its block range.
+    /// Decode chunk `idx`'s index entry `raw` into the extent it maps.
     fn decode_chunk(&self, ino: &Inode, idx: u64, raw: &[u8]) -> Result<Extent, Error> {
         let Layout::Chunked {
             format, chunkbits, ..
@@ -110,7 +120,8 @@ impl Filesystem {
         }
         let bsz = self.block_size();
         let nblocks = len.div_ceil(bsz);
-        let (startblk, base, limit, what) = if format & CHUNK_INDEXES != 0 {
+        // Decode the entry: a hole, or blocks on some device.
+        let target = if format & CHUNK_INDEXES != 0 {
             // 8-byte chunk index: +0 startblk_hi (u16, 48-bit only), +2 device_id (u16),
             // +4 startblk_lo (u32, 0xFFFFFFFF = hole).
             let hi = le16(raw, 0).ok_or_else(bad)?;
@@ -126,12 +137,12 @@ impl Filesystem {
             };
             let startblk = hi | u64::from(lo);
             if device_id == 0 {
-                (
+                ChunkTarget {
                     startblk,
-                    0,
-                    self.sb.blocks,
-                    "the primary device".to_string(),
-                )
+                    base: 0,
+                    limit: self.sb.blocks,
+                    device: "the primary device".to_string(),
+                }
             } else {
                 let slot = usize::from(device_id)
                     .checked_sub(1)
@@ -147,12 +158,12 @@ impl Filesystem {
                         "nid {nid}: chunk {idx}: device {device_id} has no flat address"
                     )));
                 }
-                (
+                ChunkTarget {
                     startblk,
-                    slot.uniaddr,
-                    slot.blocks,
-                    format!("device {device_id}"),
-                )
+                    base: slot.uniaddr,
+                    limit: slot.blocks,
+                    device: format!("device {device_id}"),
+                }
             }
         } else {
             // 4-byte block map: the block address in the flat space, 0xFFFFFFFF = hole.
@@ -160,13 +171,20 @@ impl Filesystem {
             if blk == NULL_ADDR {
                 return Ok(hole(start, len));
             }
-            (
-                u64::from(blk),
-                0,
-                self.flat_blocks(),
-                "the device".to_string(),
-            )
+            ChunkTarget {
+                startblk: u64::from(blk),
+                base: 0,
+                limit: self.flat_blocks(),
+                device: "the device".to_string(),
+            }
         };
+        // Check the blocks against their device, then map them onto the flat address space.
+        let ChunkTarget {
+            startblk,
+            base,
+            limit,
+            device: what,
+        } = target;
         let end = startblk.checked_add(nblocks);
         if end.is_none_or(|e| e > limit) {
             return Err(corrupt(format!(

@@ -14,6 +14,7 @@
 //! 256 KiB inflate buffer.
 
 pub mod erofs_writer;
+pub mod session;
 pub mod tar;
 pub mod tree;
 pub mod xattr;
@@ -176,6 +177,16 @@ impl Indexer {
             self.parts.tar_size,
             self.parts.tar.entries,
         )
+    }
+
+    /// What the blob is, once known: [`BlobFormat::Detect`] until its first two bytes
+    /// have come (or the caller named the format).
+    pub fn format(&self) -> BlobFormat {
+        match self.decoder {
+            Decoder::Detect(_) => BlobFormat::Detect,
+            Decoder::Gzip(_) => BlobFormat::Gzip,
+            Decoder::Tar => BlobFormat::Tar,
+        }
     }
 
     /// Feed the next piece of the blob.

@@ -1,4 +1,4 @@
-//! The zinfo checkpoint index (AWS SOCI compatible), spec §3.2.
+//! The zinfo checkpoint index (AWS SOCI compatible); docs/formats.md, "zinfo".
 //!
 //! Layout, little-endian, no magic and no checksum:
 //!
@@ -17,19 +17,45 @@
 //! told by the total length alone.
 //!
 //! The file is untrusted. This module checks every field and refuses the file with the
-//! field and checkpoint index named, so none of the reference's defects (spec §3.4: 32-bit
-//! length overflow, `have = 0` out-of-bounds reads, unchecked monotonicity, `bits > 7`,
-//! uninitialised implicit window) can arise. Windows are not loaded here: only their
+//! field and checkpoint index named, so none of the reference's defects (docs/formats.md,
+//! "Defects we refuse": 32-bit length overflow, `have = 0` out-of-bounds reads, unchecked
+//! monotonicity, `bits > 7`, uninitialised implicit window) can arise. Windows are not loaded here: only their
 //! offsets in the zinfo file are kept, and [`Zinfo::window`] reads one on demand, so memory
 //! stays small however many checkpoints there are.
+
+// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation
+    )
+)]
 
 use crate::error::{Error, Result};
 use crate::source::SizedSource;
 
 pub const WINDOW_SIZE: usize = 32768;
+const WINDOW_SIZE_U64: u64 = 32768;
+const HEADER_LEN: usize = 12;
 const HEADER_SIZE: u64 = 12;
+const RECORD_HEAD_LEN: usize = 17;
 const RECORD_HEAD_SIZE: u64 = 17;
-const RECORD_SIZE: u64 = RECORD_HEAD_SIZE + WINDOW_SIZE as u64;
+const RECORD_SIZE: u64 = RECORD_HEAD_SIZE + WINDOW_SIZE_U64;
 /// The smallest possible gzip header: a restart point can never lie before it.
 const MIN_GZIP_HEADER: u64 = 10;
 /// Records are read from the zinfo file this many at a time while parsing.
@@ -58,8 +84,10 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Absolute bit position of the restart point in the blob: it orders checkpoints.
+    /// (`in_byte * 8` fits a u128 with room to spare; `bits` is checked to be at most 7
+    /// before this is used, and `in_byte` at least 10, so the subtraction cannot wrap.)
     pub fn bit_position(&self) -> u128 {
-        self.in_byte as u128 * 8 - self.bits as u128
+        (u128::from(self.in_byte) * 8).saturating_sub(u128::from(self.bits))
     }
 }
 
@@ -73,40 +101,26 @@ pub struct Zinfo {
 impl Zinfo {
     /// Parse and validate the whole index. `blob_size` bounds the `in` offsets.
     pub fn parse(file: &SizedSource, blob_size: u64) -> Result<Zinfo> {
+        // Header: the checkpoint count and the span size.
         let len = file.size;
         if len < HEADER_SIZE {
-            return Err(Error::bad(format!(
-                "zinfo: file is {len} bytes, shorter than the 12-byte header"
-            )));
+            return Err(bad(format!(
+                "file is {len} bytes, shorter than the 12-byte header"
+            ))
+            .at(0));
         }
-        let header = file.read_exact(0, HEADER_SIZE as usize)?;
-        let have = u32::from_le_bytes(le_array(&header[0..4]));
-        let span_size = u64::from_le_bytes(le_array(&header[4..12]));
+        let header = file.read_exact(0, HEADER_LEN)?;
+        let have = u32::from_le_bytes(le_array(&header, 0)?);
+        let span_size = u64::from_le_bytes(le_array(&header, 4)?);
 
-        // The version is told by the exact length (u128 arithmetic: no overflow).
-        let v2_len = HEADER_SIZE as u128 + have as u128 * RECORD_SIZE as u128;
-        let v1_len = (have as u128)
-            .checked_sub(1)
-            .map(|stored| HEADER_SIZE as u128 + stored * RECORD_SIZE as u128);
-        let (version, stored) = if have == 0 {
-            return Err(Error::bad(
-                "zinfo: field `have` is 0: the index has no checkpoints",
-            ));
-        } else if len as u128 == v2_len {
-            (2u8, have as u64)
-        } else if Some(len as u128) == v1_len {
-            (1u8, have as u64 - 1)
-        } else {
-            return Err(Error::bad(format!(
-                "zinfo: field `have` is {have}, which needs a file of {v2_len} bytes (v2) or {} bytes (v1), but the file is {len} bytes",
-                v1_len.unwrap_or(0)
-            )));
-        };
+        // Version: told by the exact length alone (u128 arithmetic: no overflow).
+        let (version, stored) = version_of(len, have)?;
         if span_size == 0 {
-            return Err(Error::bad("zinfo: field `span_size` is 0"));
+            return Err(bad("field `span_size` is 0").with_field("span_size").at(4));
         }
 
-        let mut checkpoints = Vec::with_capacity(have as usize);
+        // Records: v1's implicit first checkpoint, then the stored heads in batches.
+        let mut checkpoints = Vec::with_capacity(usize::try_from(have).unwrap_or(0));
         if version == 1 {
             checkpoints.push(Checkpoint {
                 in_byte: MIN_GZIP_HEADER,
@@ -117,21 +131,19 @@ impl Zinfo {
         }
         let mut index = 0u64;
         while index < stored {
-            let batch = (stored - index).min(RECORDS_PER_READ);
-            let batch_start = HEADER_SIZE + index * RECORD_SIZE;
+            let batch = stored.saturating_sub(index).min(RECORDS_PER_READ);
+            let batch_start = record_offset(index)?;
             // Read the batch's records whole, then pick the 17-byte heads out of them.
-            let bytes = file.read_exact(batch_start, (batch * RECORD_SIZE) as usize)?;
+            let batch_len = usize::try_from(batch.saturating_mul(RECORD_SIZE))
+                .map_err(|_| bad("a batch of records does not fit in memory"))?;
+            let bytes = file.read_exact(batch_start, batch_len)?;
             for k in 0..batch {
-                let head = &bytes[(k * RECORD_SIZE) as usize..][..RECORD_HEAD_SIZE as usize];
-                checkpoints.push(Checkpoint {
-                    in_byte: u64::from_le_bytes(le_array(&head[0..8])),
-                    out: u64::from_le_bytes(le_array(&head[8..16])),
-                    bits: head[16],
-                    window: WindowAt::ZinfoOffset(batch_start + k * RECORD_SIZE + RECORD_HEAD_SIZE),
-                });
+                checkpoints.push(record_head(&bytes, k, batch_start)?);
             }
-            index += batch;
+            index = index.saturating_add(batch);
         }
+
+        // Fields: the checks the length cannot prove.
         validate(&checkpoints, blob_size)?;
         Ok(Zinfo {
             version,
@@ -148,23 +160,91 @@ impl Zinfo {
 
     /// The valid history before `cp.out`: at most 32 KiB, fewer near the stream start.
     pub fn window(file: &SizedSource, cp: &Checkpoint) -> Result<Vec<u8>> {
-        let valid = cp.out.min(WINDOW_SIZE as u64) as usize;
+        // min() with WINDOW_SIZE makes both conversions exact.
+        let valid = cp.out.min(WINDOW_SIZE_U64);
         match cp.window {
             WindowAt::None => Ok(Vec::new()),
             WindowAt::ZinfoOffset(at) => {
                 // Only the tail of the stored window is history; the rest is whatever the
-                // builder's buffer held (spec §3.4.1) and must never reach the inflater.
-                file.read_exact(at + (WINDOW_SIZE - valid) as u64, valid)
+                // builder's buffer held (docs/formats.md, "Defects we refuse") and must
+                // never reach the inflater.
+                let from = at
+                    .checked_add(WINDOW_SIZE_U64.saturating_sub(valid))
+                    .ok_or_else(|| bad("a window offset passes 2^64").at(at))?;
+                let valid = usize::try_from(valid).unwrap_or(WINDOW_SIZE);
+                file.read_exact(from, valid)
             }
         }
     }
 }
 
+/// The version and the number of stored records that `have` and the file length imply.
+fn version_of(len: u64, have: u32) -> Result<(u8, u64)> {
+    let header = u128::from(HEADER_SIZE);
+    let record = u128::from(RECORD_SIZE);
+    // At most 12 + 2^32 * 32785: far below u128's limit, so saturation never happens.
+    let v2_len = header.saturating_add(u128::from(have).saturating_mul(record));
+    let v1_len = u128::from(have)
+        .checked_sub(1)
+        .map(|stored| header.saturating_add(stored.saturating_mul(record)));
+    if have == 0 {
+        Err(bad("field `have` is 0: the index has no checkpoints")
+            .with_field("have")
+            .at(0))
+    } else if u128::from(len) == v2_len {
+        Ok((2, u64::from(have)))
+    } else if Some(u128::from(len)) == v1_len {
+        Ok((1, u64::from(have).saturating_sub(1)))
+    } else {
+        Err(bad(format!(
+            "field `have` is {have}, which needs a file of {v2_len} bytes (v2) or {} bytes (v1), but the file is {len} bytes",
+            v1_len.unwrap_or(0)
+        ))
+        .with_field("have")
+        .at(0))
+    }
+}
+
+/// Byte offset in the zinfo file of stored record `index`.
+fn record_offset(index: u64) -> Result<u64> {
+    index
+        .checked_mul(RECORD_SIZE)
+        .and_then(|o| o.checked_add(HEADER_SIZE))
+        .ok_or_else(|| bad(format!("record {index} lies past 2^64 bytes")))
+}
+
+/// Record `k` of a batch read at `batch_start`: its 17-byte head, and where its window is.
+fn record_head(bytes: &[u8], k: u64, batch_start: u64) -> Result<Checkpoint> {
+    let short = || {
+        bad(format!(
+            "record {k} of a batch read at {batch_start} is cut short"
+        ))
+    };
+    let start = k
+        .checked_mul(RECORD_SIZE)
+        .and_then(|o| usize::try_from(o).ok())
+        .ok_or_else(short)?;
+    let head = start
+        .checked_add(RECORD_HEAD_LEN)
+        .and_then(|end| bytes.get(start..end))
+        .ok_or_else(short)?;
+    let window_at = batch_start
+        .checked_add(k.saturating_mul(RECORD_SIZE))
+        .and_then(|o| o.checked_add(RECORD_HEAD_SIZE))
+        .ok_or_else(short)?;
+    Ok(Checkpoint {
+        in_byte: u64::from_le_bytes(le_array(head, 0)?),
+        out: u64::from_le_bytes(le_array(head, 8)?),
+        bits: *head.get(16).ok_or_else(short)?,
+        window: WindowAt::ZinfoOffset(window_at),
+    })
+}
+
 /// Check the fields that the file cannot prove by its length.
 fn validate(checkpoints: &[Checkpoint], blob_size: u64) -> Result<()> {
     for (i, cp) in checkpoints.iter().enumerate() {
-        let field = |name: &str, why: String| {
-            Error::bad(format!("zinfo: checkpoint {i}: field `{name}` {why}"))
+        let field = |name: &'static str, why: String| {
+            bad(format!("checkpoint {i}: field `{name}` {why}")).with_field(name)
         };
         if cp.bits > 7 {
             return Err(field("bits", format!("is {}, but must be 0..=7", cp.bits)));
@@ -187,40 +267,42 @@ fn validate(checkpoints: &[Checkpoint], blob_size: u64) -> Result<()> {
                 format!("is {}, but the first checkpoint must be at 0", cp.out),
             ));
         }
-        if let Some(prev) = i.checked_sub(1).and_then(|p| checkpoints.get(p)) {
-            if cp.out <= prev.out {
-                return Err(field(
-                    "out",
-                    format!(
-                        "is {}, not above checkpoint {}'s {}",
-                        cp.out,
-                        i - 1,
-                        prev.out
-                    ),
-                ));
-            }
-            if cp.bit_position() <= prev.bit_position() {
-                return Err(field(
-                    "in",
-                    format!(
-                        "is {} (bits {}), not after checkpoint {}'s {} (bits {})",
-                        cp.in_byte,
-                        cp.bits,
-                        i - 1,
-                        prev.in_byte,
-                        prev.bits
-                    ),
-                ));
-            }
+        let Some(p) = i.checked_sub(1) else {
+            continue;
+        };
+        let Some(prev) = checkpoints.get(p) else {
+            continue;
+        };
+        if cp.out <= prev.out {
+            return Err(field(
+                "out",
+                format!("is {}, not above checkpoint {p}'s {}", cp.out, prev.out),
+            ));
+        }
+        if cp.bit_position() <= prev.bit_position() {
+            return Err(field(
+                "in",
+                format!(
+                    "is {} (bits {}), not after checkpoint {p}'s {} (bits {})",
+                    cp.in_byte, cp.bits, prev.in_byte, prev.bits
+                ),
+            ));
         }
     }
     Ok(())
 }
 
-fn le_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
-    let mut out = [0u8; N];
-    out.copy_from_slice(&bytes[..N]);
-    out
+/// An error in the zinfo file.
+fn bad(msg: impl Into<String>) -> Error {
+    Error::bad(msg).in_file("zinfo")
+}
+
+/// `N` bytes at `at` of `bytes`, for a little-endian field.
+fn le_array<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N]> {
+    at.checked_add(N)
+        .and_then(|end| bytes.get(at..end))
+        .and_then(|b| <[u8; N]>::try_from(b).ok())
+        .ok_or_else(|| bad(format!("a {N}-byte field at {at} is cut short")))
 }
 
 #[cfg(test)]

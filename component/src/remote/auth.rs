@@ -7,6 +7,29 @@
 //! `scope=repository:REPO:pull`, keeps it, and sends `Authorization: Bearer TOKEN` to the
 //! registry only. A later 401 (an expired token in a long-lived mount) gets a new one.
 
+// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation
+    )
+)]
+
 use std::cell::RefCell;
 
 use serde::Deserialize;
@@ -55,42 +78,34 @@ fn parse_raw(value: &str) -> Result<Vec<RawChallenge>> {
     // True right after a scheme name (no comma since): a bare token here is a token68.
     let mut after_scheme = false;
     loop {
-        while i < b.len() && matches!(b[i], b' ' | b'\t' | b',') {
-            if b[i] == b',' {
-                after_scheme = false;
-            }
-            i += 1;
+        // Separators: blanks and commas; a comma ends a scheme's token68 position.
+        let next = skip(b, i, |c| matches!(c, b' ' | b'\t' | b','));
+        if b.get(i..next).is_some_and(|sep| sep.contains(&b',')) {
+            after_scheme = false;
         }
-        if i >= b.len() {
+        i = next;
+        let Some(&first) = b.get(i) else {
             break;
-        }
+        };
+        // A token: a scheme, a parameter name, or a token68.
         let start = i;
-        while i < b.len() && is_token_char(b[i]) {
-            i += 1;
-        }
+        i = skip(b, i, is_token_char);
         if start == i {
             return Err(Error::bad(format!(
                 "unexpected {:?} at byte {i}",
-                char::from(b[i])
+                char::from(first)
             )));
         }
-        let name = &value[start..i];
-        let mut j = i;
-        while j < b.len() && matches!(b[j], b' ' | b'\t') {
-            j += 1;
-        }
-        if j < b.len() && b[j] == b'=' {
+        let name = value.get(start..i).unwrap_or_default();
+        let mut j = skip(b, i, is_blank);
+        if b.get(j) == Some(&b'=') {
             // `name=value`, or a token68 ending in `=` padding (`abc==`, or `abc=` at
             // the end of the challenge).
             let equals = j;
-            while j < b.len() && b[j] == b'=' {
-                j += 1;
-            }
-            let padding = j - equals > 1;
-            while j < b.len() && matches!(b[j], b' ' | b'\t') {
-                j += 1;
-            }
-            if padding || j >= b.len() || b[j] == b',' {
+            j = skip(b, j, |c| c == b'=');
+            let padding = j.saturating_sub(equals) > 1;
+            j = skip(b, j, is_blank);
+            if padding || b.get(j).is_none_or(|&c| c == b',') {
                 i = j;
                 after_scheme = false;
                 continue;
@@ -107,6 +122,7 @@ fn parse_raw(value: &str) -> Result<Vec<RawChallenge>> {
             i = j;
             after_scheme = false;
         } else {
+            // A new challenge's scheme.
             out.push((name.to_string(), Vec::new()));
             i = j;
             after_scheme = true;
@@ -118,40 +134,58 @@ fn parse_raw(value: &str) -> Result<Vec<RawChallenge>> {
     Ok(out)
 }
 
+/// The index of the first byte at or after `i` that `keep` refuses (or the end). Only
+/// advances over bytes that exist, so it never passes `b.len()`.
+fn skip(b: &[u8], mut i: usize, keep: impl Fn(u8) -> bool) -> usize {
+    while b.get(i).is_some_and(|&c| keep(c)) {
+        i = i.saturating_add(1);
+    }
+    i
+}
+
+fn is_blank(c: u8) -> bool {
+    matches!(c, b' ' | b'\t')
+}
+
 /// RFC 9110 tchar, plus `/` and `+` so that unquoted URLs and token68 values pass.
 fn is_token_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/:".contains(&c)
 }
 
 /// A quoted string or a bare token starting at byte `i`; returns it and the next index.
-fn read_value(value: &str, mut i: usize) -> Result<(String, usize)> {
+fn read_value(value: &str, i: usize) -> Result<(String, usize)> {
     let b = value.as_bytes();
     if b.get(i) == Some(&b'"') {
-        i += 1;
+        // A quoted string: a backslash takes the next byte literally.
+        let mut i = i.saturating_add(1);
         let mut out = Vec::new();
-        while i < b.len() {
-            match b[i] {
-                b'\\' if i + 1 < b.len() => {
-                    out.push(b[i + 1]);
-                    i += 2;
+        while let Some(&c) = b.get(i) {
+            match (c, b.get(i.saturating_add(1))) {
+                (b'\\', Some(&escaped)) => {
+                    out.push(escaped);
+                    i = i.saturating_add(2);
                 }
-                b'"' => return Ok((String::from_utf8_lossy(&out).into_owned(), i + 1)),
-                c => {
+                (b'"', _) => {
+                    return Ok((
+                        String::from_utf8_lossy(&out).into_owned(),
+                        i.saturating_add(1),
+                    ))
+                }
+                _ => {
                     out.push(c);
-                    i += 1;
+                    i = i.saturating_add(1);
                 }
             }
         }
         return Err(Error::bad("unterminated quoted string"));
     }
-    let start = i;
-    while i < b.len() && !matches!(b[i], b',' | b' ' | b'\t') {
-        i += 1;
+    // A bare token, up to a comma or a blank (both ASCII, so the slice is on char
+    // boundaries).
+    let end = skip(b, i, |c| !matches!(c, b',' | b' ' | b'\t'));
+    match value.get(i..end) {
+        Some(token) if !token.is_empty() => Ok((token.to_string(), end)),
+        _ => Err(Error::bad(format!("empty value at byte {i}"))),
     }
-    if start == i {
-        return Err(Error::bad(format!("empty value at byte {start}")));
-    }
-    Ok((value[start..i].to_string(), i))
 }
 
 fn to_challenge((scheme, params): RawChallenge) -> Challenge {
@@ -330,7 +364,7 @@ impl Auth {
                 &super::net::accept_any,
             )
             .map_err(|e| e.context(&format!("token request to {}", url.authority)))?;
-        net.bump(|s| s.token_fetches += 1);
+        net.bump(|s| s.token_fetches = s.token_fetches.saturating_add(1));
         match answer.status {
             200 => {}
             401 | 403 => {

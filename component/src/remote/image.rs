@@ -6,9 +6,7 @@
 use std::cell::RefCell;
 
 use super::auth::Auth;
-use super::manifest::{
-    self, compression_of, manifest_context, Layer, Platform, DEFAULT_PLATFORM,
-};
+use super::manifest::{self, compression_of, manifest_context, Layer, Platform, DEFAULT_PLATFORM};
 use super::net::Net;
 use super::reference::{validate_digest, Reference};
 use super::url::{shorten, Scheme, Url};
@@ -62,7 +60,8 @@ pub fn image_layers(
             manifest_context(&r, &m.manifest_digest),
             shorten(&d.digest)
         );
-        let index = u32::try_from(index).map_err(|_| Error::bad(format!("{ctx}: too many layers")))?;
+        let index =
+            u32::try_from(index).map_err(|_| Error::bad(format!("{ctx}: too many layers")))?;
         let digest = validate_digest(&d.digest).map_err(|e| e.context(&ctx))?;
         let media_type = d
             .media_type
@@ -127,11 +126,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got.manifest_digest, digest);
-        assert_eq!((got.registry.as_str(), got.repository.as_str()), ("reg.io", "app"));
+        assert_eq!(
+            (got.registry.as_str(), got.repository.as_str()),
+            ("reg.io", "app")
+        );
         let summary: Vec<(u32, char, u64, Compression)> = got
             .layers
             .iter()
-            .map(|l| (l.index, l.digest.chars().last().unwrap(), l.size, l.compression))
+            .map(|l| {
+                (
+                    l.index,
+                    l.digest.chars().last().unwrap(),
+                    l.size,
+                    l.compression,
+                )
+            })
             .collect();
         assert_eq!(
             summary,

@@ -3,6 +3,29 @@
 //! platform), check its digest when the reference pins one, pick a layer, and classify its
 //! media type.
 
+// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation
+    )
+)]
+
 use std::cell::RefCell;
 
 use serde::Deserialize;
@@ -109,15 +132,21 @@ impl Platform {
                 shorten(text)
             )));
         }
-        let architecture = match parts[1].to_ascii_lowercase().as_str() {
+        let [os, arch, variant @ ..] = parts.as_slice() else {
+            return Err(Error::bad(format!(
+                "platform `{}` is not os/arch[/variant]",
+                shorten(text)
+            )));
+        };
+        let architecture = match arch.to_ascii_lowercase().as_str() {
             "x86_64" | "x86-64" => "amd64".to_string(),
             "aarch64" => "arm64".to_string(),
             a => a.to_string(),
         };
         Ok(Platform {
-            os: parts[0].to_ascii_lowercase(),
+            os: os.to_ascii_lowercase(),
             architecture,
-            variant: parts.get(2).map(|v| v.to_ascii_lowercase()),
+            variant: variant.first().map(|v| v.to_ascii_lowercase()),
         })
     }
 }
@@ -279,7 +308,9 @@ pub fn choose_layer(
             )))
         }
     };
-    let layer = &layers[chosen];
+    let layer = layers
+        .get(chosen)
+        .ok_or_else(|| Error::internal(format!("layer {chosen} was chosen but is not there")))?;
     let digest =
         validate_digest(&layer.digest).map_err(|e| e.context(&format!("layer {chosen}")))?;
     let media_type = layer
@@ -289,7 +320,8 @@ pub fn choose_layer(
     let compression =
         compression_of(&media_type).map_err(|e| e.context(&format!("layer {chosen}")))?;
     Ok(Layer {
-        index: chosen as u32,
+        index: u32::try_from(chosen)
+            .map_err(|_| Error::out_of_range(format!("layer index {chosen} passes 2^32")))?,
         media_type,
         digest,
         size: layer.size,
@@ -448,7 +480,10 @@ pub fn resolve(
     let m = resolve_manifest(net, auth, base, reference, platform)?;
     let layer = choose_layer(&m.layers, layer, blob_digest)
         .map_err(|e| e.context(&manifest_context(reference, &m.manifest_digest)))?;
-    let blob_url = base.resolve(&format!("/v2/{}/blobs/{}", reference.repository, layer.digest))?;
+    let blob_url = base.resolve(&format!(
+        "/v2/{}/blobs/{}",
+        reference.repository, layer.digest
+    ))?;
     Ok(Resolved {
         manifest_digest: m.manifest_digest,
         platform: m.platform,

@@ -6,6 +6,29 @@
 //! A first component with a `.` or a `:`, or `localhost`, is a registry; otherwise the
 //! registry is Docker Hub.
 
+// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation
+    )
+)]
+
 use super::url::{shorten, Url};
 use crate::error::{Error, Result};
 
@@ -76,8 +99,8 @@ fn parse(text: &str) -> Result<Reference> {
     };
     Url::parse(&format!("https://{registry}/"))
         .map_err(|e| Error::bad(format!("bad registry `{registry}`: {}", e.message())))?;
-    let (repository, tag) = match rest.rfind(':') {
-        Some(i) if !rest[i..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+    let (repository, tag) = match rest.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => (repository, Some(tag)),
         Some(_) => return Err(Error::bad("`:` inside the repository name")),
         None => (rest, None),
     };
@@ -148,24 +171,11 @@ fn valid_component(c: &str) -> bool {
     if !alnum(first) || !alnum(last) {
         return false;
     }
-    let mut i = 0;
-    while i < bytes.len() {
-        if alnum(bytes[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator run: `.`, `_`, `__`, or any number of `-`.
-        let start = i;
-        while i < bytes.len() && !alnum(bytes[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = matches!(sep, "." | "_" | "__") || sep.bytes().all(|b| b == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
+    // Between the alphanumeric runs (the component starts and ends with one), each
+    // separator run must be `.`, `_`, `__`, or any number of `-`.
+    c.split(|ch: char| u8::try_from(ch).is_ok_and(alnum))
+        .filter(|sep| !sep.is_empty())
+        .all(|sep| matches!(sep, "." | "_" | "__") || sep.bytes().all(|b| b == b'-'))
 }
 
 fn validate_tag(tag: &str) -> Result<()> {
@@ -173,7 +183,7 @@ fn validate_tag(tag: &str) -> Result<()> {
     let bytes = tag.as_bytes();
     let ok = !bytes.is_empty()
         && bytes.len() <= 128
-        && word(bytes[0])
+        && bytes.first().is_some_and(|&b| word(b))
         && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-');
     if !ok {
         return Err(Error::bad(format!(

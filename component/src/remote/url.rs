@@ -5,6 +5,29 @@
 //! Only ASCII URLs without user information are accepted: credentials belong to the host,
 //! never to a URL the component builds or follows.
 
+// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation
+    )
+)]
+
 use std::fmt;
 
 use crate::error::{Error, Result};
@@ -136,12 +159,11 @@ impl Url {
 
 /// `scheme:` at the start (RFC 3986: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )).
 fn split_scheme(text: &str) -> Option<(&str, &str)> {
-    let colon = text.find(':')?;
-    let scheme = &text[..colon];
+    let (scheme, rest) = text.split_once(':')?;
     let mut chars = scheme.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    (first_ok && rest_ok).then(|| (scheme, &text[colon + 1..]))
+    (first_ok && rest_ok).then_some((scheme, rest))
 }
 
 fn parse_authority(authority: &str, whole: &str) -> Result<String> {
@@ -156,10 +178,9 @@ fn parse_authority(authority: &str, whole: &str) -> Result<String> {
     }
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~' | ':');
     let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
-        let close = inner
-            .find(']')
+        let (literal, after) = inner
+            .split_once(']')
             .ok_or_else(|| Error::bad(format!("`{}`: unclosed `[` in host", shorten(whole))))?;
-        let literal = &inner[..close];
         if literal.is_empty()
             || !literal
                 .chars()
@@ -167,14 +188,14 @@ fn parse_authority(authority: &str, whole: &str) -> Result<String> {
         {
             return Err(Error::bad(format!("`{}`: bad IPv6 host", shorten(whole))));
         }
-        let after = &inner[close + 1..];
         let port = match after {
             "" => None,
             p => Some(p.strip_prefix(':').ok_or_else(|| {
                 Error::bad(format!("`{}`: junk after the IPv6 host", shorten(whole)))
             })?),
         };
-        (&authority[..close + 2], port)
+        // The host is the bracketed literal, checked non-empty above.
+        (literal, port)
     } else {
         if !authority.chars().all(ok) {
             return Err(Error::bad(format!(
@@ -274,7 +295,7 @@ fn normalize_port(scheme: Scheme, authority: &str) -> String {
 
 /// Percent-encode a query value: everything except RFC 3986's unreserved characters.
 pub fn encode_query_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
+    let mut out = String::with_capacity(value.len().saturating_mul(3));
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(b as char);

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::source::SizedSource;
 
-/// Tar index images always use 512-byte blocks (spec §2.1: `--tar=i` forces it).
+/// Tar index images always use 512-byte blocks (docs/formats.md, "Tar-index EROFS layout").
 const TAR_INDEX_BLKSZBITS: u8 = 9;
 pub const BLOCK: u64 = 512;
 

@@ -31,7 +31,7 @@ fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn check_nbdinfo_json(server: &TestServer, dir: &TempDir) {
-    let run = run_tool(dir, "nbdinfo", &["--json", &server.uri], LIMIT);
+    let run = run_tool(&dir.0, "nbdinfo", &["--json", &server.uri], LIMIT);
     assert!(run.ok(), "nbdinfo failed: {}", run.stderr);
     let size = SIZE.to_string();
     let max = MAX_REQUEST.to_string();
@@ -75,7 +75,7 @@ fn nbdinfo_json_over_tcp_and_unix() {
 
     // The default export "" works too and reports the canonical name.
     let default_uri = format!("nbd://{}", tcp.addr);
-    let run = run_tool(&dir, "nbdinfo", &["--json", &default_uri], LIMIT);
+    let run = run_tool(&dir.0, "nbdinfo", &["--json", &default_uri], LIMIT);
     assert!(run.ok(), "nbdinfo default export: {}", run.stderr);
     assert_eq!(
         json_field(&run.stdout, "export-size"),
@@ -84,7 +84,7 @@ fn nbdinfo_json_over_tcp_and_unix() {
 
     // An unknown export is refused.
     let bad_uri = format!("nbd://{}/nope", tcp.addr);
-    let run = run_tool(&dir, "nbdinfo", &["--json", &bad_uri], LIMIT);
+    let run = run_tool(&dir.0, "nbdinfo", &["--json", &bad_uri], LIMIT);
     assert!(!run.ok(), "nbdinfo should fail on an unknown export");
     assert_healthy(&tcp);
 }
@@ -97,7 +97,7 @@ fn nbdinfo_list() {
     let dir = TempDir::new("nbdlist");
     let server = TestServer::tcp(SIZE);
     let uri = format!("nbd://{}", server.addr);
-    let run = run_tool(&dir, "nbdinfo", &["--list", "--json", &uri], LIMIT);
+    let run = run_tool(&dir.0, "nbdinfo", &["--list", "--json", &uri], LIMIT);
     assert!(run.ok(), "nbdinfo --list failed: {}", run.stderr);
     assert_eq!(
         run.stdout.matches("\"export-name\"").count(),
@@ -117,7 +117,7 @@ fn nbdinfo_list() {
         "{}",
         run.stdout
     );
-    let run = run_tool(&dir, "nbdinfo", &["--list", &uri], LIMIT);
+    let run = run_tool(&dir.0, "nbdinfo", &["--list", &uri], LIMIT);
     assert!(run.ok(), "nbdinfo --list (text) failed: {}", run.stderr);
     assert!(run.stdout.contains("layer0"), "{}", run.stdout);
 }
@@ -126,9 +126,9 @@ fn copy_and_compare(dir: &TempDir, server: &TestServer, tool: &str, out_name: &s
     let out = dir.path(out_name);
     let out_s = out.to_string_lossy().into_owned();
     let run = match tool {
-        "nbdcopy" => run_tool(dir, "nbdcopy", &[&server.uri, &out_s], LIMIT),
+        "nbdcopy" => run_tool(&dir.0, "nbdcopy", &[&server.uri, &out_s], LIMIT),
         _ => run_tool(
-            dir,
+            &dir.0,
             "qemu-img",
             &["convert", "-f", "raw", "-O", "raw", &server.uri, &out_s],
             LIMIT,
@@ -225,7 +225,7 @@ fn read_errors_fail_the_copy() {
     let out_s = out.to_string_lossy().into_owned();
     let mut ran = 0;
     if have_tool("nbdcopy") {
-        let run = run_tool(&dir, "nbdcopy", &[&server.uri, &out_s], LIMIT);
+        let run = run_tool(&dir.0, "nbdcopy", &[&server.uri, &out_s], LIMIT);
         assert!(!run.ok(), "nbdcopy must report the read error");
         eprintln!("nbdcopy on a failing export said: {}", run.stderr.trim());
         assert!(run.status.is_some(), "nbdcopy hung");
@@ -233,7 +233,7 @@ fn read_errors_fail_the_copy() {
     }
     if have_tool("qemu-img") {
         let run = run_tool(
-            &dir,
+            &dir.0,
             "qemu-img",
             &["convert", "-f", "raw", "-O", "raw", &server.uri, &out_s],
             LIMIT,

@@ -47,6 +47,42 @@ pub struct DeviceArgs {
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
 
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    /// Decoded-byte cache in the component (a FUSE readahead window and a few hot
+    /// files). 0 turns it off.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::DECODE_CACHE)]
+    pub decode_cache: u64,
+
+    /// Live inflater cursors per device (a few files read at once)
+    #[arg(long, value_name = "N", default_value_t = defaults::MAX_CURSORS)]
+    pub max_cursors: u32,
+
+    /// Distance between checkpoints learned while decoding; 0 turns it off
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::LEARN_INTERVAL)]
+    pub learn_interval: u64,
+
+    /// Cap on the component's memory [default: 192M plus the decode cache, for learned
+    /// checkpoints (<= 8M), cursors and a 32M read; 128M more for remote blobs: 32M of
+    /// fetched chunks and a whole small blob from a server that ignores Range]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+
+    /// Deadline for one call into the component, in seconds [default 30 for local blobs:
+    /// a 32 MiB read takes well under a second, so a guest still busy is stuck; 120 for
+    /// remote ones: a read may wait for retries with backoff]
+    #[arg(long, value_name = "SECONDS")]
+    pub call_timeout: Option<f64>,
+
+    #[command(flatten)]
+    pub faults: FaultInjectionArgs,
+}
+
+/// Where a remote blob is and how to reach it: what every command that reads a blob
+/// takes besides its path or URL (the device commands, and `index`).
+#[derive(Debug, Args, Clone)]
+pub struct RemoteArgs {
     /// oci:// only: the layer to read, by its index in the image manifest
     #[arg(long, value_name = "N")]
     pub layer: Option<u32>,
@@ -83,34 +119,6 @@ pub struct DeviceArgs {
     /// Bound of the --cache-dir cache
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::RANGE_CACHE_SIZE)]
     pub cache_size: u64,
-
-    /// Decoded-byte cache in the component (a FUSE readahead window and a few hot
-    /// files). 0 turns it off.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::DECODE_CACHE)]
-    pub decode_cache: u64,
-
-    /// Live inflater cursors per device (a few files read at once)
-    #[arg(long, value_name = "N", default_value_t = defaults::MAX_CURSORS)]
-    pub max_cursors: u32,
-
-    /// Distance between checkpoints learned while decoding; 0 turns it off
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::LEARN_INTERVAL)]
-    pub learn_interval: u64,
-
-    /// Cap on the component's memory [default: 192M plus the decode cache, for learned
-    /// checkpoints (<= 8M), cursors and a 32M read; 128M more for remote blobs: 32M of
-    /// fetched chunks and a whole small blob from a server that ignores Range]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub memory_limit: Option<u64>,
-
-    /// Deadline for one call into the component, in seconds [default 30 for local blobs:
-    /// a 32 MiB read takes well under a second, so a guest still busy is stuck; 120 for
-    /// remote ones: a read may wait for retries with backoff]
-    #[arg(long, value_name = "SECONDS")]
-    pub call_timeout: Option<f64>,
-
-    #[command(flatten)]
-    pub faults: FaultInjectionArgs,
 }
 
 /// Testing hooks on the command line (the `fault-injection` feature, on by default so
@@ -183,9 +191,9 @@ impl DeviceArgs {
     pub fn is_whole_image(&self) -> Result<bool> {
         let o = self.dash_o()?;
         Ok(self.blob.starts_with("oci://")
-            && self.layer.is_none()
+            && self.remote.layer.is_none()
             && o.layer.is_none()
-            && self.blob_digest.is_none()
+            && self.remote.blob_digest.is_none()
             && o.blob.is_none()
             && self.tarindex.is_none()
             && o.tarindex.is_none()
@@ -195,23 +203,38 @@ impl DeviceArgs {
 
     /// The platform asked for (--platform or -o oci.platform), if any.
     pub fn platform_choice(&self) -> Result<Option<String>> {
-        Ok(self.platform.clone().or(self.dash_o()?.platform))
+        Ok(self.remote.platform.clone().or(self.dash_o()?.platform))
     }
 
     /// The `oci://` image itself, no layer chosen, with this process's egress policy:
     /// what a whole-image mount lists the layers through.
     pub fn image_source(&self) -> Result<BlobSource> {
         let o = self.dash_o()?;
-        self.blob_source(RemoteRequest {
+        let request = RemoteRequest {
             layer: None,
             digest: None,
-            platform: self.platform.clone().or(o.platform),
-            insecure: self.insecure || o.insecure,
-        })
+            platform: self.remote.platform.clone().or(o.platform),
+            insecure: self.remote.insecure || o.insecure,
+        };
+        self.remote.blob_source(&self.blob, request)
     }
 
     /// Resolve -o options and defaults into what the sandbox needs.
     pub fn spec(&self) -> Result<(DeviceSpec, Limits)> {
+        let o = self.dash_o()?;
+        let remote = RemoteRequest {
+            layer: self.remote.layer.or(o.layer),
+            digest: self.remote.blob_digest.clone().or(o.blob),
+            platform: self.remote.platform.clone().or(o.platform),
+            insecure: self.remote.insecure || o.insecure,
+        };
+        let blob = self.remote.blob_source(&self.blob, remote)?;
+        self.spec_with_blob(blob)
+    }
+
+    /// [`Self::spec`] with the blob source given: a whole-image mount opens every layer
+    /// through the one egress policy it listed the image with (credentials read once).
+    pub fn spec_with_blob(&self, blob: BlobSource) -> Result<(DeviceSpec, Limits)> {
         let o = self.dash_o()?;
         let meta = o
             .tarindex
@@ -245,13 +268,6 @@ impl DeviceArgs {
             learn_interval: Some(self.learn_interval),
             max_learned: None,
         };
-        let remote = RemoteRequest {
-            layer: self.layer.or(o.layer),
-            digest: self.blob_digest.clone().or(o.blob),
-            platform: self.platform.clone().or(o.platform),
-            insecure: self.insecure || o.insecure,
-        };
-        let blob = self.blob_source(remote)?;
         Ok((
             DeviceSpec {
                 meta,
@@ -270,11 +286,24 @@ impl DeviceArgs {
             },
         ))
     }
+}
+
+impl RemoteArgs {
+    /// The blob named by `blob` and these arguments alone (no `-o` options).
+    pub fn source(&self, blob: &str) -> Result<BlobSource> {
+        let request = RemoteRequest {
+            layer: self.layer,
+            digest: self.blob_digest.clone(),
+            platform: self.platform.clone(),
+            insecure: self.insecure,
+        };
+        self.blob_source(blob, request)
+    }
 
     /// A path, a URL or an OCI reference; for the network ones, the egress policy too
     /// (made here, once per command: every instance shares its allow-list and counters).
-    fn blob_source(&self, r: RemoteRequest) -> Result<BlobSource> {
-        let text = self.blob.as_str();
+    fn blob_source(&self, blob: &str, r: RemoteRequest) -> Result<BlobSource> {
+        let text = blob;
         let is_url = text.starts_with("http://") || text.starts_with("https://");
         let is_oci = text.starts_with("oci://");
         if !is_url && !is_oci {

@@ -79,7 +79,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     if args.foreground {
         serve(args, &mountpoint)
     } else {
-        daemonize(&mountpoint, args.device.password_stdin)
+        daemonize(&mountpoint, args.device.remote.password_stdin)
     }
 }
 

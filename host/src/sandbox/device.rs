@@ -37,6 +37,35 @@ pub(super) const MAX_TABLES: usize = 16;
 /// more; 4 is a safe bound. Their total size is capped by [`Limits::memory`].
 pub(super) const MAX_MEMORIES: usize = 4;
 
+/// A store with the sandbox's limits: the memory cap and the instance, table and memory
+/// bounds, WASI with nothing granted, `wasi:http` through `egress`, and a deadline of one
+/// call (`limits.call_timeout`) that traps when it passes. Callers set a fresh deadline
+/// before each later call.
+pub(crate) fn new_store(
+    runtime: &Runtime,
+    limits: &Limits,
+    egress: Arc<EgressPolicy>,
+) -> Store<StoreState> {
+    let store_limits = StoreLimitsBuilder::new()
+        .memory_size(usize::try_from(limits.memory).unwrap_or(usize::MAX))
+        .instances(MAX_INSTANCES)
+        .tables(MAX_TABLES)
+        .memories(MAX_MEMORIES)
+        .build();
+    let state = StoreState {
+        wasi: WasiCtx::builder().build(),
+        table: Default::default(),
+        limits: store_limits,
+        http: wasmtime_wasi_http::WasiHttpCtx::new(),
+        egress: Egress(egress),
+    };
+    let mut store = Store::new(&runtime.engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(limits.deadline_ticks());
+    store.epoch_deadline_trap();
+    store
+}
+
 /// Sandbox limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -44,6 +73,13 @@ pub struct Limits {
     pub memory: u64,
     /// Deadline for one call into the guest.
     pub call_timeout: Duration,
+}
+
+impl Limits {
+    /// The call deadline in epoch ticks (at least one).
+    pub(crate) fn deadline_ticks(&self) -> u64 {
+        (self.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
 }
 
 /// The files and settings a device is opened with; kept so that it can be reopened.
@@ -337,27 +373,11 @@ impl SandboxedDevice {
 
     /// Build a store and an instance, and open the device (and filesystem) in it.
     fn start(&self) -> Result<Live, CallError> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(self.limits.memory).unwrap_or(usize::MAX))
-            .instances(MAX_INSTANCES)
-            .tables(MAX_TABLES)
-            .memories(MAX_MEMORIES)
-            .build();
         let egress = match &self.spec.blob {
             BlobSource::Remote { egress, .. } => egress.clone(),
             BlobSource::Local(_) => self.deny_all.clone(),
         };
-        let state = StoreState {
-            wasi: WasiCtx::builder().build(),
-            table: Default::default(),
-            limits,
-            http: wasmtime_wasi_http::WasiHttpCtx::new(),
-            egress: Egress(egress),
-        };
-        let mut store = Store::new(&self.runtime.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
-        store.epoch_deadline_trap();
+        let mut store = new_store(&self.runtime, &self.limits, egress);
 
         let io = |e: anyhow::Error| CallError::Component(WitError::Io(format!("{e:#}")));
         let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
@@ -422,7 +442,7 @@ impl SandboxedDevice {
     }
 
     fn deadline_ticks(&self) -> u64 {
-        (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+        self.limits.deadline_ticks()
     }
 
     /// Run one call with a fresh deadline; rebuild the instance first if a trap killed

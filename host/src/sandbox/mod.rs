@@ -11,6 +11,8 @@
 //!   (NBD, the loop backend's device file).
 //! - [`verify`]: the whole-image check before a kernel sees an image.
 //! - [`image_layers`]: the layers of an image manifest, listed by the component.
+//! - [`indexer`]: one tar-index build ([`index_blob`]): the blob streamed once into the
+//!   component's builder.
 
 pub mod device;
 pub mod device_pool;
@@ -18,6 +20,7 @@ pub mod errors;
 pub mod filesystem_pool;
 pub(crate) mod host_file;
 pub mod image_layers;
+pub mod indexer;
 pub mod runtime;
 pub mod verify;
 
@@ -26,5 +29,6 @@ pub use device_pool::DevicePool;
 pub use errors::CallError;
 pub use filesystem_pool::FilesystemPool;
 pub use image_layers::list_image_layers;
-pub use runtime::{OpenOptions, Runtime, VerifyReport};
+pub use indexer::{index_blob, IndexRequest};
+pub use runtime::{IndexOutput, IndexProgress, IndexStats, OpenOptions, Runtime, VerifyReport};
 pub use verify::verify_image;

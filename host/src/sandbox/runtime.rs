@@ -4,7 +4,7 @@
 //! Limits, and why:
 //! - Epoch interruption with a 10 ms tick: cheap (a counter check on loop back-edges)
 //!   and the only way to stop a guest stuck in a loop. Each call gets a deadline.
-//! - A per-store memory cap (StoreLimits), set by the caller (see `sandbox.rs`).
+//! - A per-store memory cap (StoreLimits), set by the caller (see `device.rs`).
 //! - WASI with nothing granted: no preopened directories, no environment, no arguments,
 //!   no stdio. The guest imports WASI only because Rust's std for wasm32-wasip2 does.
 
@@ -38,6 +38,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use erofs::reader::types::Error as WitError;
+pub use exports::erofs::reader::builder::{IndexOptions, IndexOutput, IndexProgress, IndexStats};
 pub use exports::erofs::reader::filesystem::{Attributes, DirEntry, FileKind, VerifyReport};
 pub use exports::erofs::reader::tarindex::{
     BlobLocation, DeviceStats, ImageInfo, ImageLayer, OciBlob, OpenOptions, RemoteOptions,
@@ -94,7 +95,7 @@ impl Runtime {
 
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| wt(e, "linking WASI"))?;
-        // wasi:http goes through the egress policy in each store (egress.rs).
+        // wasi:http goes through the egress policy in each store (net/egress.rs).
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
             .map_err(|e| wt(e, "linking wasi:http"))?;
         Reader::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(

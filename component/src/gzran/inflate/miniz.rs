@@ -1,6 +1,6 @@
-//! The same raw-deflate inflater interface as `zlib.rs`, on miniz_oxide 0.9 (the
-//! design card's engine), selected with the `miniz` cargo feature so `just bench` can
-//! measure both.
+//! The same raw-deflate inflater interface as `zlib.rs`, on miniz_oxide 0.9 (the engine
+//! we compared against; docs/formats.md, "Inflate engines"), selected with the `miniz`
+//! cargo feature so `just bench` can measure both.
 //!
 //! miniz_oxide reads back-references from its own output buffer, so this engine keeps a
 //! 64 KiB ring (a power of two, as miniz's wrapping mode needs) holding at least the last

@@ -128,7 +128,8 @@ impl ZlibInflater {
 
 impl Drop for ZlibInflater {
     fn drop(&mut self) {
-        // Always release zlib's state (the reference leaks it on every read, spec §3.4.5).
+        // Always release zlib's state (the reference leaks it on every read; docs/formats.md,
+        // "Defects we refuse").
         // SAFETY: initialised in `new`, ended exactly once here.
         unsafe {
             z::inflateEnd(&mut *self.stream);

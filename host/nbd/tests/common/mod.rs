@@ -8,15 +8,19 @@ use std::fs;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
 
 use erofs_nbd::{BlockSource, Listen, ReadError, Server, ServerConfig};
 
 pub use erofs_nbd::test_client::*;
+
+/// External tools with deadlines: the one runner of the repository's tests.
+#[path = "../../../../tests/common/tools.rs"]
+mod tools;
+#[allow(unused_imports)] // Not every test binary runs tools.
+pub use tools::*;
 
 pub const EXPORT: &str = "layer0";
 pub const MAX_REQUEST: u32 = 1 << 20;
@@ -137,36 +141,6 @@ impl Drop for TestServer {
     }
 }
 
-/// Kills and reaps a child process on drop.
-pub struct ChildGuard(pub Option<Child>);
-
-impl ChildGuard {
-    /// Waits up to `limit` for the child; kills it on timeout.
-    pub fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        let child = self.0.as_mut()?;
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) => {
-                    self.0 = None;
-                    return Some(st);
-                }
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => return None, // Drop kills it.
-            }
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// A temp directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -204,42 +178,6 @@ pub fn have_tool(tool: &str) -> bool {
         let _ = writeln!(io::stderr(), "SKIPPED: {tool} not installed");
     }
     found
-}
-
-/// Result of running an external tool.
-pub struct Run {
-    pub status: Option<ExitStatus>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn ok(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-}
-
-/// Runs a command with a time limit, its output going to files (no pipe deadlocks).
-pub fn run_tool(dir: &TempDir, program: &str, args: &[&str], limit: Duration) -> Run {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let out_path = dir.path(&format!("{program}-{n}.out"));
-    let err_path = dir.path(&format!("{program}-{n}.err"));
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).expect("stdout file"))
-        .stderr(fs::File::create(&err_path).expect("stderr file"))
-        .spawn()
-        .expect("spawn tool");
-    let mut guard = ChildGuard(Some(child));
-    let status = guard.wait_timeout(limit);
-    drop(guard);
-    Run {
-        status,
-        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
-    }
 }
 
 /// Opens a fresh connection and checks a few reads against the expected bytes, in both

@@ -45,6 +45,15 @@ pub(crate) fn errno(e: &CallError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Answer an `open`: read-only access only, and the kernel may keep its page cache
+/// across opens (the data never changes).
+pub(crate) fn open_read_only(flags: fuser::OpenFlags, reply: fuser::ReplyOpen) {
+    if flags.acc_mode() != fuser::OpenAccMode::O_RDONLY {
+        return reply.error(Errno::EROFS);
+    }
+    reply.opened(fuser::FileHandle(0), fuser::FopenFlags::FOPEN_KEEP_CACHE);
+}
+
 /// The parts of a read-only [`fuser::Filesystem`] that both FUSE bridges answer the same
 /// way: `init` tunes the request sizes, and `flush` has nothing to write back.
 macro_rules! read_only_basics {

@@ -6,11 +6,11 @@ use std::ffi::OsStr;
 use std::time::UNIX_EPOCH;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
 
-use crate::bridge::fuse::{read_only_basics, TTL};
+use crate::bridge::fuse::{open_read_only, read_only_basics, TTL};
 use crate::sandbox::DevicePool;
 
 /// The one file in the private mount, which the kernel loop-mounts.
@@ -78,10 +78,7 @@ impl Filesystem for DeviceFile {
         if ino != IMAGE {
             return reply.error(Errno::EISDIR);
         }
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        open_read_only(flags, reply);
     }
 
     fn read(

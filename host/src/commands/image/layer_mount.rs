@@ -42,7 +42,10 @@ pub struct LayerMount {
 impl LayerMount {
     /// True while every part of the layer is still served.
     pub fn is_live(&self) -> bool {
-        let session_ok = self.session.as_ref().is_some_and(|s| !s.guard.is_finished());
+        let session_ok = self
+            .session
+            .as_ref()
+            .is_some_and(|s| !s.guard.is_finished());
         let kernel_ok = !self.kernel_mount || mounts::mounted_at(&self.dir).is_some();
         session_ok && kernel_ok
     }
@@ -100,11 +103,10 @@ pub fn mount_layer(
     backing: &Path,
     o: &LayerOptions,
 ) -> Result<LayerMount> {
-    let (spec, limits) = layer.device.spec()?;
+    let (spec, limits) = layer.device.spec_with_blob(layer.source.clone())?;
     let name = format!("layer{}:{}", layer.index, short(&layer.digest));
-    let mkdir = |d: &Path| {
-        std::fs::create_dir_all(d).with_context(|| format!("{}: creating", d.display()))
-    };
+    let mkdir =
+        |d: &Path| std::fs::create_dir_all(d).with_context(|| format!("{}: creating", d.display()));
     mkdir(dir)?;
     // From here on, dropping `mounted` undoes what was made.
     let mut mounted = LayerMount {

@@ -14,14 +14,17 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use crate::commands::DeviceArgs;
-use crate::sandbox::runtime::{ImageInfo, ImageLayer};
-use crate::sandbox::{list_image_layers, Runtime};
+use crate::sandbox::runtime::{BlobLocation, ImageLayer, OciBlob};
+use crate::sandbox::{list_image_layers, BlobSource, Runtime};
 
 /// One layer to mount: its place in the manifest and the device arguments that open it.
 pub struct PlannedLayer {
     pub index: u32,
     pub digest: String,
+    /// The image's arguments with this layer's index files.
     pub device: DeviceArgs,
+    /// The layer blob, by digest in the pinned manifest, through the shared egress.
+    pub source: BlobSource,
 }
 
 /// The layers to mount, bottom first, each with its device arguments ready.
@@ -38,7 +41,20 @@ pub fn index_names(digest: &str) -> (String, String) {
 
 /// List the image's layers in the sandbox and find each one's index.
 pub fn plan(device: &DeviceArgs, runtime: &Arc<Runtime>, index_dir: &Path) -> Result<Plan> {
-    let info = list_layers(device, runtime)?;
+    // One egress policy for the listing and every layer: one allow-list, one range
+    // cache, and the credentials read once (a password on stdin can only be read once).
+    let image = device.image_source()?;
+    let BlobSource::Remote {
+        options, egress, ..
+    } = &image
+    else {
+        bail!(
+            "{}: a whole-image mount needs an oci:// reference",
+            device.blob
+        );
+    };
+    let platform = device.platform_choice()?;
+    let info = list_image_layers(runtime, image.clone(), &device.blob, platform.as_deref())?;
     let pinned = format!(
         "oci://{}/{}@{}",
         info.registry, info.repository, info.manifest_digest
@@ -47,19 +63,26 @@ pub fn plan(device: &DeviceArgs, runtime: &Arc<Runtime>, index_dir: &Path) -> Re
     for layer in &info.layers {
         let (meta, zinfo) = find_index(index_dir, layer, &pinned)?;
         let mut args = device.clone();
+        args.tarindex = Some(meta);
+        args.zinfo = zinfo;
         // Every layer comes from the manifest just listed, by digest: a tag moved
         // meanwhile cannot mix two images.
         args.blob = pinned.clone();
-        args.layer = Some(layer.index);
-        args.blob_digest = Some(layer.digest.clone());
-        args.tarindex = Some(meta);
-        args.zinfo = zinfo;
-        // `-o` can only hold what `is_whole_image` lets through (platform, insecure,
-        // ro), which applies to every layer alike: it stays.
+        let source = BlobSource::Remote {
+            location: BlobLocation::Oci(OciBlob {
+                reference: pinned.clone(),
+                layer: Some(layer.index),
+                digest: Some(layer.digest.clone()),
+                platform: None,
+            }),
+            options: *options,
+            egress: egress.clone(),
+        };
         layers.push(PlannedLayer {
             index: layer.index,
             digest: layer.digest.clone(),
             device: args,
+            source,
         });
     }
     Ok(Plan {
@@ -110,17 +133,6 @@ fn find_index(dir: &Path, layer: &ImageLayer, image: &str) -> Result<(PathBuf, O
     }
 }
 
-/// The component lists the layers (see `sandbox::image_layers`).
-fn list_layers(device: &DeviceArgs, runtime: &Runtime) -> Result<ImageInfo> {
-    let platform = device.platform_choice()?;
-    list_image_layers(
-        runtime,
-        device.image_source()?,
-        &device.blob,
-        platform.as_deref(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +140,9 @@ mod tests {
     #[test]
     fn index_file_names() {
         let (m, z) = index_names("sha256:abcd");
-        assert_eq!((m.as_str(), z.as_str()), ("sha256-abcd.meta", "sha256-abcd.zinfo"));
+        assert_eq!(
+            (m.as_str(), z.as_str()),
+            ("sha256-abcd.meta", "sha256-abcd.zinfo")
+        );
     }
 }

@@ -98,7 +98,10 @@ impl Merge {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if matches!(child.try_wait(), Ok(None)) {
-                tracing::warn!("fuse-overlayfs (pid {}) did not exit; killing it", child.id());
+                tracing::warn!(
+                    "fuse-overlayfs (pid {}) did not exit; killing it",
+                    child.id()
+                );
                 let _ = child.kill();
             }
             let _ = child.wait();
@@ -159,8 +162,9 @@ pub fn mount_merge(
             if upper.is_none() {
                 flags |= libc::MS_RDONLY;
             }
-            kernel_mount(mountpoint, flags, &options)
-                .with_context(|| format!("{}: mount -t overlay -o {options}", mountpoint.display()))?;
+            kernel_mount(mountpoint, flags, &options).with_context(|| {
+                format!("{}: mount -t overlay -o {options}", mountpoint.display())
+            })?;
             merge.mounted = true;
         }
         MergeKind::FuseOverlayfs => {

@@ -155,7 +155,12 @@ pub fn serve(args: &MountArgs, mountpoint: &Path, signals: &libc::sigset_t) -> R
             .with_context(|| format!("{}: creating", empty.display()))?;
         lowers.push(empty);
     }
-    made.merge = Some(mount_merge(merge_kind, &lowers, upper.as_ref(), mountpoint)?);
+    made.merge = Some(mount_merge(
+        merge_kind,
+        &lowers,
+        upper.as_ref(),
+        mountpoint,
+    )?);
 
     let registration = Registration {
         pid: std::process::id(),
@@ -163,7 +168,12 @@ pub fn serve(args: &MountArgs, mountpoint: &Path, signals: &libc::sigset_t) -> R
         backend: format!("{:?}", args.backend).to_lowercase(),
         backing: None,
         // Top layer first, each before its backing mount: the order to detach them in.
-        layers: made.layers.iter().rev().flat_map(LayerMount::paths).collect(),
+        layers: made
+            .layers
+            .iter()
+            .rev()
+            .flat_map(LayerMount::paths)
+            .collect(),
         layers_dir: Some(dir),
     };
     let reg_path = mounts::registration_path(mountpoint)?;
@@ -177,7 +187,10 @@ pub fn serve(args: &MountArgs, mountpoint: &Path, signals: &libc::sigset_t) -> R
             break;
         }
         if !made.is_live() {
-            tracing::info!("{}: the merge or a layer went away; stopping", mountpoint.display());
+            tracing::info!(
+                "{}: the merge or a layer went away; stopping",
+                mountpoint.display()
+            );
             break;
         }
     }

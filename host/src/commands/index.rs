@@ -1,0 +1,197 @@
+//! `erofs-host index`: build a layer's tar index (META) and, for a gzip blob, its zinfo,
+//! inside the sandbox ([`index_blob`]), and write them atomically: each output goes to a
+//! temporary file beside it and is renamed into place only when the whole build
+//! succeeded, so an error or Ctrl-C never leaves a partial file under the name asked for.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use super::device_args::{parse_size, RemoteArgs};
+use crate::atomic_output;
+use crate::defaults;
+use crate::sandbox::{
+    index_blob, BlobSource, IndexOutput, IndexProgress, IndexRequest, Limits, Runtime,
+};
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// The erofs-wasm component (.wasm), e.g. target/wasm32-wasip2/release/erofs_component.wasm
+    pub component: PathBuf,
+
+    /// The layer blob (gzip'd or plain tar): a path, an http(s):// URL, or
+    /// oci://REGISTRY/REPO:TAG | oci://REGISTRY/REPO@sha256:... (see --layer, --blob-digest)
+    pub blob: String,
+
+    /// Where to write the EROFS tar-index metadata image (mount META ‖ tar)
+    #[arg(long, value_name = "OUT_META")]
+    pub tarindex: PathBuf,
+
+    /// Where to write the zinfo checkpoint index: required for a gzip blob, refused for a
+    /// plain tar (which is read directly)
+    #[arg(long, value_name = "OUT_ZINFO")]
+    pub zinfo: Option<PathBuf>,
+
+    /// Translate aufs whiteouts, as image layers use them: `.wh.NAME` becomes an overlay
+    /// whiteout, `.wh..wh..opq` an opaque directory; other `.wh..wh.*` are dropped
+    /// [default: off, names are kept as they are in the tar]
+    #[arg(long)]
+    pub aufs: bool,
+
+    /// Uncompressed bytes between zinfo checkpoints. A cold random read inflates half a
+    /// span on average (SOCI uses 4M, nydus <= 2M); each checkpoint costs 32 KiB of zinfo,
+    /// so 2M keeps the zinfo at 1.6% of the tar. At least 64K
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::INDEX_SPAN)]
+    pub span_size: u64,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    /// Cap on the component's memory [default: 256M, for the tree of a few hundred
+    /// thousand entries (names and metadata, no file data), the zinfo (32 KiB per
+    /// checkpoint) and the copies of the outputs; 128M more for remote blobs, for
+    /// fetched chunks]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+
+    /// Deadline for one call into the component, in seconds [default 30 for local blobs:
+    /// a call indexes 1 MiB, well under a second, so a guest busy for 30 s is stuck; 120
+    /// for remote ones: a call may wait for retries with backoff]
+    #[arg(long, value_name = "SECONDS")]
+    pub call_timeout: Option<f64>,
+
+    /// Print no progress line, even on a terminal
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn run(args: IndexArgs) -> Result<()> {
+    // Before any thread exists, so that every thread inherits it.
+    atomic_output::take_over_termination_signals()?;
+    let blob = args.remote.source(&args.blob)?;
+    let limits = limits(&args, &blob)?;
+    if args.zinfo.as_deref() == Some(args.tarindex.as_path()) {
+        bail!("--tarindex and --zinfo name the same file");
+    }
+    let request = IndexRequest {
+        aufs: args.aufs,
+        span: Some(args.span_size),
+        blob_digest: args.remote.blob_digest.clone(),
+        want_zinfo: Some(args.zinfo.is_some()),
+    };
+    let runtime = Runtime::load(&args.component)?;
+    let mut progress = ProgressLine::new(!args.quiet && std::io::stderr().is_terminal());
+    let started = Instant::now();
+    let result = index_blob(&runtime, &blob, &request, limits, &mut |p| progress.show(p));
+    progress.clear();
+    let output = result?;
+    let mut outputs = vec![(args.tarindex.as_path(), output.meta.as_slice())];
+    if let (Some(path), Some(zinfo)) = (&args.zinfo, &output.zinfo) {
+        outputs.push((path.as_path(), zinfo.as_slice()));
+    }
+    atomic_output::write_all(&outputs)?;
+    report(&args, &output, started.elapsed());
+    Ok(())
+}
+
+fn limits(args: &IndexArgs, blob: &BlobSource) -> Result<Limits> {
+    let remote = matches!(blob, BlobSource::Remote { .. });
+    let memory = args.memory_limit.unwrap_or(
+        defaults::INDEX_MEMORY
+            + if remote {
+                defaults::MEMORY_REMOTE_EXTRA
+            } else {
+                0
+            },
+    );
+    let timeout = args.call_timeout.unwrap_or(if remote {
+        defaults::CALL_TIMEOUT_REMOTE_SECS
+    } else {
+        defaults::CALL_TIMEOUT_LOCAL_SECS
+    });
+    if !(timeout > 0.0 && timeout < defaults::CALL_TIMEOUT_MAX_SECS) {
+        bail!(
+            "--call-timeout {timeout}: must be between 0 and {} seconds",
+            defaults::CALL_TIMEOUT_MAX_SECS
+        );
+    }
+    Ok(Limits {
+        memory,
+        call_timeout: Duration::from_secs_f64(timeout),
+    })
+}
+
+fn report(args: &IndexArgs, output: &IndexOutput, took: Duration) {
+    let s = &output.stats;
+    println!(
+        "meta: {} ({} bytes, {} inodes from {} tar entries)",
+        args.tarindex.display(),
+        output.meta.len(),
+        s.inodes,
+        s.entries
+    );
+    if let (Some(path), Some(z)) = (&args.zinfo, &output.zinfo) {
+        println!(
+            "zinfo: {} ({} bytes, {} checkpoints, span {})",
+            path.display(),
+            z.len(),
+            s.checkpoints,
+            s.span_size
+        );
+    }
+    println!("blob: {} bytes, digest {}", s.blob_size, s.blob_digest);
+    println!("tar: {} bytes, diff_id {}", s.tar_size, s.diff_id);
+    for note in &s.notes {
+        println!("note: {note}");
+    }
+    tracing::info!("indexed in {:.3} s", took.as_secs_f64());
+}
+
+/// One stderr line, rewritten at most every 200 ms, on a terminal only.
+struct ProgressLine {
+    on: bool,
+    last: Option<Instant>,
+    shown: bool,
+}
+
+impl ProgressLine {
+    fn new(on: bool) -> Self {
+        Self {
+            on,
+            last: None,
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, p: &IndexProgress) {
+        if !self.on
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let total = p
+            .blob_size
+            .map(|t| format!(" of {:.1}", mib(t)))
+            .unwrap_or_default();
+        eprint!(
+            "\rindexing: {:.1}{total} MiB of blob, {:.1} MiB of tar, {} entries   ",
+            mib(p.blob_bytes),
+            mib(p.tar_bytes),
+            p.entries
+        );
+        self.shown = true;
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r{:79}\r", "");
+        }
+    }
+}
