@@ -21,9 +21,10 @@ build:
 build-miniz:
     cargo build --release --target wasm32-wasip2 -p erofs-component --features miniz --target-dir target/miniz
 
-# Run every test: unit, property, end-to-end (mounts need root; they say so when they skip), then test-runtimes
+# Run every test: unit, property, end-to-end (mounts need root; they say so when they skip), every fuzz target for 10 s, then test-runtimes
 test: setup build && _runtime-tests
     cargo test --release --workspace
+    just fuzz-all 10
 
 # The same component in Node.js (jco) and Python (wasmtime-py); each skips loudly without its runtime
 test-runtimes: build _runtime-tests
@@ -37,6 +38,8 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy --release --target wasm32-wasip2 -p erofs-component -- -D warnings
     cargo fmt --all -- --check
+    cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+    CARGO_TARGET_DIR=fuzz/target cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 # Show the main job on a built-in sample layer
 demo: setup build
@@ -48,3 +51,21 @@ bench: build build-miniz
     python3 tests/bench/nbd_bench.py
     python3 tests/bench/network_bench.py
     tests/bench/runtimes_bench.sh
+
+# Fuzz targets (fuzz/README.md), in the order fuzz-all runs them
+fuzz_targets := "zinfo gzran tarindex erofs oci_manifest www_authenticate content_range url_reference nbd build_tar"
+
+# Build the fuzz targets (libFuzzer, coverage-instrumented, stable Rust; fuzz/target)
+fuzz-build:
+    fuzz/build.sh
+
+# Run one fuzz target for SECONDS: `fuzz TARGET: N execs, C crashes`
+fuzz TARGET SECONDS: fuzz-build
+    fuzz/run.sh {{TARGET}} {{SECONDS}}
+
+# Run every fuzz target for SECONDS each, one line per target; fails if any crashed
+fuzz-all SECONDS: fuzz-build
+    #!/bin/sh
+    failed=0
+    for t in {{fuzz_targets}}; do fuzz/run.sh "$t" {{SECONDS}} || failed=1; done
+    exit $failed

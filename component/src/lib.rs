@@ -14,6 +14,22 @@
 //!
 //! The formats are described in `docs/formats.md`.
 
+/// Declares modules that parse outside data (zinfo, gzip, and the remote client's URLs,
+/// references, manifests and auth challenges) under erofs-image's lint rules: no
+/// indexing, unwrap or panic, no unchecked arithmetic, no truncating casts. Their unit
+/// tests may index, unwrap and panic.
+macro_rules! parser_modules {
+    ($($vis:vis mod $name:ident;)*) => {$(
+        #[deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+        #[deny(clippy::panic, clippy::arithmetic_side_effects)]
+        #[deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+        #[deny(clippy::cast_sign_loss)]
+        #[cfg_attr(test, allow(clippy::indexing_slicing, clippy::unwrap_used))]
+        #[cfg_attr(test, allow(clippy::panic))]
+        $vis mod $name;
+    )*};
+}
+
 pub mod build;
 pub mod defaults;
 pub mod error;

@@ -246,7 +246,10 @@ impl Indexer {
         let (zinfo, checkpoints) = match self.decoder {
             Decoder::Gzip(z) => {
                 let (file, _) = z.finish()?;
-                let count = u32::from_le_bytes([file[0], file[1], file[2], file[3]]);
+                let count = file
+                    .get(0..4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map_or(0, u32::from_le_bytes);
                 (Some(file), count)
             }
             _ => (None, 0),

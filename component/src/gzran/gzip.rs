@@ -1,28 +1,7 @@
 //! gzip member framing (RFC 1952): the header before each deflate stream and the
 //! 8-byte trailer after it. A layer blob may hold several members back to back.
 
-// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
-#![deny(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects,
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::arithmetic_side_effects,
-        clippy::cast_possible_truncation
-    )
-)]
+// Parses outside data under erofs-image's lint rules (`parser_modules!` in lib.rs).
 
 use super::input::Input;
 use crate::error::{Error, Result};

@@ -13,10 +13,13 @@
 pub mod cache;
 pub mod checkpoints;
 pub mod cursor;
-pub mod gzip;
 pub mod inflate;
 pub mod input;
 pub mod reader;
-pub mod zinfo;
+
+parser_modules! {
+    pub mod gzip;
+    pub mod zinfo;
+}
 
 pub use reader::{Counters, GzRan, Options};

@@ -6,14 +6,16 @@
 //! inside the sandbox. The host grants and polices the network and adds credentials; the
 //! component never sees a password.
 
-pub mod auth;
+parser_modules! {
+    pub mod auth;
+    pub mod manifest;
+    pub mod reference;
+    pub mod url;
+}
 pub mod blob;
 pub mod image;
-pub mod manifest;
 pub mod net;
-pub mod reference;
 pub mod transport;
-pub mod url;
 #[cfg(target_arch = "wasm32")]
 pub mod wasi_transport;
 

@@ -6,28 +6,7 @@
 //! A first component with a `.` or a `:`, or `localhost`, is a registry; otherwise the
 //! registry is Docker Hub.
 
-// A parser of outside data: no panics, no silent wrap-around (erofs-image's rules).
-#![deny(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects,
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::arithmetic_side_effects,
-        clippy::cast_possible_truncation
-    )
-)]
+// Parses outside data under erofs-image's lint rules (`parser_modules!` in lib.rs).
 
 use super::url::{shorten, Url};
 use crate::error::{Error, Result};

@@ -41,7 +41,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use server::Server;
+pub use server::{serve_unix_client, Server};
 
 /// The bytes an NBD export serves. One instance is shared by every connection and every
 /// worker thread, so implementations must be safe to call concurrently.

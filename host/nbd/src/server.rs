@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufReader};
 use std::net::{Shutdown, TcpListener};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -200,6 +200,20 @@ impl Server {
             }
         }
     }
+}
+
+/// Serves one client that is already connected (one end of a `socketpair`, a socket
+/// handed over by inetd or systemd) on the calling thread, until the session ends: the
+/// same handshake and transmission as a client [`Server::serve`] accepted. The fuzz target
+/// drives the server through this over an in-memory socket pair.
+pub fn serve_unix_client(
+    stream: UnixStream,
+    config: &ServerConfig,
+    source: Arc<dyn BlockSource>,
+) -> io::Result<()> {
+    validate(config)?;
+    run_connection(Stream::Unix(stream), config, source);
+    Ok(())
 }
 
 impl Drop for Server {

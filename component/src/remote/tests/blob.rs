@@ -404,6 +404,10 @@ fn content_range_parsing() {
         "bytes 0-99999999999999999999999/1",
         "bytes a-b/c",
         "",
+        // The last byte must lie before the total (fuzz/regressions/content_range).
+        "bytes 0-10/5",
+        "bytes 0-0/0",
+        "bytes  18446744073709551614-18446744073709551615/18446744073709551615",
     ] {
         assert_eq!(parse_content_range(bad), None, "{bad}");
     }
