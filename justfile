@@ -33,6 +33,12 @@ _runtime-tests:
     tests/node/run.sh
     tests/python/run.sh
 
+# The manual pages, from the clap definitions: target/man/erofs-host.1 and one per command
+man:
+    cargo build --release -p erofs-host
+    {{host}} man-pages target/man
+    @echo "man -l target/man/erofs-host.1"
+
 # clippy and rustfmt, as CI wants them
 lint:
     cargo clippy --workspace --all-targets -- -D warnings

@@ -20,6 +20,12 @@ pub(crate) const LEARN_INTERVAL: &str = "1M";
 /// 8 MiB), the cursors, and one 32 MiB read with its copies, with room to spare.
 pub(crate) const MEMORY_BASE: u64 = 192 << 20;
 
+/// The least memory the component needs besides its decode cache; a `--memory-limit`
+/// below the cache plus this is refused before any work. Measured: 8 MiB is the least
+/// with which `cat` of tests/fixtures/large runs without a cache (the instance, its
+/// stack and one 4 MiB read with its copy); learned checkpoints may take 8 MiB more.
+pub(crate) const MEMORY_FIXED: u64 = 16 << 20;
+
 /// More memory for a remote blob: 32 MiB of fetched chunks, and a whole small blob from
 /// a server that ignores Range.
 pub(crate) const MEMORY_REMOTE_EXTRA: u64 = 128 << 20;

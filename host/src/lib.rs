@@ -15,6 +15,7 @@
 //! - [`mount_registry`]: the record of live mounts that `umount` reads.
 //! - [`defaults`]: every default setting, each with its reason.
 //! - [`env`]: environment variables that name paths (an empty value means unset).
+//! - [`progress`]: progress on long work, on a terminal only (`--quiet` silences it).
 
 pub(crate) mod atomic_output;
 pub(crate) mod bridge;
@@ -23,4 +24,5 @@ pub(crate) mod defaults;
 pub(crate) mod env;
 pub(crate) mod mount_registry;
 pub(crate) mod net;
+pub mod progress;
 pub mod sandbox;

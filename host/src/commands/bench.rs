@@ -8,8 +8,9 @@ use clap::{Args, ValueEnum};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use super::device_args::{parse_size, DeviceArgs};
+use super::usage::usage;
 use crate::defaults;
-use crate::sandbox::{Runtime, SandboxedDevice};
+use crate::sandbox::{format_size, Runtime, SandboxedDevice};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Pattern {
@@ -63,7 +64,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let io = u32::try_from(args.io_size)
         .ok()
         .filter(|&n| n > 0)
-        .context("--io-size must be 1 byte to 4 GiB")?;
+        .ok_or_else(|| usage("--io-size must be 1 byte to 4 GiB"))?;
+    // A read needs its buffer and one copy beside the cache and the fixed needs.
+    let cache = spec.options.cache_bytes.unwrap_or(0);
+    let need = args
+        .io_size
+        .saturating_mul(2)
+        .saturating_add(cache)
+        .saturating_add(defaults::MEMORY_FIXED);
+    if need > limits.memory {
+        return Err(usage(format!(
+            "--io-size {} does not fit under --memory-limit {}: two copies of a read, --decode-cache {} and the {} the component needs besides take {}",
+            format_size(args.io_size),
+            format_size(limits.memory),
+            format_size(cache),
+            format_size(defaults::MEMORY_FIXED),
+            format_size(need)
+        )));
+    }
     let started = Instant::now();
     let runtime = Runtime::load(&args.device.component)?;
     let mut device = SandboxedDevice::open(runtime, spec, limits)?;

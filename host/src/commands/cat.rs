@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::device_args::{parse_size, DeviceArgs};
+use crate::progress::Progress;
 use crate::sandbox::{Runtime, SandboxedDevice};
 
 #[derive(Debug, Args)]
@@ -41,6 +42,7 @@ pub fn run(args: CatArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut pos = args.offset;
+    let progress = Progress::bytes("cat", end.saturating_sub(pos));
     while pos < end {
         let want = (end - pos).min(CHUNK as u64) as u32;
         let bytes = device
@@ -51,7 +53,9 @@ pub fn run(args: CatArgs) -> Result<()> {
         }
         out.write_all(&bytes).context("writing to stdout")?;
         pos += bytes.len() as u64;
+        progress.set_position(pos - args.offset);
     }
+    progress.finish();
     out.flush().context("writing to stdout")?;
     if args.stats {
         print_stats(&mut device)?;

@@ -13,16 +13,17 @@ use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
+use super::usage::usage;
 use crate::defaults;
 use crate::net::credentials;
 use crate::net::egress::EgressPolicy;
 use crate::net::http_send::Timeouts;
 use crate::net::range_cache::RangeCache;
 use crate::sandbox::runtime::{BlobLocation, OciBlob, OpenOptions, RemoteOptions};
-use crate::sandbox::{BlobSource, DeviceSpec, Limits};
+use crate::sandbox::{format_size, BlobSource, DeviceSpec, Limits};
 
 /// The component, the layer and its index: what every device-serving command takes.
 #[derive(Debug, Args, Clone)]
@@ -166,19 +167,19 @@ impl DeviceArgs {
                 match key {
                     "oci.tarindex" => o.tarindex = Some(PathBuf::from(value)),
                     "oci.zinfo" => o.zinfo = Some(PathBuf::from(value)),
-                    "oci.layer" => o.layer = Some(value.parse().with_context(|| format!("-o {opt}: not a layer index"))?),
+                    "oci.layer" => o.layer = Some(value.parse().map_err(|_| usage(format!("-o {opt}: not a layer index")))?),
                     // erofs-utils takes a bare hex digest too.
                     "oci.blob" if value.starts_with("sha256:") => o.blob = Some(value.to_string()),
                     "oci.blob" => o.blob = Some(format!("sha256:{value}")),
                     "oci.platform" => o.platform = Some(value.to_string()),
                     "oci.insecure" => o.insecure = true,
-                    "oci.username" | "oci.password" => bail!(
+                    "oci.username" | "oci.password" => return Err(usage(format!(
                         "-o {key}: credentials are never taken from the command line; use --username with --password-stdin, EROFS_REGISTRY_USERNAME/PASSWORD, or ~/.docker/config.json"
-                    ),
+                    ))),
                     "ro" => {}
-                    _ => bail!(
+                    _ => return Err(usage(format!(
                         "-o {opt}: unknown option (known: oci.tarindex, oci.zinfo, oci.layer, oci.blob, oci.platform, oci.insecure, ro)"
-                    ),
+                    ))),
                 }
             }
         }
@@ -239,7 +240,9 @@ impl DeviceArgs {
         let meta = o
             .tarindex
             .or_else(|| self.tarindex.clone())
-            .context("no metadata image: pass --tarindex META (or -o oci.tarindex=META)")?;
+            .ok_or_else(|| {
+                usage("no metadata image: pass --tarindex META (or -o oci.tarindex=META)")
+            })?;
         let zinfo = o.zinfo.or_else(|| self.zinfo.clone());
         let cache = self.decode_cache;
         let is_remote = self.blob.contains("://");
@@ -251,16 +254,29 @@ impl DeviceArgs {
         let memory = self
             .memory_limit
             .unwrap_or(cache + defaults::MEMORY_BASE + remote_extra);
+        // Refused before any work: a cap the cache alone would fill traps on the first
+        // reads, far from the cause.
+        let need = cache.saturating_add(defaults::MEMORY_FIXED);
+        if memory < need {
+            return Err(usage(format!(
+                "--memory-limit {} is too small for --decode-cache {}: the cache and the {} the component needs besides it take {}; raise --memory-limit to {} or lower --decode-cache",
+                format_size(memory),
+                format_size(cache),
+                format_size(defaults::MEMORY_FIXED),
+                format_size(need),
+                format_size(need)
+            )));
+        }
         let call_timeout = self.call_timeout.unwrap_or(if is_remote {
             defaults::CALL_TIMEOUT_REMOTE_SECS
         } else {
             defaults::CALL_TIMEOUT_LOCAL_SECS
         });
         if !(call_timeout > 0.0 && call_timeout < defaults::CALL_TIMEOUT_MAX_SECS) {
-            bail!(
+            return Err(usage(format!(
                 "--call-timeout {call_timeout}: must be between 0 and {} seconds",
                 defaults::CALL_TIMEOUT_MAX_SECS
-            );
+            )));
         }
         let options = OpenOptions {
             cache_bytes: Some(cache),
@@ -308,7 +324,7 @@ impl RemoteArgs {
         let is_oci = text.starts_with("oci://");
         if !is_url && !is_oci {
             if r.layer.is_some() || r.digest.is_some() || r.platform.is_some() {
-                bail!("--layer, --blob-digest and --platform (oci.layer/oci.blob/oci.platform) need an oci:// blob");
+                return Err(usage("--layer, --blob-digest and --platform (oci.layer/oci.blob/oci.platform) need an oci:// blob"));
             }
             return Ok(BlobSource::Local(PathBuf::from(text)));
         }

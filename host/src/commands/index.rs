@@ -3,16 +3,17 @@
 //! temporary file beside it and is renamed into place only when the whole build
 //! succeeded, so an error or Ctrl-C never leaves a partial file under the name asked for.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
 use super::device_args::{parse_size, RemoteArgs};
+use super::usage::usage;
 use crate::atomic_output;
 use crate::defaults;
+use crate::progress::Progress;
 use crate::sandbox::{
     index_blob, BlobSource, IndexOutput, IndexProgress, IndexRequest, Limits, Runtime,
 };
@@ -62,10 +63,8 @@ pub struct IndexArgs {
     /// for remote ones: a call may wait for retries with backoff]
     #[arg(long, value_name = "SECONDS")]
     pub call_timeout: Option<f64>,
-
-    /// Print no progress line, even on a terminal
-    #[arg(long, short)]
-    pub quiet: bool,
+    // No `--quiet` here: the global one silences the progress (it may follow the
+    // command's arguments too).
 }
 
 pub fn run(args: IndexArgs) -> Result<()> {
@@ -74,7 +73,7 @@ pub fn run(args: IndexArgs) -> Result<()> {
     let blob = args.remote.source(&args.blob)?;
     let limits = limits(&args, &blob)?;
     if args.zinfo.as_deref() == Some(args.tarindex.as_path()) {
-        bail!("--tarindex and --zinfo name the same file");
+        return Err(usage("--tarindex and --zinfo name the same file"));
     }
     let request = IndexRequest {
         aufs: args.aufs,
@@ -83,10 +82,10 @@ pub fn run(args: IndexArgs) -> Result<()> {
         want_zinfo: Some(args.zinfo.is_some()),
     };
     let runtime = Runtime::load(&args.component)?;
-    let mut progress = ProgressLine::new(!args.quiet && std::io::stderr().is_terminal());
+    let mut progress = IndexProgressDisplay::default();
     let started = Instant::now();
     let result = index_blob(&runtime, &blob, &request, limits, &mut |p| progress.show(p));
-    progress.clear();
+    drop(progress);
     let output = result?;
     let mut outputs = vec![(args.tarindex.as_path(), output.meta.as_slice())];
     if let (Some(path), Some(zinfo)) = (&args.zinfo, &output.zinfo) {
@@ -113,10 +112,10 @@ fn limits(args: &IndexArgs, blob: &BlobSource) -> Result<Limits> {
         defaults::CALL_TIMEOUT_LOCAL_SECS
     });
     if !(timeout > 0.0 && timeout < defaults::CALL_TIMEOUT_MAX_SECS) {
-        bail!(
+        return Err(usage(format!(
             "--call-timeout {timeout}: must be between 0 and {} seconds",
             defaults::CALL_TIMEOUT_MAX_SECS
-        );
+        )));
     }
     Ok(Limits {
         memory,
@@ -150,48 +149,30 @@ fn report(args: &IndexArgs, output: &IndexOutput, took: Duration) {
     tracing::info!("indexed in {:.3} s", took.as_secs_f64());
 }
 
-/// One stderr line, rewritten at most every 200 ms, on a terminal only.
-struct ProgressLine {
-    on: bool,
-    last: Option<Instant>,
-    shown: bool,
+/// Progress of a build ([`Progress`]: on a terminal only, after about a second, never
+/// with `--quiet`): a bar of blob bytes with the entries so far when the blob's size is
+/// known, else a spinner with both counts. Made at the first report, which is the first
+/// time the size may be known (a remote blob's comes with its first response).
+#[derive(Default)]
+struct IndexProgressDisplay {
+    shown: Option<(Progress, bool)>,
 }
 
-impl ProgressLine {
-    fn new(on: bool) -> Self {
-        Self {
-            on,
-            last: None,
-            shown: false,
-        }
-    }
-
+impl IndexProgressDisplay {
     fn show(&mut self, p: &IndexProgress) {
-        if !self.on
-            || self
-                .last
-                .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
-        {
-            return;
-        }
-        self.last = Some(Instant::now());
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        let total = p
-            .blob_size
-            .map(|t| format!(" of {:.1}", mib(t)))
-            .unwrap_or_default();
-        eprint!(
-            "\rindexing: {:.1}{total} MiB of blob, {:.1} MiB of tar, {} entries   ",
-            mib(p.blob_bytes),
-            mib(p.tar_bytes),
-            p.entries
-        );
-        self.shown = true;
-    }
-
-    fn clear(&mut self) {
-        if self.shown {
-            eprint!("\r{:79}\r", "");
+        let (progress, sized) = self.shown.get_or_insert_with(|| match p.blob_size {
+            Some(size) => (Progress::bytes("indexing", size), true),
+            None => (Progress::spinner("indexing"), false),
+        });
+        if *sized {
+            progress.set_position(p.blob_bytes);
+            progress.set_message(format!("{} entries", p.entries));
+        } else {
+            progress.set_message(format!(
+                "{:.1} MiB of blob, {} entries",
+                p.blob_bytes as f64 / (1 << 20) as f64,
+                p.entries
+            ));
         }
     }
 }

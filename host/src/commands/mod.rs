@@ -1,6 +1,7 @@
 //! The subcommands of `erofs-host`. Each file is one command (its arguments and `run`);
 //! [`device_args`] holds what they share: the arguments that name a device, resolved
-//! once into the sandbox's inputs. A command never calls into another command.
+//! once into the sandbox's inputs; [`usage`] the errors in how a command was called
+//! (exit code 2). A command never calls into another command.
 
 pub mod bench;
 pub mod cat;
@@ -10,6 +11,7 @@ pub mod index;
 pub mod mount;
 pub mod serve_nbd;
 pub mod umount;
+pub mod usage;
 pub mod verify;
 
 pub use device_args::DeviceArgs;

@@ -3,6 +3,8 @@
 //! - every call has a deadline (`call_timeout`), enforced by epoch interruption;
 //! - a trap (guest panic, memory cap, deadline) fails only the call that hit it: the
 //!   store is dropped and the next call builds a fresh instance and reopens the device.
+//!   The error says why in one line ([`Trap`]); wasmtime's report with the wasm backtrace
+//!   goes to the debug log.
 //!
 //! Component errors (bad input, I/O, ...) are not traps: they are returned as they are
 //! and the instance stays.
@@ -19,23 +21,25 @@ use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtx;
 
 use super::errors::CallError;
+use super::guest_stderr::GuestStderr;
 use super::host_file::HostFile;
 use super::runtime::{
     Attributes, BlobLocation, DeviceStats, DirEntry, OpenOptions, Reader, RemoteOptions,
     RemoteStats, Runtime, StoreState, VerifyReport, WitError, EPOCH_TICK,
 };
+use super::trap::{begin_call, log_guest_stderr, trap_in, MemoryCap, Trap, TrapSettings};
 use crate::net::egress::{Egress, EgressPolicy};
 
 /// Core instances one store may hold. The component is a handful of core modules
 /// (the Rust code and the WASI adapter shims); 4 leaves room without allowing a guest to
 /// multiply itself.
-pub(super) const MAX_INSTANCES: usize = 4;
+const MAX_INSTANCES: usize = 4;
 /// Tables one store may hold: each core module has one or two (functions, the
 /// component's indirect-call shims); 16 is several times what the component needs.
-pub(super) const MAX_TABLES: usize = 16;
+const MAX_TABLES: usize = 16;
 /// Linear memories one store may hold: the component uses one, its adapters at most one
 /// more; 4 is a safe bound. Their total size is capped by [`Limits::memory`].
-pub(super) const MAX_MEMORIES: usize = 4;
+const MAX_MEMORIES: usize = 4;
 
 /// A store with the sandbox's limits: the memory cap and the instance, table and memory
 /// bounds, WASI with nothing granted, `wasi:http` through `egress`, and a deadline of one
@@ -46,16 +50,20 @@ pub(crate) fn new_store(
     limits: &Limits,
     egress: Arc<EgressPolicy>,
 ) -> Store<StoreState> {
-    let store_limits = StoreLimitsBuilder::new()
-        .memory_size(usize::try_from(limits.memory).unwrap_or(usize::MAX))
-        .instances(MAX_INSTANCES)
-        .tables(MAX_TABLES)
-        .memories(MAX_MEMORIES)
-        .build();
+    let store_limits = MemoryCap::new(
+        StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(limits.memory).unwrap_or(usize::MAX))
+            .instances(MAX_INSTANCES)
+            .tables(MAX_TABLES)
+            .memories(MAX_MEMORIES)
+            .build(),
+    );
+    let stderr = GuestStderr::default();
     let state = StoreState {
-        wasi: WasiCtx::builder().build(),
+        wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
         table: Default::default(),
         limits: store_limits,
+        stderr,
         http: wasmtime_wasi_http::WasiHttpCtx::new(),
         egress: Egress(egress),
     };
@@ -380,7 +388,6 @@ impl SandboxedDevice {
         let mut store = new_store(&self.runtime, &self.limits, egress);
 
         let io = |e: anyhow::Error| CallError::Component(WitError::Io(format!("{e:#}")));
-        let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
         let meta = HostFile::open(&self.spec.meta).map_err(io)?;
         let zinfo = self
             .spec
@@ -396,7 +403,10 @@ impl SandboxedDevice {
             .transpose()
             .map_err(|e| io(e.into()))?;
 
-        let bindings = self.runtime.pre.instantiate(&mut store).map_err(trap)?;
+        let bindings = match self.runtime.pre.instantiate(&mut store) {
+            Ok(bindings) => bindings,
+            Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
+        };
         let tarindex = bindings.erofs_reader_tarindex();
         let device = match &self.spec.blob {
             BlobSource::Local(path) => {
@@ -423,16 +433,20 @@ impl SandboxedDevice {
                 self.spec.options,
                 *options,
             ),
-        }
-        .map_err(trap)?
-        .map_err(CallError::Component)?;
+        };
+        let device = match device {
+            Ok(opened) => opened.map_err(CallError::Component)?,
+            Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
+        };
         let handle = match self.mode {
             Mode::Device => device,
-            Mode::Filesystem => bindings
+            Mode::Filesystem => match bindings
                 .erofs_reader_filesystem()
                 .call_open(&mut store, device)
-                .map_err(trap)?
-                .map_err(CallError::Component)?,
+            {
+                Ok(opened) => opened.map_err(CallError::Component)?,
+                Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
+            },
         };
         Ok(Live {
             store,
@@ -455,19 +469,45 @@ impl SandboxedDevice {
             self.live = Some(self.start()?);
         }
         let ticks = self.deadline_ticks();
+        let settings = self.trap_settings();
         let live = self
             .live
             .as_mut()
-            .ok_or_else(|| CallError::Trap("no instance".into()))?;
+            .ok_or_else(|| CallError::Trap(Trap::other("no instance")))?;
         live.store.set_epoch_deadline(ticks);
+        // A fresh record for this call: no refused growth, no stderr yet.
+        begin_call(&mut live.store);
         match f(&live.bindings, &mut live.store, live.handle) {
-            Ok(result) => result.map_err(CallError::Component),
-            Err(trap) => {
+            Ok(result) => {
+                log_guest_stderr(&live.store);
+                result.map_err(CallError::Component)
+            }
+            Err(e) => {
+                let err = trapped(settings, &e, &live.store);
+                // State change: the instance is gone; the next call starts a new one.
                 self.traps += 1;
                 self.live = None;
-                tracing::warn!("component trapped; the instance will be rebuilt: {trap:#}");
-                Err(CallError::Trap(format!("{trap:#}")))
+                Err(err)
             }
         }
     }
+
+    /// The settings a trap message names.
+    fn trap_settings(&self) -> TrapSettings {
+        TrapSettings {
+            memory_limit: self.limits.memory,
+            decode_cache: Some(self.spec.options.cache_bytes.unwrap_or(0)),
+            call_timeout: self.limits.call_timeout,
+        }
+    }
+}
+
+/// The error for a trap in `store`: its cause in one line (the bridges and commands
+/// report it); the next call rebuilds the instance.
+fn trapped(
+    settings: TrapSettings,
+    error: &wasmtime::Error,
+    store: &Store<StoreState>,
+) -> CallError {
+    CallError::Trap(trap_in(store, error, settings))
 }

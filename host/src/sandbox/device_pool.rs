@@ -24,6 +24,7 @@ use anyhow::Result;
 use super::device::{DeviceSpec, Limits, SandboxedDevice};
 use super::errors::CallError;
 use super::runtime::{Runtime, WitError};
+use super::trap::Trap;
 
 /// A read that starts up to this far before an instance's last end is probably in its
 /// decoded-byte cache (32 MiB by default); routing it there costs a memcpy.
@@ -164,7 +165,7 @@ impl DevicePool {
         let mut lease = self.acquire(offset, end)?;
         match lease.device.as_mut() {
             Some(device) => device.pread(offset, len),
-            None => Err(CallError::Trap("the pool lent no instance".into())),
+            None => Err(CallError::Trap(Trap::other("the pool lent no instance"))),
         }
     }
 

@@ -3,6 +3,7 @@
 //! bridge (FUSE, the loop backend's device file, NBD) takes its errno from here.
 
 use super::runtime::WitError;
+use super::trap::Trap;
 
 /// Why a call failed.
 #[derive(Debug)]
@@ -10,7 +11,7 @@ pub enum CallError {
     /// The component returned an error.
     Component(WitError),
     /// The component trapped; the instance was discarded.
-    Trap(String),
+    Trap(Trap),
 }
 
 /// The errno for each WIT `error` case; the comment on each case in `wit/reader.wit`
@@ -67,7 +68,8 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Component(e) => write!(f, "{}", describe(e)),
-            CallError::Trap(t) => write!(f, "the component trapped: {t}"),
+            // One line that names the cause and the option to change.
+            CallError::Trap(t) => write!(f, "{t}"),
         }
     }
 }
@@ -108,8 +110,8 @@ mod tests {
         );
         assert_eq!(wit_errno(&WitError::NotFound), libc::ENOENT);
         assert_eq!(wit_errno(&WitError::NoAttribute), libc::ENODATA);
-        assert_eq!(CallError::Trap(text(())).errno(), libc::EIO);
-        assert!(CallError::Trap(text(())).is_failure());
+        assert_eq!(CallError::Trap(Trap::other("x")).errno(), libc::EIO);
+        assert!(CallError::Trap(Trap::other("x")).is_failure());
         assert!(!CallError::Component(WitError::NotFound).is_failure());
     }
 }

@@ -5,14 +5,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use wasmtime::{Store, StoreLimitsBuilder};
-use wasmtime_wasi::WasiCtx;
 
-use super::device::{BlobSource, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES};
+use super::device::{new_store, BlobSource, Limits};
 use super::errors::describe;
-use super::runtime::{wt, ImageInfo, Runtime, StoreState, EPOCH_TICK};
+use super::runtime::{wt, ImageInfo, Runtime};
 use crate::defaults;
-use crate::net::egress::Egress;
 
 /// List the layers of the image `reference` (an `oci://` reference) in a fresh
 /// instance. `source` is that image as a remote blob source (its egress and options).
@@ -28,24 +25,11 @@ pub fn list_image_layers(
     else {
         bail!("{reference}: a whole image is listed from a registry (an oci:// reference)");
     };
-    let limits = StoreLimitsBuilder::new()
-        .memory_size(usize::try_from(defaults::IMAGE_LIST_MEMORY).unwrap_or(usize::MAX))
-        .instances(MAX_INSTANCES)
-        .tables(MAX_TABLES)
-        .memories(MAX_MEMORIES)
-        .build();
-    let state = StoreState {
-        wasi: WasiCtx::builder().build(),
-        table: Default::default(),
-        limits,
-        http: wasmtime_wasi_http::WasiHttpCtx::new(),
-        egress: Egress(egress),
+    let limits = Limits {
+        memory: defaults::IMAGE_LIST_MEMORY,
+        call_timeout: Duration::from_secs_f64(defaults::IMAGE_LIST_TIMEOUT_SECS),
     };
-    let mut store = Store::new(&runtime.engine, state);
-    store.limiter(|s| &mut s.limits);
-    let deadline = Duration::from_secs_f64(defaults::IMAGE_LIST_TIMEOUT_SECS);
-    store.set_epoch_deadline((deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
-    store.epoch_deadline_trap();
+    let mut store = new_store(runtime, &limits, egress);
     let bindings = runtime
         .pre
         .instantiate(&mut store)

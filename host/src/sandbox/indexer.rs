@@ -19,8 +19,9 @@ use wasmtime::Store;
 use super::device::{new_store, BlobSource, Limits};
 use super::errors::describe;
 use super::runtime::{
-    wt, IndexOptions, IndexOutput, IndexProgress, Reader, Runtime, StoreState, WitError,
+    IndexOptions, IndexOutput, IndexProgress, Reader, Runtime, StoreState, WitError,
 };
+use super::trap::{begin_call, log_guest_stderr, trap_in, TrapSettings};
 use crate::net::egress::EgressPolicy;
 
 /// Bytes per `push` of a local blob: each call costs a copy into the guest and a few µs;
@@ -55,6 +56,8 @@ struct Build {
     bindings: Reader,
     indexer: ResourceAny,
     ticks: u64,
+    /// What a trap message names (the cap and the deadline; an indexer has no cache).
+    settings: TrapSettings,
     want_zinfo: Option<bool>,
     /// The blob's name, for messages.
     name: String,
@@ -68,13 +71,16 @@ impl Build {
     ) -> Result<R> {
         // A fresh deadline for each call.
         self.store.set_epoch_deadline(self.ticks);
-        match f(&self.bindings, &mut self.store, self.indexer) {
+        begin_call(&mut self.store);
+        let result = f(&self.bindings, &mut self.store, self.indexer);
+        log_guest_stderr(&self.store);
+        match result {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(anyhow!("{}: {}", self.name, describe(&e))),
-            Err(trap) => Err(anyhow!(
-                "{}: the component trapped while {what} (the memory cap or the call deadline, \
-                 see --memory-limit and --call-timeout): {trap:#}",
-                self.name
+            Err(e) => Err(anyhow!(
+                "{}: {what}: {}",
+                self.name,
+                trap_in(&self.store, &e, self.settings)
             )),
         }
     }
@@ -147,10 +153,18 @@ pub fn index_blob(
         BlobSource::Local(_) => EgressPolicy::deny_all()?,
     };
     let mut store = new_store(runtime, &limits, egress);
-    let bindings = runtime
-        .pre
-        .instantiate(&mut store)
-        .map_err(|e| wt(e, "instantiating the component"))?;
+    let settings = TrapSettings {
+        memory_limit: limits.memory,
+        decode_cache: None,
+        call_timeout: limits.call_timeout,
+    };
+    let bindings = match runtime.pre.instantiate(&mut store) {
+        Ok(bindings) => bindings,
+        Err(e) => bail!(
+            "instantiating the component: {}",
+            trap_in(&store, &e, settings)
+        ),
+    };
     let name = format!("{blob:?}");
     let created = match blob {
         BlobSource::Local(_) => bindings
@@ -169,13 +183,17 @@ pub fn index_blob(
     let indexer = match created {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => bail!("{name}: {}", describe(&e)),
-        Err(trap) => bail!("{name}: the component trapped while opening the blob: {trap:#}"),
+        Err(e) => bail!(
+            "{name}: opening the blob: {}",
+            trap_in(&store, &e, settings)
+        ),
     };
     let mut build = Build {
         store,
         bindings,
         indexer,
         ticks: limits.deadline_ticks(),
+        settings,
         want_zinfo: request.want_zinfo,
         name,
     };

@@ -6,6 +6,9 @@
 //! - [`device`]: one device served by one sandboxed instance (memory cap, call deadline,
 //!   rebuild after a trap).
 //! - [`errors`]: why a call failed, and the one table from component errors to errno.
+//! - [`trap`]: why the component trapped (memory cap, deadline, panic), in one line
+//!   that names the option to change; the memory cap that records refused growth.
+//! - [`guest_stderr`]: the component's stderr, kept in memory for the trap report.
 //! - [`filesystem_pool`]: instances that serve the EROFS *filesystem* to FUSE threads.
 //! - [`device_pool`]: instances that serve the raw *device* bytes, routed by offset
 //!   (NBD, the loop backend's device file).
@@ -18,10 +21,12 @@ pub mod device;
 pub mod device_pool;
 pub mod errors;
 pub mod filesystem_pool;
+pub mod guest_stderr;
 pub(crate) mod host_file;
 pub mod image_layers;
 pub mod indexer;
 pub mod runtime;
+pub mod trap;
 pub mod verify;
 
 pub use device::{BlobSource, DeviceSpec, Limits, Mode, SandboxedDevice};
@@ -31,4 +36,5 @@ pub use filesystem_pool::FilesystemPool;
 pub use image_layers::list_image_layers;
 pub use indexer::{index_blob, IndexRequest};
 pub use runtime::{IndexOutput, IndexProgress, IndexStats, OpenOptions, Runtime, VerifyReport};
+pub use trap::{format_size, Trap, TrapCause};
 pub use verify::verify_image;

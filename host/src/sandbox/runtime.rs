@@ -4,9 +4,15 @@
 //! Limits, and why:
 //! - Epoch interruption with a 10 ms tick: cheap (a counter check on loop back-edges)
 //!   and the only way to stop a guest stuck in a loop. Each call gets a deadline.
-//! - A per-store memory cap (StoreLimits), set by the caller (see `device.rs`).
+//! - A per-store memory cap (StoreLimits inside [`MemoryCap`]), set by the caller (see
+//!   `device.rs`).
 //! - WASI with nothing granted: no preopened directories, no environment, no arguments,
-//!   no stdio. The guest imports WASI only because Rust's std for wasm32-wasip2 does.
+//!   no stdin or stdout. The guest imports WASI only because Rust's std for wasm32-wasip2
+//!   does. Its stderr goes to a small in-memory buffer ([`GuestStderr`]) that only the
+//!   host reads, for the message of a panic or a failed allocation.
+//! - wasm backtraces are captured only when debug logging is on (`-v`, `RUST_LOG=debug`),
+//!   the only time they are shown; wasmtime adds file and line numbers when
+//!   `WASMTIME_BACKTRACE_DETAILS=1`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
@@ -15,10 +21,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, Resource, ResourceTable};
-use wasmtime::{Config, Engine, StoreLimits};
+use wasmtime::{Config, Engine};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::guest_stderr::GuestStderr;
 use super::host_file::{HostFile, ReadError};
+use super::trap::MemoryCap;
 
 /// Part of the precompiled-cache key (the pinned version in host/Cargo.toml).
 const WASMTIME_VERSION: &str = "48.0.8";
@@ -52,7 +60,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct StoreState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: MemoryCap,
+    /// The guest's stderr (what a trap report quotes).
+    pub stderr: GuestStderr,
     pub http: wasmtime_wasi_http::WasiHttpCtx,
     /// The egress policy this store's `wasi:http` requests go through.
     pub egress: crate::net::egress::Egress,
@@ -90,6 +100,11 @@ impl Runtime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // Backtraces are shown only in the debug log; without it, none is collected
+        // (wasmtime's default of 20 frames stays for the debug log).
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            config.wasm_backtrace_max_frames(None);
+        }
         let engine = Engine::new(&config).map_err(|e| wt(e, "creating the wasmtime engine"))?;
         let compiled = load_cached(&engine, component)?;
 
