@@ -6,14 +6,8 @@
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-${CARGO_TARGET_DIR:-$here/target}/release/examples/build_index}
-work=$(mktemp -d /tmp/build-hostile.XXXXXX)
-mnt=$work/mnt
-mkdir -p "$mnt"
-cleanup() {
-    if mountpoint -q "$mnt"; then umount "$mnt"; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+scratch=build-hostile
+. "$here/tests/build-scratch.sh"
 python3 "$here/tests/build-hostile.py" "$work/tars" >/dev/null
 
 passed=0

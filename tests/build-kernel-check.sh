@@ -10,14 +10,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-${CARGO_TARGET_DIR:-$here/target}/release/examples/build_index}
 [ $# -gt 0 ] && shift
 check=${CHECK_TREE:-/work/shared/tools/check-tree.py}
-work=$(mktemp -d /tmp/build-kernel-check.XXXXXX)
-mnt=$work/mnt
-mkdir -p "$mnt"
-cleanup() {
-    if mountpoint -q "$mnt"; then umount "$mnt"; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+scratch=build-kernel-check
+. "$here/tests/build-scratch.sh"
 
 fixtures=${*:-$(cd "$here/tests/fixtures" && ls -d */ | tr -d /)}
 failed=0

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use erofs_component::gzran::zinfo::Zinfo;
 use erofs_component::gzran::Options;
 use erofs_component::source::{MemSource, SizedSource};
 use erofs_component::tarindex::Device;
@@ -109,12 +110,17 @@ fn edges_match() {
         let meta = dev.meta_size();
         let size = dev.size();
         let mut points = vec![0, meta - 1, meta, meta + 1, size - 1, size, size + 1];
-        // Every zinfo checkpoint ±1, read from the zinfo's own headers.
-        let z = std::fs::read(fixture(dir).join("layer.zinfo")).unwrap();
-        let have = u32::from_le_bytes(z[0..4].try_into().unwrap()) as usize;
-        for i in 0..have {
-            let at = 12 + i * 32785;
-            let out = u64::from_le_bytes(z[at + 8..at + 16].try_into().unwrap());
+        // Every zinfo checkpoint ±1, as the component's zinfo parser reads them.
+        let z = source(
+            "zinfo",
+            std::fs::read(fixture(dir).join("layer.zinfo")).unwrap(),
+        );
+        let blob_size = std::fs::metadata(fixture(dir).join("layer.tar.gz"))
+            .unwrap()
+            .len();
+        let zinfo = Zinfo::parse(&z, blob_size).unwrap();
+        for cp in &zinfo.checkpoints {
+            let out = cp.out;
             points.extend([meta + out.saturating_sub(1), meta + out, meta + out + 1]);
         }
         for &p in &points {

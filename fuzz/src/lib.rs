@@ -80,18 +80,7 @@ impl Source for Padded {
 /// checksum field zeroed), so that mutated images get past it and reach the parsers
 /// behind it. The reader's check of the checksum itself is covered by unit tests.
 pub fn reseal(meta: &mut [u8]) {
-    let Some(&log2) = meta.get(1024 + 12) else {
-        return;
-    };
-    let block = 1usize << log2.clamp(9, 16);
-    let len = if block <= 1024 { block } else { block - 1024 };
-    let Some(area) = meta.get(1024..1024 + len) else {
-        return;
-    };
-    let mut area = area.to_vec();
-    area[4..8].fill(0);
-    let crc = erofs_image::crc32c(0xFFFF_FFFF, &area);
-    meta[1028..1032].copy_from_slice(&crc.to_le_bytes());
+    erofs_image::reseal_superblock(meta);
 }
 
 /// The allocation bound of the running target, in bytes (set by [`bound_memory`]).

@@ -92,6 +92,14 @@ def main():
         print(f"\n(miniz_oxide build not found at {WASM_MINIZ}; `just build-miniz` makes it)")
 
 
+def skipped_without_fuse(banner):
+    """Print `banner` with the reason and return True unless we are root with /dev/fuse."""
+    if os.geteuid() == 0 and os.path.exists("/dev/fuse"):
+        return False
+    print(f"{banner} (needs root and /dev/fuse) ***")
+    return True
+
+
 def drop_caches():
     """Cold page cache for every tree walk, when we may (root)."""
     try:
@@ -113,8 +121,7 @@ def tar_tree(path):
 
 def fuse_section():
     """tar of the mounted `large` tree through each backend, beside an extracted copy."""
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        print("\n*** SKIPPED: FUSE tree walk (needs root and /dev/fuse) ***")
+    if skipped_without_fuse("\n*** SKIPPED: FUSE tree walk"):
         return
     import tempfile
     work = tempfile.mkdtemp(prefix="erofs-bench-")

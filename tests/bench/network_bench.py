@@ -11,6 +11,8 @@ whole blob through the same proxy, in the same run.
 """
 import json, os, subprocess, sys, tempfile, time
 
+from bench import skipped_without_fuse
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST = os.path.join(ROOT, "target/release/erofs-host")
 WASM = os.path.join(ROOT, "target/wasm32-wasip2/release/erofs_component.wasm")
@@ -28,8 +30,7 @@ def log_lines(path):
 
 
 def main():
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        print("*** SKIPPED: network benchmark (needs root and /dev/fuse) ***")
+    if skipped_without_fuse("*** SKIPPED: network benchmark"):
         return
     work = tempfile.mkdtemp(prefix="erofs-netbench-")
     regdir = os.path.join(work, "registry")

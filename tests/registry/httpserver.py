@@ -12,6 +12,20 @@ def server_tls_context(cert_file, key_file):
     return ctx
 
 
+def send_body(handler, body, ctype="application/json", extra=()):
+    """After the status line: Content-Type, Content-Length, the `extra` headers, and the
+    body (not for HEAD). Returns whether the body was sent."""
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    for k, v in extra:
+        handler.send_header(k, v)
+    handler.end_headers()
+    if handler.command == "HEAD":
+        return False
+    handler.wfile.write(body)
+    return True
+
+
 class LoopbackServer(http.server.ThreadingHTTPServer):
     """One thread per connection, on 127.0.0.1 (port 0 picks a free port). With `ssl_ctx`
     the TLS handshake runs in the connection's own thread (not in accept()), so a client

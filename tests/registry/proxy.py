@@ -68,7 +68,7 @@ import struct
 import threading
 import time
 
-from httpserver import LoopbackServer
+from httpserver import LoopbackServer, send_body
 from oci import parse_challenge
 
 FAULTS = ["none", "reset", "500", "slow", "stall", "truncate", "ignore-range",
@@ -222,13 +222,7 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def simple(self, status, body, extra=()):
         self.send_response_only(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in extra:
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        if send_body(self, body, extra=extra):
             self.rec["bytes"] = len(body)
         self.rec["status"] = status
 

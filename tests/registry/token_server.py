@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.parse
 
-from httpserver import LoopbackServer
+from httpserver import LoopbackServer, send_body
 
 REGISTRY_LEEWAY = 60  # seconds; docker-registry 2.8's token.Leeway
 
@@ -71,13 +71,7 @@ class TokenHandler(http.server.BaseHTTPRequestHandler):
 
     def _reply(self, status, body: bytes, ctype="application/json", extra=()):
         self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in extra:
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        send_body(self, body, ctype, extra)
 
     def _log(self, **kw):
         cfg = self.server.cfg

@@ -1,7 +1,7 @@
 //! Data mapping (file offset to device offset) for the uncompressed layouts, and the data-reading
 //! entry points: [`Filesystem::read`], [`Filesystem::readlink`], [`Filesystem::physical_extents`].
 
-use crate::inode::{has_data, Inode, Layout, CHUNK_48BIT, CHUNK_INDEXES};
+use crate::inode::{chunk_unit, has_data, Inode, Layout, CHUNK_48BIT, CHUNK_INDEXES};
 use crate::util::{add, corrupt, le16, le32, mul, read_vec, to_usize};
 use crate::{Error, FileType, Filesystem, ReadAt};
 
@@ -98,8 +98,8 @@ impl Filesystem {
         }
     }
 
-    /// Decode chunk `idx` of `ino` from its raw index entry (4 or 8 bytes) and check its block range.
-    /// Decode chunk `idx`'s index entry `raw` into the extent it maps.
+    /// Decode chunk `idx` of `ino` from its raw index entry `raw` (4 or 8 bytes) into the extent it
+    /// maps, checking its block range.
     fn decode_chunk(&self, ino: &Inode, idx: u64, raw: &[u8]) -> Result<Extent, Error> {
         let Layout::Chunked {
             format, chunkbits, ..
@@ -365,14 +365,6 @@ impl Filesystem {
             }
         }
         Ok(out)
-    }
-}
-
-fn chunk_unit(format: u16) -> u64 {
-    if format & CHUNK_INDEXES != 0 {
-        8
-    } else {
-        4
     }
 }
 

@@ -7,12 +7,20 @@ use crate::{Attr, Error, FileType, Filesystem, ReadAt};
 const COMPACT_SIZE: u64 = 32;
 /// Size of an extended inode.
 const EXTENDED_SIZE: u64 = 64;
+/// [`EXTENDED_SIZE`] as a buffer length.
+const EXTENDED_BYTES: usize = 64;
 
 /// `i_format` bit 0: extended inode.
 const FMT_EXTENDED: u16 = 0x1;
 /// `i_format` bits 1..3: data layout.
 const FMT_LAYOUT_SHIFT: u16 = 1;
 const FMT_LAYOUT_MASK: u16 = 0x7;
+/// Data layouts (`i_format` bits 1..3).
+const LAYOUT_FLAT_PLAIN: u16 = 0;
+const LAYOUT_COMPRESSED_FULL: u16 = 1;
+const LAYOUT_FLAT_INLINE: u16 = 2;
+const LAYOUT_COMPRESSED_COMPACT: u16 = 3;
+const LAYOUT_CHUNK_BASED: u16 = 4;
 /// `i_format` bit 4: NLINK_1 for compact non-directories, "`.` omitted" for directories.
 const FMT_BIT4: u16 = 0x10;
 /// All `i_format` bits defined so far.
@@ -24,6 +32,11 @@ pub(crate) const CHUNK_BLKBITS_MASK: u16 = 0x1f;
 pub(crate) const CHUNK_INDEXES: u16 = 0x20;
 /// Chunk format: 48-bit block addresses in the indexes.
 pub(crate) const CHUNK_48BIT: u16 = 0x40;
+
+/// Bytes of one chunk index entry (CHUNK_INDEXES set).
+const CHUNK_INDEX_SIZE: u64 = 8;
+/// Bytes of one block map entry (CHUNK_INDEXES clear).
+const BLOCK_MAP_ENTRY_SIZE: u64 = 4;
 
 /// Refuse files with more chunks than this.
 pub(crate) const MAX_CHUNKS: u64 = 1 << 24;
@@ -92,15 +105,11 @@ impl Filesystem {
 
     /// Read and validate inode `nid`.
     pub(crate) fn load_inode(&self, dev: &mut dyn ReadAt, nid: u64) -> Result<Inode, Error> {
+        // Step 1: read up to an extended inode's worth of bytes (less at the end of the metadata).
         let pos = self.inode_location(nid)?;
-        let avail = self.sb.primary_size.saturating_sub(pos).min(EXTENDED_SIZE);
-        let mut raw = [0u8; 64];
-        let head = raw
-            .get_mut(..usize::try_from(avail).unwrap_or(64))
-            .ok_or_else(|| corrupt(format!("nid {nid}: inode truncated")))?;
-        dev.read_exact_at(pos, head)?;
+        let raw = self.read_raw_inode(dev, nid, pos)?;
         let f = Fixed(&raw);
-        // +0 i_format
+        // Step 2: i_format decides the inode's size; the size must fit in the metadata.
         let format = f.u16(0);
         if format & !FMT_ALL != 0 {
             return Err(Error::Unsupported(format!(
@@ -116,69 +125,38 @@ impl Filesystem {
         if add(pos, isize, "inode")? > self.sb.primary_size {
             return Err(corrupt(format!("nid {nid}: inode past end of metadata")));
         }
-        // +2 i_xattr_icount
+        // Step 3: the fields shared by both forms: +2 i_xattr_icount, +4 i_mode,
+        // +6 i_nb (nlink for compact, or startblk_hi / blocks_hi), +16 i_u, +20 i_ino.
         let icount = f.u16(2);
-        // +4 i_mode
         let mode = u32::from(f.u16(4));
         let ftype = FileType::from_mode(mode)
             .ok_or_else(|| corrupt(format!("nid {nid}: bogus i_mode {mode:#o}")))?;
-        // +6 i_nb: nlink (compact), or startblk_hi / blocks_hi
         let nb = f.u16(6);
-        // +16 i_u: startblk_lo / rdev / chunk format
         let i_u = f.u32(16);
-        // +20 i_ino
-        let ino = f.u32(20);
         let bit4 = format & FMT_BIT4 != 0;
         let is_dir = ftype == FileType::Directory;
-        let (size, uid, gid, nlink, mtime_sec, mtime_nsec, nb_is_hi);
-        if extended {
-            // +8 i_size (u64), +24 i_uid, +28 i_gid
-            size = f.u64(8);
-            uid = f.u32(24);
-            gid = f.u32(28);
-            // +32 i_mtime (u64 seconds, read as the kernel's signed time64), +40 i_mtime_nsec
-            mtime_sec = i64::from_le_bytes(f.u64(32).to_le_bytes());
-            mtime_nsec = f.u32(40);
-            // +44 i_nlink; +48..64 reserved
-            nlink = f.u32(44);
-            nb_is_hi = true;
+        // Step 4: the fields whose place and width depend on the form.
+        let fields = if extended {
+            extended_fields(&f)
         } else {
-            // +8 i_size (u32)
-            size = u64::from(f.u32(8));
-            // +12 i_mtime: seconds after the superblock epoch; nanoseconds are sb.fixed_nsec
-            let epoch = i64::try_from(self.sb.epoch).unwrap_or(i64::MAX);
-            mtime_sec = epoch
-                .checked_add(i64::from(f.u32(12)))
-                .ok_or_else(|| corrupt(format!("nid {nid}: mtime overflow")))?;
-            mtime_nsec = self.sb.fixed_nsec;
-            // +24 i_uid (u16), +26 i_gid (u16), +28 reserved
-            uid = u32::from(f.u16(24));
-            gid = u32::from(f.u16(26));
-            let nlink1 = bit4 && !is_dir;
-            nlink = if nlink1 { 1 } else { u32::from(nb) };
-            nb_is_hi = nlink1;
-        }
-        if mtime_nsec >= 1_000_000_000 {
-            return Err(corrupt(format!("nid {nid}: mtime nsec {mtime_nsec}")));
-        }
-        let hi = if self.sb.is_48bit() && nb_is_hi {
-            u64::from(nb) << 32
-        } else {
-            0
+            self.compact_fields(&f, nid, bit4 && !is_dir)?
         };
-        let xattr_size = if icount == 0 {
-            0
-        } else {
-            // icount >= 1 here: 12 + 4 * (icount - 1)
-            u64::from(icount).saturating_mul(4).saturating_add(8)
-        };
+        if fields.mtime_nsec >= 1_000_000_000 {
+            return Err(corrupt(format!(
+                "nid {nid}: mtime nsec {}",
+                fields.mtime_nsec
+            )));
+        }
+        // Step 5: the inline xattr area follows the inode; inline data or chunk indexes follow it.
         let xattr_pos = add(pos, isize, "inode")?;
+        let xattr_size = xattr_area_size(icount);
         let payload_pos = add(xattr_pos, xattr_size, "inode xattrs")?;
         if payload_pos > self.sb.primary_size {
             return Err(corrupt(format!(
                 "nid {nid}: xattr area ({xattr_size} bytes) past end of metadata"
             )));
         }
+        let size = fields.size;
         let rdev = match ftype {
             FileType::CharDevice | FileType::BlockDevice | FileType::Fifo | FileType::Socket => i_u,
             _ => 0,
@@ -186,33 +164,38 @@ impl Filesystem {
         let attr = Attr {
             nid,
             mode,
-            uid,
-            gid,
+            uid: fields.uid,
+            gid: fields.gid,
             size,
-            nlink,
-            mtime_sec,
-            mtime_nsec,
+            nlink: fields.nlink,
+            mtime_sec: fields.mtime_sec,
+            mtime_nsec: fields.mtime_nsec,
             rdev,
-            ino,
+            ino: f.u32(20),
         };
-        let layout_code = (format >> FMT_LAYOUT_SHIFT) & FMT_LAYOUT_MASK;
-        let layout = match layout_code {
-            0 => Layout::FlatPlain {
-                startblk: hi | u64::from(i_u),
-            },
-            2 => Layout::FlatInline {
-                startblk: hi | u64::from(i_u),
-            },
-            1 | 3 => Layout::Compressed,
-            4 if has_data(ftype) => self.chunk_layout(nid, i_u, size, payload_pos)?,
+        // Step 6: the data layout; with 48-bit addressing i_nb holds the start block's high bits.
+        let hi = if self.sb.is_48bit() && fields.nb_is_hi {
+            u64::from(nb) << 32
+        } else {
+            0
+        };
+        let startblk = hi | u64::from(i_u);
+        let layout = match (format >> FMT_LAYOUT_SHIFT) & FMT_LAYOUT_MASK {
+            LAYOUT_FLAT_PLAIN => Layout::FlatPlain { startblk },
+            LAYOUT_FLAT_INLINE => Layout::FlatInline { startblk },
+            LAYOUT_COMPRESSED_FULL | LAYOUT_COMPRESSED_COMPACT => Layout::Compressed,
+            LAYOUT_CHUNK_BASED if has_data(ftype) => {
+                self.chunk_layout(nid, i_u, size, payload_pos)?
+            }
             // Special files keep their rdev in i_u and have no data to map.
-            4 => Layout::FlatPlain { startblk: 0 },
+            LAYOUT_CHUNK_BASED => Layout::FlatPlain { startblk: 0 },
             other => {
                 return Err(Error::Unsupported(format!(
                     "nid {nid}: data layout {other}"
                 )))
             }
         };
+        // Step 7: checks on the data placement that need no further reads.
         let inode = Inode {
             nid,
             xattr_pos,
@@ -227,6 +210,45 @@ impl Filesystem {
         Ok(inode)
     }
 
+    /// The bytes of inode `nid` at `pos`: a full extended inode's worth, or what is left of the
+    /// metadata (zero-filled after it; the caller checks the real size against the metadata).
+    fn read_raw_inode(
+        &self,
+        dev: &mut dyn ReadAt,
+        nid: u64,
+        pos: u64,
+    ) -> Result<[u8; EXTENDED_BYTES], Error> {
+        let avail = self.sb.primary_size.saturating_sub(pos).min(EXTENDED_SIZE);
+        let mut raw = [0u8; EXTENDED_BYTES];
+        let len =
+            usize::try_from(avail).map_err(|_| corrupt(format!("nid {nid}: inode truncated")))?;
+        let head = raw
+            .get_mut(..len)
+            .ok_or_else(|| corrupt(format!("nid {nid}: inode truncated")))?;
+        dev.read_exact_at(pos, head)?;
+        Ok(raw)
+    }
+
+    /// Compact form: +8 i_size (u32), +12 i_mtime (seconds after the superblock epoch;
+    /// nanoseconds are the superblock's fixed_nsec), +24 i_uid (u16), +26 i_gid (u16).
+    /// `nlink1` (i_format bit 4 on a non-directory) means nlink is 1 and i_nb holds high bits.
+    fn compact_fields(&self, f: &Fixed<'_>, nid: u64, nlink1: bool) -> Result<FormFields, Error> {
+        let epoch = i64::try_from(self.sb.epoch)
+            .map_err(|_| corrupt(format!("superblock epoch {}", self.sb.epoch)))?;
+        let mtime_sec = epoch
+            .checked_add(i64::from(f.u32(12)))
+            .ok_or_else(|| corrupt(format!("nid {nid}: mtime overflow")))?;
+        Ok(FormFields {
+            size: u64::from(f.u32(8)),
+            uid: u32::from(f.u16(24)),
+            gid: u32::from(f.u16(26)),
+            nlink: if nlink1 { 1 } else { u32::from(f.u16(6)) },
+            mtime_sec,
+            mtime_nsec: self.sb.fixed_nsec,
+            nb_is_hi: nlink1,
+        })
+    }
+
     fn chunk_layout(
         &self,
         nid: u64,
@@ -234,7 +256,9 @@ impl Filesystem {
         size: u64,
         payload_pos: u64,
     ) -> Result<Layout, Error> {
-        let format = u16::try_from(i_u & 0xffff).unwrap_or(0);
+        // The chunk format is the low 16 bits of i_u.
+        let [lo, hi, ..] = i_u.to_le_bytes();
+        let format = u16::from_le_bytes([lo, hi]);
         if format & !(CHUNK_BLKBITS_MASK | CHUNK_INDEXES | CHUNK_48BIT) != 0 {
             return Err(corrupt(format!("nid {nid}: chunk format {format:#x}")));
         }
@@ -253,7 +277,7 @@ impl Filesystem {
                 "nid {nid}: {count} chunks (size {size}, chunkbits {chunkbits})"
             )));
         }
-        let unit: u64 = if format & CHUNK_INDEXES != 0 { 8 } else { 4 };
+        let unit = chunk_unit(format);
         let index_pos = round_up(payload_pos, unit, "chunk indexes")?;
         let end = add(
             index_pos,
@@ -334,10 +358,55 @@ impl Filesystem {
     }
 }
 
+/// Bytes of one entry in a chunk-based inode's table: a chunk index or a block map entry.
+pub(crate) fn chunk_unit(format: u16) -> u64 {
+    if format & CHUNK_INDEXES != 0 {
+        CHUNK_INDEX_SIZE
+    } else {
+        BLOCK_MAP_ENTRY_SIZE
+    }
+}
+
 /// Whether inodes of this type have a data payload (special files do not).
 pub(crate) fn has_data(ftype: FileType) -> bool {
     matches!(
         ftype,
         FileType::Regular | FileType::Directory | FileType::Symlink
     )
+}
+
+/// The fields whose position and width differ between the compact and extended forms.
+struct FormFields {
+    size: u64,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    mtime_sec: i64,
+    mtime_nsec: u32,
+    /// i_nb carries the high bits of the start block (48-bit images), not nlink.
+    nb_is_hi: bool,
+}
+
+/// Extended form: +8 i_size (u64), +24 i_uid, +28 i_gid, +32 i_mtime (u64 seconds, read as the
+/// kernel's signed time64), +40 i_mtime_nsec, +44 i_nlink; +48..64 reserved. i_nb is high bits.
+fn extended_fields(f: &Fixed<'_>) -> FormFields {
+    FormFields {
+        size: f.u64(8),
+        uid: f.u32(24),
+        gid: f.u32(28),
+        nlink: f.u32(44),
+        mtime_sec: i64::from_le_bytes(f.u64(32).to_le_bytes()),
+        mtime_nsec: f.u32(40),
+        nb_is_hi: true,
+    }
+}
+
+/// Bytes of the inline xattr area for `i_xattr_icount`: none for 0, else a 12-byte header
+/// and 4-byte slots, `12 + 4 * (icount - 1)`.
+fn xattr_area_size(icount: u16) -> u64 {
+    if icount == 0 {
+        0
+    } else {
+        u64::from(icount).saturating_mul(4).saturating_add(8)
+    }
 }

@@ -239,6 +239,38 @@ fn checksum_len(block_size: u64) -> u64 {
     }
 }
 
+/// Recompute the superblock checksum of metadata image `meta` held in memory (CRC32C of the
+/// checksummed area with the checksum field zeroed), for tests and fuzzers that edit bytes
+/// it covers. The block size comes from `blkszbits`, clamped to 512 B..64 KiB. Returns
+/// false, changing nothing, when `meta` is too short for the area.
+pub fn reseal_superblock(meta: &mut [u8]) -> bool {
+    let Some(&bits) = meta.get(SB_BYTES.saturating_add(12)) else {
+        return false;
+    };
+    let len = checksum_len(1u64 << bits.clamp(9, 16));
+    let Ok(len) = usize::try_from(len) else {
+        return false;
+    };
+    let Some(area) = meta.get(SB_BYTES..SB_BYTES.saturating_add(len)) else {
+        return false;
+    };
+    let mut area = area.to_vec();
+    if let Some(field) = area.get_mut(4..8) {
+        field.fill(0);
+    }
+    let crc = crc32c(0xFFFF_FFFF, &area);
+    match meta.get_mut(SB_BYTES.saturating_add(4)..SB_BYTES.saturating_add(8)) {
+        Some(field) => {
+            field.copy_from_slice(&crc.to_le_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
+/// [`SB_OFFSET`] as a buffer index.
+const SB_BYTES: usize = 1024;
+
 impl Filesystem {
     /// Parse the superblock (checking its CRC32C when the compat bit asks for it), the device table and
     /// the long xattr prefix table, and check that the root inode is a directory.

@@ -93,6 +93,24 @@ struct Pending {
     depth: usize,
 }
 
+/// The walk's state: what was seen so far and the directories still to visit.
+struct Walk {
+    limits: VerifyLimits,
+    report: VerifyReport,
+    /// Directories already reached (a second arrival is a cycle or a hard-linked directory).
+    visited_dirs: HashSet<u64>,
+    /// Non-directory nid -> (nlink, names seen).
+    links: HashMap<u64, (u32, u32)>,
+    stack: Vec<Pending>,
+}
+
+/// What one directory's listing held besides its ordinary entries.
+#[derive(Default)]
+struct DirCounts {
+    dots: u32,
+    dotdots: u32,
+}
+
 impl Filesystem {
     /// Walk the whole tree from the root and check it: every inode reachable and in bounds, dirents
     /// sorted with valid names, `.` and `..` correct, no directory reached twice (cycles), symlinks
@@ -103,153 +121,192 @@ impl Filesystem {
         dev: &mut dyn ReadAt,
         limits: VerifyLimits,
     ) -> Result<VerifyReport, Error> {
-        let mut report = VerifyReport::default();
+        // Step 1: the root must be a directory; it is the first directory to visit.
         let root = self.root_nid();
-        let mut visited_dirs: HashSet<u64> = HashSet::new();
-        // Non-directory nid -> (nlink, names seen).
-        let mut links: HashMap<u64, (u32, u32)> = HashMap::new();
-        visited_dirs.insert(root);
         let root_attr = self.getattr(dev, root).map_err(|e| at(b"/", e))?;
         if root_attr.file_type() != FileType::Directory {
             return Err(defect(b"/", "root is not a directory"));
         }
+        let mut walk = Walk {
+            limits,
+            report: VerifyReport {
+                directories: 1,
+                ..VerifyReport::default()
+            },
+            visited_dirs: HashSet::from([root]),
+            links: HashMap::new(),
+            stack: vec![Pending {
+                nid: root,
+                parent: root,
+                path: b"/".to_vec(),
+                depth: 0,
+            }],
+        };
         if limits.check_xattrs {
-            report.xattrs = self.check_xattrs(dev, root, b"/")?;
+            walk.report.xattrs = self.check_xattrs(dev, root, b"/")?;
         }
-        report.directories = 1;
-        let mut stack = vec![Pending {
-            nid: root,
-            parent: root,
-            path: b"/".to_vec(),
-            depth: 0,
-        }];
-        while let Some(dir) = stack.pop() {
-            report.max_depth = report.max_depth.max(dir.depth);
-            let ino = self
-                .load_inode(dev, dir.nid)
-                .map_err(|e| at(&dir.path, e))?;
-            let (mut dots, mut dotdots) = (0u32, 0u32);
-            let mut prev: Option<Vec<u8>> = None;
-            let mut cookie = 0u64;
-            loop {
-                let batch = self
-                    .readdir(dev, dir.nid, cookie, BATCH)
-                    .map_err(|e| at(&dir.path, e))?;
-                let Some(last) = batch.last() else { break };
-                if last.next_cookie <= cookie {
-                    return Err(defect(&dir.path, "readdir cookie does not advance"));
-                }
-                cookie = last.next_cookie;
-                for e in batch {
-                    let path = join(&dir.path, &e.name);
-                    check_name(&path, &e.name)?;
-                    let synthetic_dot = ino.dot_omitted && e.name == b"." && prev.is_none();
-                    if !synthetic_dot {
-                        if let Some(p) = &prev {
-                            if p.as_slice() >= e.name.as_slice() {
-                                return Err(defect(&path, "directory entries out of order"));
-                            }
-                        }
-                        prev = Some(e.name.clone());
-                    }
-                    if e.name == b"." {
-                        dots = dots.saturating_add(1);
-                        if e.nid != dir.nid {
-                            return Err(defect(&path, format!("'.' points at nid {}", e.nid)));
-                        }
-                        continue;
-                    }
-                    if e.name == b".." {
-                        dotdots = dotdots.saturating_add(1);
-                        if e.nid != dir.parent {
-                            return Err(defect(
-                                &path,
-                                format!("'..' points at nid {}, parent is {}", e.nid, dir.parent),
-                            ));
-                        }
-                        continue;
-                    }
-                    report.entries = report.entries.saturating_add(1);
-                    if report.entries > limits.max_entries {
-                        return Err(Error::Range(format!(
-                            "more than {} entries (limit)",
-                            limits.max_entries
-                        )));
-                    }
-                    let attr = self.getattr(dev, e.nid).map_err(|err| at(&path, err))?;
-                    let ft = attr.file_type();
-                    if e.file_type != FileType::Unknown && e.file_type != ft {
-                        return Err(defect(
-                            &path,
-                            format!("dirent type {:?} but inode is {:?}", e.file_type, ft),
-                        ));
-                    }
-                    if limits.check_xattrs {
-                        let n = self.check_xattrs(dev, e.nid, &path)?;
-                        report.xattrs = report.xattrs.saturating_add(n);
-                    }
-                    if ft == FileType::Directory {
-                        if !visited_dirs.insert(e.nid) {
-                            return Err(defect(
-                                &path,
-                                format!("directory nid {} reached twice (cycle or hard-linked directory)", e.nid),
-                            ));
-                        }
-                        let depth = dir.depth.saturating_add(1);
-                        if depth > limits.max_depth {
-                            return Err(defect(&path, format!("deeper than {}", limits.max_depth)));
-                        }
-                        report.directories = report.directories.saturating_add(1);
-                        stack.push(Pending {
-                            nid: e.nid,
-                            parent: dir.nid,
-                            path,
-                            depth,
-                        });
-                        continue;
-                    }
-                    let slot = links.entry(e.nid).or_insert((attr.nlink, 0));
-                    slot.1 = slot.1.saturating_add(1);
-                    if slot.1 > 1 {
-                        report.hard_links = report.hard_links.saturating_add(1);
-                        continue;
-                    }
-                    match ft {
-                        FileType::Regular => {
-                            report.regular_files = report.regular_files.saturating_add(1);
-                            report.data_bytes = report.data_bytes.saturating_add(attr.size);
-                            if limits.check_data_map {
-                                self.check_data_map(dev, e.nid, &path)?;
-                            }
-                        }
-                        FileType::Symlink => {
-                            report.symlinks = report.symlinks.saturating_add(1);
-                            let t = self.readlink(dev, e.nid).map_err(|err| at(&path, err))?;
-                            if t.is_empty() {
-                                return Err(defect(&path, "empty symlink target"));
-                            }
-                        }
-                        FileType::CharDevice | FileType::BlockDevice => {
-                            report.devices = report.devices.saturating_add(1);
-                        }
-                        _ => report.fifos_and_sockets = report.fifos_and_sockets.saturating_add(1),
-                    }
-                }
-            }
-            if !ino.dot_omitted && dots != 1 {
-                return Err(defect(&dir.path, format!("{dots} '.' entries")));
-            }
-            if dotdots != 1 {
-                return Err(defect(&dir.path, format!("{dotdots} '..' entries")));
-            }
+        // Step 2: visit directories depth-first until none is left; each visit may push more.
+        while let Some(dir) = walk.stack.pop() {
+            self.verify_dir(dev, &mut walk, dir)?;
         }
-        report.nlink_mismatches = links
+        // Step 3: every name has been seen; compare the names found with each inode's nlink.
+        let mismatches = walk
+            .links
             .values()
             .filter(|(nlink, seen)| nlink != seen)
-            .count()
-            .try_into()
-            .unwrap_or(u64::MAX);
-        Ok(report)
+            .count();
+        walk.report.nlink_mismatches = u64::try_from(mismatches).unwrap_or(u64::MAX);
+        Ok(walk.report)
+    }
+
+    /// Read directory `dir` in batches: check the order and names of its entries, `.` and `..`,
+    /// and each other entry's inode.
+    fn verify_dir(&self, dev: &mut dyn ReadAt, walk: &mut Walk, dir: Pending) -> Result<(), Error> {
+        walk.report.max_depth = walk.report.max_depth.max(dir.depth);
+        let ino = self
+            .load_inode(dev, dir.nid)
+            .map_err(|e| at(&dir.path, e))?;
+        let mut counts = DirCounts::default();
+        let mut prev: Option<Vec<u8>> = None;
+        let mut cookie = 0u64;
+        loop {
+            // Next batch; an empty one ends the listing, a cookie that does not grow is a loop.
+            let batch = self
+                .readdir(dev, dir.nid, cookie, BATCH)
+                .map_err(|e| at(&dir.path, e))?;
+            let Some(last) = batch.last() else { break };
+            if last.next_cookie <= cookie {
+                return Err(defect(&dir.path, "readdir cookie does not advance"));
+            }
+            cookie = last.next_cookie;
+            for e in batch {
+                let path = join(&dir.path, &e.name);
+                check_name(&path, &e.name)?;
+                // Names must be strictly ascending; a `.` the image omits is synthesized first.
+                let synthetic_dot = ino.dot_omitted && e.name == b"." && prev.is_none();
+                if !synthetic_dot {
+                    if let Some(p) = &prev {
+                        if p.as_slice() >= e.name.as_slice() {
+                            return Err(defect(&path, "directory entries out of order"));
+                        }
+                    }
+                    prev = Some(e.name.clone());
+                }
+                if e.name == b"." {
+                    counts.dots = counts.dots.saturating_add(1);
+                    if e.nid != dir.nid {
+                        return Err(defect(&path, format!("'.' points at nid {}", e.nid)));
+                    }
+                } else if e.name == b".." {
+                    counts.dotdots = counts.dotdots.saturating_add(1);
+                    if e.nid != dir.parent {
+                        return Err(defect(
+                            &path,
+                            format!("'..' points at nid {}, parent is {}", e.nid, dir.parent),
+                        ));
+                    }
+                } else {
+                    self.verify_entry(dev, walk, &dir, e.nid, e.file_type, path)?;
+                }
+            }
+        }
+        // The listing is complete: exactly one `.` (unless omitted) and one `..`.
+        if !ino.dot_omitted && counts.dots != 1 {
+            return Err(defect(&dir.path, format!("{} '.' entries", counts.dots)));
+        }
+        if counts.dotdots != 1 {
+            return Err(defect(
+                &dir.path,
+                format!("{} '..' entries", counts.dotdots),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Check entry `nid` (named `path`, typed `dirent_type` in its dirent) of directory `dir`:
+    /// a subdirectory is queued, a non-directory is counted and its content checked once, however
+    /// many names it has.
+    fn verify_entry(
+        &self,
+        dev: &mut dyn ReadAt,
+        walk: &mut Walk,
+        dir: &Pending,
+        nid: u64,
+        dirent_type: FileType,
+        path: Vec<u8>,
+    ) -> Result<(), Error> {
+        let limits = walk.limits;
+        let report = &mut walk.report;
+        report.entries = report.entries.saturating_add(1);
+        if report.entries > limits.max_entries {
+            return Err(Error::Range(format!(
+                "more than {} entries (limit)",
+                limits.max_entries
+            )));
+        }
+        // The dirent's type must match the inode's.
+        let attr = self.getattr(dev, nid).map_err(|err| at(&path, err))?;
+        let ft = attr.file_type();
+        if dirent_type != FileType::Unknown && dirent_type != ft {
+            return Err(defect(
+                &path,
+                format!("dirent type {dirent_type:?} but inode is {ft:?}"),
+            ));
+        }
+        if limits.check_xattrs {
+            let n = self.check_xattrs(dev, nid, &path)?;
+            report.xattrs = report.xattrs.saturating_add(n);
+        }
+        // A directory: reached once only, not too deep; visit it later.
+        if ft == FileType::Directory {
+            if !walk.visited_dirs.insert(nid) {
+                return Err(defect(
+                    &path,
+                    format!("directory nid {nid} reached twice (cycle or hard-linked directory)"),
+                ));
+            }
+            let depth = dir.depth.saturating_add(1);
+            if depth > limits.max_depth {
+                return Err(defect(&path, format!("deeper than {}", limits.max_depth)));
+            }
+            report.directories = report.directories.saturating_add(1);
+            walk.stack.push(Pending {
+                nid,
+                parent: dir.nid,
+                path,
+                depth,
+            });
+            return Ok(());
+        }
+        // A non-directory: a second name is a hard link, already checked.
+        let slot = walk.links.entry(nid).or_insert((attr.nlink, 0));
+        slot.1 = slot.1.saturating_add(1);
+        if slot.1 > 1 {
+            report.hard_links = report.hard_links.saturating_add(1);
+            return Ok(());
+        }
+        // First name of a non-directory: count it and check what it holds.
+        match ft {
+            FileType::Regular => {
+                report.regular_files = report.regular_files.saturating_add(1);
+                report.data_bytes = report.data_bytes.saturating_add(attr.size);
+                if limits.check_data_map {
+                    self.check_data_map(dev, nid, &path)?;
+                }
+            }
+            FileType::Symlink => {
+                report.symlinks = report.symlinks.saturating_add(1);
+                let t = self.readlink(dev, nid).map_err(|err| at(&path, err))?;
+                if t.is_empty() {
+                    return Err(defect(&path, "empty symlink target"));
+                }
+            }
+            FileType::CharDevice | FileType::BlockDevice => {
+                report.devices = report.devices.saturating_add(1);
+            }
+            _ => report.fifos_and_sockets = report.fifos_and_sockets.saturating_add(1),
+        }
+        Ok(())
     }
 
     /// List and read every xattr of `nid`; returns how many there are.

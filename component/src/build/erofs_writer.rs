@@ -1,4 +1,5 @@
-//! Writes the EROFS tar-index image (the layout of `mkfs.erofs --tar=i`, spec §2) for a
+//! Writes the EROFS tar-index image (the layout of `mkfs.erofs --tar=i`; `docs/formats.md`,
+//! *Tar-index EROFS layout*) for a
 //! [`Tree`]: metadata only, with regular files pointing into the tar on device 1.
 //!
 //! Layout, in 512-byte blocks:

@@ -4,48 +4,9 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::build::tar::{Entry, Kind};
+use crate::build::test_support::{entry, Mem};
 use crate::build::tree::{TreeBuilder, TreeOptions};
 use crate::build::xattr::check_xattr;
-
-struct Mem(Vec<u8>);
-
-impl erofs_image::ReadAt for Mem {
-    fn read_exact_at(
-        &mut self,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> std::result::Result<(), erofs_image::Error> {
-        let start = offset as usize;
-        let src = self
-            .0
-            .get(start..start + buf.len())
-            .ok_or_else(|| erofs_image::Error::Io(format!("read past the end at {offset}")))?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-}
-
-fn entry(path: &str, kind: Kind) -> Entry {
-    Entry {
-        offset: 0,
-        path: path.as_bytes().to_vec(),
-        link: Vec::new(),
-        kind,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime: 1_700_000_000,
-        mtime_nsec: 0,
-        size: 0,
-        data_offset: 0,
-        dev_major: 0,
-        dev_minor: 0,
-        xattrs: Vec::new(),
-    }
-}
 
 /// Build an image from entries; the fake tar has `data` at block 1.
 fn image(entries: Vec<Entry>, tar: &[u8]) -> (Vec<u8>, Mem) {

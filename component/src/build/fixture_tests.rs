@@ -124,26 +124,15 @@ fn check_fixture(name: &str) {
         let want_mode =
             u32::from_str_radix(e["mode"].as_str().unwrap().trim_start_matches("0o"), 8).unwrap();
         assert_eq!(attr.mode, want_mode, "{name}: {path} mode");
-        assert_eq!(
-            attr.uid as u64,
-            e["uid"].as_u64().unwrap(),
-            "{name}: {path} uid"
-        );
-        assert_eq!(
-            attr.gid as u64,
-            e["gid"].as_u64().unwrap(),
-            "{name}: {path} gid"
-        );
-        assert_eq!(
-            attr.size,
-            e["size"].as_u64().unwrap(),
-            "{name}: {path} size"
-        );
-        assert_eq!(
-            attr.nlink as u64,
-            e["nlink"].as_u64().unwrap(),
-            "{name}: {path} nlink"
-        );
+        let numbers = [
+            ("uid", u64::from(attr.uid)),
+            ("gid", u64::from(attr.gid)),
+            ("size", attr.size),
+            ("nlink", u64::from(attr.nlink)),
+        ];
+        for (field, got) in numbers {
+            assert_eq!(got, e[field].as_u64().unwrap(), "{name}: {path} {field}");
+        }
         let mtime_ns = attr.mtime_sec as i128 * 1_000_000_000 + attr.mtime_nsec as i128;
         assert_eq!(
             mtime_ns,

@@ -2,29 +2,9 @@
 //! stick, hostile but accepted tars giving images our reader verifies.
 
 use super::tar::tests::{end, member, record};
+use super::test_support::Mem;
 use super::zinfo_writer::tests::gzip;
 use super::*;
-
-struct Mem(Vec<u8>);
-
-impl erofs_image::ReadAt for Mem {
-    fn read_exact_at(
-        &mut self,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> std::result::Result<(), erofs_image::Error> {
-        let start = offset as usize;
-        let src = self
-            .0
-            .get(start..start + buf.len())
-            .ok_or_else(|| erofs_image::Error::Io(format!("read past the end at {offset}")))?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-}
 
 fn verify(index: &Index, tar: &[u8]) -> erofs_image::VerifyReport {
     let mut dev = Mem([index.meta.clone(), tar.to_vec()].concat());

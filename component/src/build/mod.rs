@@ -1,6 +1,7 @@
 //! The index builder: from a layer blob (gzip or plain tar), streamed once in pieces of any
-//! size, build the EROFS tar-index metadata image (`META`, spec §2) and, for gzip, the
-//! zinfo checkpoint index (`ZINFO`, spec §3.2). I/O-free: the caller feeds bytes.
+//! size, build the EROFS tar-index metadata image (`META`; `docs/formats.md`, *Tar-index
+//! EROFS layout*) and, for gzip, the zinfo checkpoint index (`ZINFO`; *zinfo* there).
+//! I/O-free: the caller feeds bytes.
 //!
 //! ```text
 //! blob bytes ─► sha256(blob) ─► ZinfoWriter (inflate, checkpoints) ─► sha256(tar)
@@ -24,6 +25,8 @@ pub mod zinfo_writer;
 mod fixture_tests;
 #[cfg(test)]
 mod indexer_tests;
+#[cfg(test)]
+mod test_support;
 
 use sha2::{Digest, Sha256};
 

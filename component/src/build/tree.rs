@@ -163,9 +163,11 @@ pub fn normalise(path: &[u8], what: &str) -> std::result::Result<Vec<Vec<u8>>, S
     Ok(out)
 }
 
-impl TreeBuilder {
-    pub fn new(options: TreeOptions) -> Self {
-        let root = Node {
+impl Node {
+    /// A directory no entry named (the root, or a parent a path implies): 0755, owned by
+    /// root, mtime 0, until an entry of its own sets them.
+    fn implied_dir() -> Self {
+        Node {
             kind: NodeKind::Directory {
                 children: BTreeMap::new(),
             },
@@ -181,7 +183,13 @@ impl TreeBuilder {
             implied: true,
             opaque: false,
             has_whiteout: false,
-        };
+        }
+    }
+}
+
+impl TreeBuilder {
+    pub fn new(options: TreeOptions) -> Self {
+        let root = Node::implied_dir();
         Self {
             options,
             nodes: vec![root],
@@ -517,24 +525,7 @@ impl TreeBuilder {
                     ));
                 }
                 None => {
-                    let implied = Node {
-                        kind: NodeKind::Directory {
-                            children: BTreeMap::new(),
-                        },
-                        mode: 0o755,
-                        uid: 0,
-                        gid: 0,
-                        mtime: 0,
-                        mtime_nsec: 0,
-                        xattrs: BTreeMap::new(),
-                        nlink: 0,
-                        seq: 0,
-                        offset: 0,
-                        implied: true,
-                        opaque: false,
-                        has_whiteout: false,
-                    };
-                    let index = self.push(implied);
+                    let index = self.push(Node::implied_dir());
                     self.set_child(at, part.clone(), index);
                     index
                 }

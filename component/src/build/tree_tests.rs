@@ -1,23 +1,14 @@
 //! Tree tests: path treatment, later-wins, hard links in any order, aufs whiteouts.
 
 use super::*;
+use crate::build::test_support;
 
+/// An entry whose header sits at 512 and whose data at 1024 of the tar.
 fn entry(path: &str, kind: Kind) -> Entry {
     Entry {
         offset: 512,
-        path: path.as_bytes().to_vec(),
-        link: Vec::new(),
-        kind,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime: 1_700_000_000,
-        mtime_nsec: 0,
-        size: 0,
         data_offset: 1024,
-        dev_major: 0,
-        dev_minor: 0,
-        xattrs: Vec::new(),
+        ..test_support::entry(path, kind)
     }
 }
 

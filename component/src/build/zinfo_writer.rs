@@ -1,5 +1,6 @@
-//! Inflates a gzip blob once, front to back, and records zinfo v2 checkpoints (spec §3.2,
-//! SOCI compatible) on the way: the format [`crate::gzran::zinfo`] parses.
+//! Inflates a gzip blob once, front to back, and records zinfo v2 checkpoints (SOCI
+//! compatible; `docs/formats.md`, *zinfo*) on the way: the format [`crate::gzran::zinfo`]
+//! parses.
 //!
 //! A checkpoint is taken at a deflate block boundary that is not after a member's final
 //! block, when either the boundary is the first one of a gzip member (right after its
@@ -11,16 +12,16 @@
 //! Each record holds `in` (first compressed byte not fully consumed), `out`, `bits` (high
 //! bits of byte `in - 1` that belong to the next block) and the 32 KiB of output before
 //! `out`, right-aligned: when fewer than 32 KiB precede `out`, the front of the window is
-//! zeros, never leftover memory (the reference leaks heap bytes there, spec §3.4.1).
+//! zeros, never leftover memory (the reference leaks heap bytes there; `docs/formats.md`,
+//! *Defects we refuse*).
 //!
 //! zlib's gzip mode (`windowBits 31`) parses each member's header and checks its CRC-32 and
 //! length trailer. After a member ends, the next bytes must be another member.
 
-use std::ffi::CStr;
-
 use libz_rs_sys as z;
 
 use crate::error::{Error, Result};
+use crate::gzran::inflate::zlib::{inflate_call, message};
 
 pub const WINDOW: usize = 32768;
 const RECORD: usize = 17 + WINDOW;
@@ -115,28 +116,11 @@ impl ZinfoWriter {
             } else {
                 (self.span - self.since_checkpoint).min(OUT_CHUNK as u64) as usize
             };
-            let in_len = input.len().min(u32::MAX as usize);
             let s = &mut *self.stream;
-            s.next_in = input.as_ptr();
-            s.avail_in = in_len as u32;
-            s.next_out = self.out.as_mut_ptr();
-            s.avail_out = room as u32;
-            let flush = if want_boundary {
-                z::Z_BLOCK
-            } else {
-                z::Z_NO_FLUSH
-            };
-            // SAFETY: next_in/avail_in describe `input`, next_out/avail_out the first
-            // `room` bytes of `self.out`; both outlive the call.
-            let rc = unsafe { z::inflate(s, flush) };
-            let consumed = in_len - s.avail_in as usize;
-            let produced = room - s.avail_out as usize;
-            let data_type = s.data_type;
+            let call = inflate_call(s, input, &mut self.out[..room], want_boundary);
+            let (rc, consumed, produced) = (call.rc, call.consumed, call.produced);
+            let data_type = call.data_type;
             let msg = message(s);
-            s.next_in = std::ptr::null();
-            s.next_out = std::ptr::null_mut();
-            s.avail_in = 0;
-            s.avail_out = 0;
             let at = self.in_offset;
             input = &input[consumed..];
             self.in_offset += consumed as u64;
@@ -256,16 +240,6 @@ fn remember(window: &mut [u8; WINDOW], ring_at: &mut usize, piece: &[u8]) {
     window[*ring_at..*ring_at + first].copy_from_slice(&piece[..first]);
     window[..piece.len() - first].copy_from_slice(&piece[first..]);
     *ring_at = (*ring_at + piece.len()) % WINDOW;
-}
-
-fn message(s: &z::z_stream) -> String {
-    if s.msg.is_null() {
-        return "no detail".to_string();
-    }
-    // SAFETY: zlib sets msg to a static NUL-terminated string or leaves it null.
-    unsafe { CStr::from_ptr(s.msg) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 #[cfg(test)]

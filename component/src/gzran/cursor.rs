@@ -328,14 +328,30 @@ impl Cursor {
                 )));
             }
         }
-        if self.input.available().is_empty() && !self.input.refill(blob)? {
-            // Nothing after the trailer: the tar stream ends here.
-            self.state = State::Ended;
-            return Ok(());
+        let next_at = self.input.position();
+        match self.input.peek(blob)? {
+            None => {
+                // Nothing after the trailer: the tar stream ends here.
+                self.state = State::Ended;
+                return Ok(());
+            }
+            Some(0) => {
+                // A member never starts with 0 (the magic is 1f 8b): this is the zero
+                // padding `gzip -t` accepts after the last member. The stream ends here
+                // once the padding is checked to run to the end of the blob.
+                gzip::skip_zero_padding(&mut self.input, blob)?;
+                self.state = State::Ended;
+                return Ok(());
+            }
+            Some(_) => {}
         }
         // Another member follows (e.g. parallel gzip or estargz): its header, then a fresh
         // deflate stream. Deflate cannot refer back across members, so no history is kept.
-        gzip::read_header(&mut self.input, blob)?;
+        gzip::read_header(&mut self.input, blob).map_err(|e| {
+            e.context(&format!(
+                "the next member after blob offset {next_at} (only another member or zero padding may follow one)"
+            ))
+        })?;
         self.inflater.reset()?;
         self.member = Some(MemberCheck { crc: 0, len: 0 });
         Ok(())

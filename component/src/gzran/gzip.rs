@@ -71,6 +71,29 @@ pub fn read_trailer(input: &mut Input, blob: &SizedSource) -> Result<Trailer> {
     })
 }
 
+/// Consume zero bytes up to the end of the blob. `gzip -t` accepts zero padding after
+/// the last member (tape blocks, preallocated files), so do we; any other byte there is
+/// neither padding nor a member, and is refused with its blob offset.
+pub fn skip_zero_padding(input: &mut Input, blob: &SizedSource) -> Result<()> {
+    let from = input.position();
+    loop {
+        let at = input.position();
+        let available = input.available();
+        if let Some((index, &byte)) = available.iter().enumerate().find(|(_, &b)| b != 0) {
+            return Err(Error::bad(format!(
+                "gzip: byte {byte:#04x} at blob offset {} inside the zero padding that starts at blob offset {from} after the last member: only zero bytes may follow the last member",
+                at.saturating_add(index as u64)
+            )));
+        }
+        let all = available.len();
+        input.consume(all);
+        // Everything fetched so far was zero: fetch more, or stop at the blob's end.
+        if !input.refill(blob)? {
+            return Ok(());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +116,34 @@ mod tests {
         named.extend_from_slice(b"layer.tar\0");
         named.extend_from_slice(&[1, 2]);
         assert_eq!(parse(named).unwrap(), 10 + 4 + 10 + 2);
+    }
+
+    fn skip_padding(bytes: Vec<u8>) -> Result<u64> {
+        let blob = SizedSource::new("blob", Box::new(MemSource(bytes)))?;
+        let mut input = Input::new();
+        input.seek(2);
+        skip_zero_padding(&mut input, &blob)?;
+        Ok(input.position())
+    }
+
+    #[test]
+    fn zero_padding_is_skipped_to_the_end() {
+        let mut padded = vec![0xaa, 0xbb];
+        padded.resize(2 + 3 * crate::gzran::input::READ_SIZE + 17, 0);
+        assert_eq!(skip_padding(padded.clone()).unwrap(), padded.len() as u64);
+        assert_eq!(skip_padding(vec![0xaa, 0xbb]).unwrap(), 2);
+    }
+
+    #[test]
+    fn garbage_in_the_padding_is_refused_with_its_offset() {
+        let mut padded = vec![0xaa, 0xbb];
+        padded.resize(2 + crate::gzran::input::READ_SIZE + 5, 0);
+        padded.push(0x1f);
+        padded.extend_from_slice(&[0; 40]);
+        let at = 2 + crate::gzran::input::READ_SIZE + 5;
+        let err = skip_padding(padded).unwrap_err().to_string();
+        assert!(err.contains(&format!("byte 0x1f at blob offset {at}")), "{err}");
+        assert!(err.contains("starts at blob offset 2"), "{err}");
     }
 
     #[test]

@@ -73,6 +73,14 @@ impl Input {
         Ok(true)
     }
 
+    /// The next byte without consuming it, or None at the end of the blob.
+    pub fn peek(&mut self, blob: &SizedSource) -> Result<Option<u8>> {
+        if self.start == self.buf.len() && !self.refill(blob)? {
+            return Ok(None);
+        }
+        Ok(self.buf.get(self.start).copied())
+    }
+
     /// The next byte, or None at the end of the blob.
     pub fn byte(&mut self, blob: &SizedSource) -> Result<Option<u8>> {
         if self.start == self.buf.len() && !self.refill(blob)? {

@@ -178,10 +178,35 @@ impl GzRan {
         }
     }
 
-    /// Decode page `page` and hand its bytes to `use_page`.
+    /// Drop cursor `index`. Done after any error it met: an error can strike between
+    /// two reads of one trailer or header (an I/O failure at a member crossing), and a
+    /// cursor resumed there would misread the framing and report a false CRC mismatch.
+    fn drop_cursor(&mut self, index: usize) {
+        if index < self.cursors.len() {
+            let cursor = self.cursors.swap_remove(index);
+            self.counters.retired_decoded += cursor.decoded;
+        }
+    }
+
+    /// Decode page `page` and hand its bytes to `use_page`. On any error the cursor used
+    /// is dropped (see [`Self::drop_cursor`]); a retry restarts from a checkpoint.
     fn decode_page(&mut self, page: u64, use_page: impl FnOnce(&[u8]) -> Result<()>) -> Result<()> {
         let target = page * PAGE as u64;
         let index = self.choose_cursor(target)?;
+        let result = self.decode_with(index, page, use_page);
+        if result.is_err() {
+            self.drop_cursor(index);
+        }
+        result
+    }
+
+    /// Drive cursor `index` to page `page`, caching every complete page on the way.
+    fn decode_with(
+        &mut self,
+        index: usize,
+        page: u64,
+        use_page: impl FnOnce(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         self.tick += 1;
         let cursor = &mut self.cursors[index];
         cursor.last_used = self.tick;
@@ -271,7 +296,11 @@ impl GzRan {
                 })?;
             victim
         };
-        self.cursors[index].restart(&self.blob, &restart)?;
+        if let Err(e) = self.cursors[index].restart(&self.blob, &restart) {
+            // A failed restart leaves the cursor half positioned: drop it.
+            self.drop_cursor(index);
+            return Err(e);
+        }
         Ok(index)
     }
 
@@ -296,3 +325,7 @@ fn short_page(page: u64) -> Error {
         "gzip: page {page} is shorter than the measured size says"
     ))
 }
+
+#[cfg(test)]
+#[path = "reader_tests.rs"]
+mod tests;

@@ -8,11 +8,13 @@
 //! attempt the read fails with an I/O error naming the URL, the range and the cause.
 
 use std::cell::RefCell;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 
 use lru::LruCache;
 
 use super::auth::{fetch_with_auth, Auth};
+pub use super::content_range::{parse_content_range, ContentRange};
+use super::content_range::{check_partial, len_u64};
 use super::manifest::sha256_digest;
 use super::net::Net;
 use super::transport::{HttpResponse, Method};
@@ -49,7 +51,7 @@ impl State {
     /// Find the stream this read continues, or start a new one (replacing the least
     /// recently used). Returns its index and whether the read was sequential.
     fn touch_stream(&mut self, offset: u64, end: u64, slack: u64) -> (usize, bool) {
-        self.tick += 1;
+        self.tick = self.tick.wrapping_add(1);
         let tick = self.tick;
         for (i, s) in self.streams.iter_mut().enumerate() {
             if offset >= s.last_offset && offset <= s.end.saturating_add(slack) {
@@ -67,13 +69,24 @@ impl State {
         };
         if self.streams.len() < MAX_STREAMS {
             self.streams.push(fresh);
-            return (self.streams.len() - 1, false);
+            return (self.streams.len().saturating_sub(1), false);
         }
-        let oldest = (0..self.streams.len())
-            .min_by_key(|&i| self.streams[i].used)
-            .unwrap_or(0);
-        self.streams[oldest] = fresh;
-        (oldest, false)
+        // Full: the least recently used stream gives way.
+        let oldest = self
+            .streams
+            .iter_mut()
+            .enumerate()
+            .min_by_key(|(_, s)| s.used);
+        match oldest {
+            Some((i, slot)) => {
+                *slot = fresh;
+                (i, false)
+            }
+            None => {
+                self.streams.push(fresh);
+                (0, false)
+            }
+        }
     }
 }
 
@@ -89,7 +102,7 @@ pub struct RemoteBlob {
     size: u64,
     /// Checked against a whole-blob download.
     digest: Option<String>,
-    chunk_size: u64,
+    chunk_size: NonZeroU64,
     readahead_max: u64,
     max_request: u64,
     full_body_cap: u64,
@@ -107,102 +120,9 @@ impl std::fmt::Debug for RemoteBlob {
     }
 }
 
-/// A parsed `Content-Range`: first and last byte (absent in `bytes */TOTAL`), and the
-/// total (absent when the server wrote `*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContentRange {
-    pub range: Option<(u64, u64)>,
-    pub total: Option<u64>,
-}
-
-/// `bytes START-END/TOTAL` (TOTAL may be `*`), or `bytes */TOTAL` (for a 416).
-pub fn parse_content_range(value: &str) -> Option<ContentRange> {
-    let value = value.trim();
-    let unit = value.get(..6)?;
-    if !unit.eq_ignore_ascii_case("bytes ") {
-        return None;
-    }
-    let (range, total) = value[6..].trim_start().split_once('/')?;
-    let number = |s: &str| {
-        let s = s.trim();
-        (!s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse::<u64>().ok())
-            .flatten()
-    };
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(number(t)?),
-    };
-    let range = match range.trim() {
-        "*" => None,
-        r => {
-            let (a, b) = r.split_once('-')?;
-            let (a, b) = (number(a)?, number(b)?);
-            if a > b {
-                return None;
-            }
-            Some((a, b))
-        }
-    };
-    // RFC 9110 §14.4: a range whose last byte is at or past the complete length is
-    // invalid (found by the content_range fuzz target: `bytes N-M/M` was accepted).
-    if let (Some((_, last)), Some(total)) = (range, total) {
-        if last >= total {
-            return None;
-        }
-    }
-    Some(ContentRange { range, total })
-}
-
-/// Why a response cannot be used, if it cannot: content coding, and for a 206 exactly
-/// one `Content-Range` equal to `want` and a body of exactly the asked length.
-fn check_partial(
-    resp: &HttpResponse,
-    a: u64,
-    b: u64,
-    total: Option<u64>,
-) -> std::result::Result<(), String> {
-    if let Some(enc) = resp.header("content-encoding") {
-        if !enc.trim().eq_ignore_ascii_case("identity") {
-            return Err(format!(
-                "response has Content-Encoding `{}`",
-                enc.escape_default()
-            ));
-        }
-    }
-    let mut ranges = resp.header_all("content-range");
-    let (Some(cr), None) = (ranges.next(), ranges.next()) else {
-        return Err("HTTP 206 without exactly one Content-Range".into());
-    };
-    let want = format!(
-        "bytes {a}-{}/{}",
-        b - 1,
-        total.map_or("*".to_string(), |t| t.to_string())
-    );
-    match parse_content_range(cr) {
-        Some(ContentRange {
-            range: Some((s, e)),
-            total: t,
-        }) if s == a && e == b - 1 && (total.is_none() || t == total) => {}
-        _ => {
-            return Err(format!(
-                "Content-Range `{}` does not match the request ({want})",
-                cr.escape_default()
-            ))
-        }
-    }
-    if resp.body.len() as u64 != b - a {
-        return Err(format!(
-            "HTTP 206 body is {} bytes, {} were asked for",
-            resp.body.len(),
-            b - a
-        ));
-    }
-    Ok(())
-}
-
 impl RemoteBlob {
-    fn with(
+    /// A registry blob whose size the manifest gave.
+    pub fn new(
         net: Net,
         url: Url,
         size: u64,
@@ -210,17 +130,22 @@ impl RemoteBlob {
         digest: Option<String>,
         opts: &RemoteOptions,
     ) -> Result<Self> {
-        let chunk_size = opts.chunk_size;
-        if chunk_size == 0 || chunk_size > defaults::MAX_CHUNK_SIZE {
-            return Err(Error::bad(format!(
-                "chunk size {chunk_size} is not between 1 byte and 64 MiB"
-            )));
-        }
-        let capacity = usize::try_from(opts.cache_bytes / chunk_size).unwrap_or(usize::MAX);
+        net.check_scheme(&url)?;
+        let chunk_size = NonZeroU64::new(opts.chunk_size)
+            .filter(|c| c.get() <= defaults::MAX_CHUNK_SIZE)
+            .ok_or_else(|| {
+                Error::bad(format!(
+                    "chunk size {} is not between 1 byte and 64 MiB",
+                    opts.chunk_size
+                ))
+            })?;
+        let chunks_in_cache = opts.cache_bytes / chunk_size;
+        // More chunks than memory can index: the cache is bounded by memory first.
+        let capacity = usize::try_from(chunks_in_cache).unwrap_or(usize::MAX);
         // Readahead beyond half the cache would evict itself before use.
         let readahead_max = opts
             .readahead_max
-            .min((capacity as u64 / 2).saturating_mul(chunk_size));
+            .min((chunks_in_cache / 2).saturating_mul(chunk_size.get()));
         Ok(Self {
             net,
             auth: auth.map(RefCell::new),
@@ -230,7 +155,7 @@ impl RemoteBlob {
             chunk_size,
             readahead_max,
             // A read's own chunks plus a full readahead window go in one request.
-            max_request: readahead_max.saturating_add(chunk_size),
+            max_request: readahead_max.saturating_add(chunk_size.get()),
             full_body_cap: opts.memory_cap_for_full_body,
             state: RefCell::new(State {
                 chunks: NonZeroUsize::new(capacity).map(LruCache::new),
@@ -242,25 +167,12 @@ impl RemoteBlob {
         })
     }
 
-    /// A registry blob whose size the manifest gave.
-    pub fn new(
-        net: Net,
-        url: Url,
-        size: u64,
-        auth: Option<Auth>,
-        digest: Option<String>,
-        opts: &RemoteOptions,
-    ) -> Result<Self> {
-        net.check_scheme(&url)?;
-        Self::with(net, url, size, auth, digest, opts)
-    }
 
     /// A plain URL: learn the size with a one-byte Range request (`bytes=0-0`), which
     /// also shows whether the server honours Range. A server that ignores it sends the
     /// whole blob, which is kept if it is small enough.
     pub fn probe(net: Net, url: Url, opts: &RemoteOptions) -> Result<Self> {
-        net.check_scheme(&url)?;
-        let blob = Self::with(net, url, 0, None, None, opts)?;
+        let blob = Self::new(net, url, 0, None, None, opts)?;
         let check = |_: &Url, r: &HttpResponse| match r.status {
             206 => check_partial(r, 0, 1, None),
             200 | 416 | 400..=499 => Ok(()),
@@ -302,7 +214,7 @@ impl RemoteBlob {
                 blob.size = total;
             }
             200 => {
-                blob.size = resp.body.len() as u64;
+                blob.size = len_u64(resp.body.len());
                 blob.state.get_mut().full = Some(resp.body);
             }
             416 => match resp.header("content-range").and_then(parse_content_range) {
@@ -339,19 +251,23 @@ impl RemoteBlob {
 
     fn chunk_end(&self, c: u64) -> u64 {
         c.saturating_add(1)
-            .saturating_mul(self.chunk_size)
+            .saturating_mul(self.chunk_size.get())
             .min(self.size)
     }
 
     /// Fetch bytes `a..b` (chunk-aligned, inside the blob), checked.
     fn fetch(&self, st: &mut State, a: u64, b: u64) -> Result<Fetched> {
-        let len = b - a;
+        let len = b
+            .checked_sub(a)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Error::internal(format!("remote blob: empty fetch {a}..{b}")))?;
+        let last_byte = b.saturating_sub(1);
         let whole = a == 0 && b == self.size;
         let keep_whole = self.size <= self.full_body_cap;
         let max_body = if keep_whole { len.max(self.size) } else { len };
         let check = |_: &Url, r: &HttpResponse| match r.status {
             206 => check_partial(r, a, b, Some(self.size)),
-            200 if r.body.len() as u64 != self.size => Err(format!(
+            200 if len_u64(r.body.len()) != self.size => Err(format!(
                 "HTTP 200 (Range ignored) with {} bytes; the blob has {}",
                 r.body.len(),
                 self.size
@@ -384,7 +300,7 @@ impl RemoteBlob {
                 Err(e) => {
                     // Start again from the registry next time.
                     st.redirect = None;
-                    let mut e = e.context(&format!("bytes {a}-{}", b - 1));
+                    let mut e = e.context(&format!("bytes {a}-{last_byte}"));
                     if !keep_whole && ignored_range(&e) {
                         let m = format!(
                             "{}; a server that ignores Range cannot serve a blob above the \
@@ -416,102 +332,59 @@ impl RemoteBlob {
                 404 => return Err(Error::io(format!("{last}: blob not found (HTTP 404)"))),
                 416 => {
                     return Err(Error::bad(format!(
-                        "{last}: bytes {a}-{} are outside the blob (HTTP 416), though its size \
-                         should be {}",
-                        b - 1,
+                        "{last}: bytes {a}-{last_byte} are outside the blob (HTTP 416), though \
+                         its size should be {}",
                         self.size
                     )))
                 }
-                s => return Err(Error::io(format!("{last}: bytes {a}-{}: HTTP {s}", b - 1))),
+                s => return Err(Error::io(format!("{last}: bytes {a}-{last_byte}: HTTP {s}"))),
             }
         }
     }
 
+    /// Bytes `offset..end` (inside the blob, not empty): from the whole blob if it is held,
+    /// else from cached chunks, fetching the missing ones (and readahead) in runs.
     fn read(&self, st: &mut State, offset: u64, end: u64) -> Result<Vec<u8>> {
+        let want = Want { offset, end };
+        // State 1: a server ignored Range earlier and the whole blob is in memory.
         if let Some(full) = &st.full {
-            return Ok(full[offset as usize..end as usize].to_vec());
+            return Ok(want.of_whole(full)?.to_vec());
         }
-        let cs = self.chunk_size;
-        let (first, last) = (offset / cs, (end - 1) / cs);
-        let n_chunks = self.size.div_ceil(cs);
+        let cs = self.chunk_size.get();
+        let first = offset / self.chunk_size;
+        let last = end.saturating_sub(1) / self.chunk_size;
         let (stream, sequential) = st.touch_stream(offset, end, cs);
-        let mut out = vec![0u8; (end - offset) as usize];
-        let copy = |out: &mut [u8], c: u64, data: &[u8]| {
-            let c_start = c * cs;
-            let from = offset.max(c_start);
-            let to = end.min(c_start + data.len() as u64);
-            if from < to {
-                out[(from - offset) as usize..(to - offset) as usize]
-                    .copy_from_slice(&data[(from - c_start) as usize..(to - c_start) as usize]);
-            }
-        };
-        // Runs of missing chunks, as [start, end) chunk indexes.
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        let mut hits = 0;
-        for c in first..=last {
-            match st.chunks.as_mut().and_then(|cache| cache.get(&c)) {
-                Some(data) => {
-                    copy(&mut out, c, data);
-                    hits += 1;
-                }
-                None => match runs.last_mut() {
-                    Some(run) if run.1 == c => run.1 = c + 1,
-                    _ => runs.push((c, c + 1)),
-                },
-            }
-        }
-        let misses: u64 = runs.iter().map(|r| r.1 - r.0).sum();
-        self.net.bump(|s| {
-            s.chunk_hits += hits;
-            s.chunk_misses += misses;
-        });
+        let mut out = vec![0u8; to_usize(want.len())?];
+        // State 2: copy the cached chunks; the missing ones form runs to fetch.
+        let mut runs = self.copy_cached(st, &want, &mut out, first, last)?;
         if runs.is_empty() {
             return Ok(out);
         }
+        // State 3: a sequential read grows its stream's window and stretches the last run.
         if sequential && self.readahead_max > 0 {
-            let s = &mut st.streams[stream];
-            // The first sequential read already asks for a zinfo span's worth (4 chunks
-            // of 1 MiB): with 20 ms of latency per request, starting at one chunk costs
-            // two extra round trips before the window is useful.
-            s.window = if s.window == 0 {
-                cs.saturating_mul(4)
-            } else {
-                s.window.saturating_mul(2)
-            }
-            .min(self.readahead_max);
-            let extra = s.window.div_ceil(cs);
-            if let Some(run) = runs.last_mut().filter(|r| r.1 == last + 1) {
-                let limit = last.saturating_add(1).saturating_add(extra).min(n_chunks);
-                while run.1 < limit
-                    && !st
-                        .chunks
-                        .as_ref()
-                        .is_some_and(|cache| cache.contains(&run.1))
-                {
-                    run.1 += 1;
-                }
-            }
+            self.extend_readahead(st, stream, &mut runs, last);
         }
-        let per_request = (self.max_request / cs).max(1);
+        // State 4: fetch each run in requests of at most max_request bytes.
+        let per_request = (self.max_request / self.chunk_size).max(1);
         for (run_start, run_end) in runs {
             let mut c = run_start;
             while c < run_end {
                 let piece_end = run_end.min(c.saturating_add(per_request));
-                let (a, b) = (c * cs, self.chunk_end(piece_end - 1));
+                let a = c.saturating_mul(cs);
+                let b = self.chunk_end(piece_end.saturating_sub(1));
                 match self.fetch(st, a, b)? {
                     Fetched::Full(body) => {
-                        out.copy_from_slice(&body[offset as usize..end as usize]);
+                        // The server sent the whole blob: keep it and drop the chunk cache.
+                        out.copy_from_slice(want.of_whole(&body)?);
                         st.chunks = None;
                         st.full = Some(body);
                         return Ok(out);
                     }
                     Fetched::Range(body) => {
                         for k in c..piece_end {
-                            let from = ((k - c) * cs) as usize;
-                            let to = (self.chunk_end(k) - a) as usize;
-                            let data = &body[from..to];
+                            let data = slice(&body, a, k.saturating_mul(cs), self.chunk_end(k))?;
                             if (first..=last).contains(&k) {
-                                copy(&mut out, k, data);
+                                want.copy_chunk(&mut out, k.saturating_mul(cs), data)?;
                             }
                             if let Some(cache) = st.chunks.as_mut() {
                                 cache.put(k, data.to_vec());
@@ -524,11 +397,136 @@ impl RemoteBlob {
         }
         Ok(out)
     }
+
+    /// Copy the cached chunks among `first..=last` into `out` and count hits and misses;
+    /// returns the runs of missing chunks, as `[start, end)` chunk indexes.
+    fn copy_cached(
+        &self,
+        st: &mut State,
+        want: &Want,
+        out: &mut [u8],
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(u64, u64)>> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut hits = 0u64;
+        for c in first..=last {
+            match st.chunks.as_mut().and_then(|cache| cache.get(&c)) {
+                Some(data) => {
+                    want.copy_chunk(out, c.saturating_mul(self.chunk_size.get()), data)?;
+                    hits = hits.saturating_add(1);
+                }
+                None => match runs.last_mut() {
+                    Some(run) if run.1 == c => run.1 = c.saturating_add(1),
+                    _ => runs.push((c, c.saturating_add(1))),
+                },
+            }
+        }
+        let misses = runs
+            .iter()
+            .fold(0u64, |n, r| n.saturating_add(r.1.saturating_sub(r.0)));
+        self.net.bump(|s| {
+            s.chunk_hits = s.chunk_hits.saturating_add(hits);
+            s.chunk_misses = s.chunk_misses.saturating_add(misses);
+        });
+        Ok(runs)
+    }
+
+    /// Grow stream `stream`'s readahead window and, if the last missing run ends at the
+    /// read's last chunk, stretch it over the window's chunks that are not cached.
+    fn extend_readahead(&self, st: &mut State, stream: usize, runs: &mut [(u64, u64)], last: u64) {
+        let cs = self.chunk_size.get();
+        let Some(s) = st.streams.get_mut(stream) else {
+            return;
+        };
+        // The first sequential read already asks for a zinfo span's worth (4 chunks
+        // of 1 MiB): with 20 ms of latency per request, starting at one chunk costs
+        // two extra round trips before the window is useful.
+        s.window = if s.window == 0 {
+            cs.saturating_mul(4)
+        } else {
+            s.window.saturating_mul(2)
+        }
+        .min(self.readahead_max);
+        let extra = s.window.div_ceil(cs);
+        let after_last = last.saturating_add(1);
+        let n_chunks = self.size.div_ceil(cs);
+        if let Some(run) = runs.last_mut().filter(|r| r.1 == after_last) {
+            let limit = after_last.saturating_add(extra).min(n_chunks);
+            while run.1 < limit
+                && !st
+                    .chunks
+                    .as_ref()
+                    .is_some_and(|cache| cache.contains(&run.1))
+            {
+                run.1 = run.1.saturating_add(1);
+            }
+        }
+    }
 }
+
+/// The bytes a read wants, `offset..end` of the blob.
+struct Want {
+    offset: u64,
+    end: u64,
+}
+
+impl Want {
+    fn len(&self) -> u64 {
+        self.end.saturating_sub(self.offset)
+    }
+
+    /// The wanted bytes of the whole blob `full`.
+    fn of_whole<'a>(&self, full: &'a [u8]) -> Result<&'a [u8]> {
+        slice(full, 0, self.offset, self.end)
+    }
+
+    /// Copy the part of chunk `data` (which starts at blob offset `c_start`) that the read
+    /// wants into `out` (which starts at `self.offset`).
+    fn copy_chunk(&self, out: &mut [u8], c_start: u64, data: &[u8]) -> Result<()> {
+        let from = self.offset.max(c_start);
+        let to = self.end.min(c_start.saturating_add(len_u64(data.len())));
+        if from >= to {
+            return Ok(());
+        }
+        let dst = span(self.offset, from, to)?;
+        let dst = out
+            .get_mut(dst)
+            .ok_or_else(|| Error::internal("remote blob: copy past the read buffer"))?;
+        dst.copy_from_slice(slice(data, c_start, from, to)?);
+        Ok(())
+    }
+}
+
+/// Bytes `from..to` (blob offsets) of `buf`, which holds the blob from offset `base`.
+/// Every caller has checked the lengths; a miss is a bug here, not bad input.
+fn slice(buf: &[u8], base: u64, from: u64, to: u64) -> Result<&[u8]> {
+    buf.get(span(base, from, to)?).ok_or_else(|| {
+        Error::internal(format!(
+            "remote blob: bytes {from}..{to} outside a buffer of {} at {base}",
+            buf.len()
+        ))
+    })
+}
+
+/// `from..to` relative to `base`, as buffer indexes.
+fn span(base: u64, from: u64, to: u64) -> Result<std::ops::Range<usize>> {
+    let rel = |v: u64| {
+        v.checked_sub(base)
+            .ok_or_else(|| Error::internal(format!("remote blob: offset {v} before {base}")))
+            .and_then(to_usize)
+    };
+    Ok(rel(from)?..rel(to)?)
+}
+
+fn to_usize(v: u64) -> Result<usize> {
+    usize::try_from(v).map_err(|_| Error::unsupported(format!("{v} bytes do not fit in memory")))
+}
+
 
 fn range_headers(a: u64, b: u64) -> Vec<(String, String)> {
     vec![
-        ("Range".to_string(), format!("bytes={a}-{}", b - 1)),
+        ("Range".to_string(), format!("bytes={a}-{}", b.saturating_sub(1))),
         ("Accept-Encoding".to_string(), "identity".to_string()),
     ]
 }
@@ -543,14 +541,14 @@ impl Source for RemoteBlob {
     }
 
     fn pread(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let end = offset.saturating_add(len as u64).min(self.size);
+        let end = offset.saturating_add(u64::from(len)).min(self.size);
         if offset >= end {
             return Ok(Vec::new());
         }
         let mut st = self
             .state
             .try_borrow_mut()
-            .map_err(|_| Error::io("remote blob: re-entrant read"))?;
+            .map_err(|_| Error::internal("remote blob: re-entrant read"))?;
         self.read(&mut st, offset, end)
     }
 }

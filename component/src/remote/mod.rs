@@ -8,11 +8,12 @@
 
 parser_modules! {
     pub mod auth;
+    pub mod blob;
+    pub mod content_range;
     pub mod manifest;
     pub mod reference;
     pub mod url;
 }
-pub mod blob;
 pub mod image;
 pub mod net;
 pub mod transport;

@@ -88,18 +88,7 @@ pub fn load_data_image(name: &str) -> (Device, serde_json::Value) {
 
 /// Recompute the superblock checksum after editing bytes it covers.
 pub fn reseal(meta: &mut [u8]) {
-    if meta.len() < 1152 {
-        return;
-    }
-    let bsz = 1usize << meta[1024 + 12].clamp(9, 16);
-    let len = if bsz <= 1024 { bsz } else { bsz - 1024 };
-    let Some(area) = meta.get(1024..1024 + len) else {
-        return;
-    };
-    let mut area = area.to_vec();
-    area[4..8].fill(0);
-    let crc = erofs_image::crc32c(0xFFFF_FFFF, &area);
-    meta[1028..1032].copy_from_slice(&crc.to_le_bytes());
+    erofs_image::reseal_superblock(meta);
 }
 
 /// Where the tar bytes come from.
@@ -234,6 +223,34 @@ pub fn sha256_file(
         "read past EOF"
     );
     hex::encode(h.finalize())
+}
+
+/// Compare every entry of `entries` whose path is not `skip`; panics listing all the
+/// differences, prefixed with `name`.
+pub fn compare_all(
+    name: &str,
+    fs: &Filesystem,
+    dev: &mut Device,
+    entries: &[serde_json::Value],
+    unsupported_data_ok: bool,
+    skip: Option<&str>,
+) {
+    let mut failures = Vec::new();
+    for want in entries {
+        if skip.is_some_and(|s| want["path"] == s) {
+            continue;
+        }
+        let bad = compare(fs, dev, want, unsupported_data_ok);
+        if !bad.is_empty() {
+            failures.push(format!("{}: {}", want["path"], bad.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{name}: {} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Compare one entry; returns the list of differences.

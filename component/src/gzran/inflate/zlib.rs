@@ -71,31 +71,16 @@ impl ZlibInflater {
         output: &mut [u8],
         stop_at_block: bool,
     ) -> Result<Step> {
-        let in_len = input.len().min(u32::MAX as usize);
-        let out_len = output.len().min(u32::MAX as usize);
         let s = &mut *self.stream;
-        s.next_in = input.as_ptr();
-        s.avail_in = in_len as u32;
-        s.next_out = output.as_mut_ptr();
-        s.avail_out = out_len as u32;
-        let flush = if stop_at_block {
-            z::Z_BLOCK
-        } else {
-            z::Z_NO_FLUSH
-        };
-        // SAFETY: next_in/avail_in and next_out/avail_out describe the two live slices.
-        let rc = unsafe { z::inflate(s, flush) };
-        let consumed = in_len - s.avail_in as usize;
-        let produced = out_len - s.avail_out as usize;
-        // Do not leave pointers to the caller's buffers behind.
-        s.next_in = std::ptr::null();
-        s.next_out = std::ptr::null_mut();
-        s.avail_in = 0;
-        s.avail_out = 0;
+        let RawCall {
+            rc,
+            consumed,
+            produced,
+            data_type,
+        } = inflate_call(s, input, output, stop_at_block);
         let status = match rc {
             z::Z_STREAM_END => Status::StreamEnd,
             z::Z_OK | z::Z_BUF_ERROR => {
-                let data_type = s.data_type;
                 if stop_at_block && data_type & 128 != 0 {
                     Status::BlockBoundary {
                         unused_bits: (data_type & 7) as u8,
@@ -137,6 +122,54 @@ impl Drop for ZlibInflater {
     }
 }
 
+/// What one `inflate` call did: zlib's return code, the input bytes it consumed, the
+/// output bytes it produced, and `data_type` (bit 7: stopped at a block boundary, bit 6:
+/// after the last block, bits 0..2: unused bits of the last input byte).
+pub(crate) struct RawCall {
+    pub(crate) rc: i32,
+    pub(crate) consumed: usize,
+    pub(crate) produced: usize,
+    pub(crate) data_type: i32,
+}
+
+/// One `inflate` call on an initialised `stream`, from `input` into `output` (each capped
+/// at 4 GiB, the width of zlib's counters), stopping at the next block boundary if
+/// `stop_at_block`. Leaves no pointer to either buffer in the stream.
+pub(crate) fn inflate_call(
+    s: &mut z::z_stream,
+    input: &[u8],
+    output: &mut [u8],
+    stop_at_block: bool,
+) -> RawCall {
+    let in_len = input.len().min(u32::MAX as usize);
+    let out_len = output.len().min(u32::MAX as usize);
+    s.next_in = input.as_ptr();
+    s.avail_in = in_len as u32;
+    s.next_out = output.as_mut_ptr();
+    s.avail_out = out_len as u32;
+    let flush = if stop_at_block {
+        z::Z_BLOCK
+    } else {
+        z::Z_NO_FLUSH
+    };
+    // SAFETY: next_in/avail_in and next_out/avail_out describe the two live slices, and
+    // the caller initialised the stream.
+    let rc = unsafe { z::inflate(s, flush) };
+    let consumed = in_len - s.avail_in as usize;
+    let produced = out_len - s.avail_out as usize;
+    // Do not leave pointers to the caller's buffers behind.
+    s.next_in = std::ptr::null();
+    s.next_out = std::ptr::null_mut();
+    s.avail_in = 0;
+    s.avail_out = 0;
+    RawCall {
+        rc,
+        consumed,
+        produced,
+        data_type: s.data_type,
+    }
+}
+
 /// CRC-32 (the gzip trailer's checksum), continuing from `crc`.
 pub fn crc32(crc: u32, data: &[u8]) -> u32 {
     let mut crc = crc as z::uLong;
@@ -147,7 +180,8 @@ pub fn crc32(crc: u32, data: &[u8]) -> u32 {
     crc as u32
 }
 
-fn message(s: &z::z_stream) -> String {
+/// zlib's message for the last failure, or "no detail".
+pub(crate) fn message(s: &z::z_stream) -> String {
     if s.msg.is_null() {
         return "no detail".to_string();
     }
