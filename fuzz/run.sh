@@ -1,5 +1,6 @@
 #!/bin/sh
-# run.sh TARGET SECONDS: run one built fuzz target for SECONDS on its corpus (seeded by
+# run.sh TARGET SECONDS [LIBFUZZER-FLAG...]: run one built fuzz target for SECONDS (or
+# until a flag such as -runs=1000000 stops it) on its corpus (seeded by
 # seeds.py; the regression inputs in regressions/TARGET are replayed first), then print
 #   fuzz TARGET: N execs, C crashes
 # and exit non-zero if it found a crash, a hang or an allocation past its bound (the input
@@ -8,6 +9,7 @@ set -eu
 cd "$(dirname "$0")"
 target=$1
 seconds=$2
+shift 2
 bin=target/x86_64-unknown-linux-gnu/release/$target
 [ -x "$bin" ] || { echo "fuzz: $bin is not built (run fuzz/build.sh)" >&2; exit 2; }
 python3 seeds.py "$target"
@@ -21,7 +23,7 @@ before=$(ls "artifacts/$target" | wc -l)
 status=0
 "$bin" "corpus/$target" "regressions/$target" \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=131072 \
-    -print_final_stats=1 -artifact_prefix="artifacts/$target/" >"$log" 2>&1 || status=$?
+    -print_final_stats=1 -artifact_prefix="artifacts/$target/" "$@" >"$log" 2>&1 || status=$?
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
 if [ -z "$execs" ]; then
     # No final stats (killed by a crash before they print): the last status line's count.

@@ -217,7 +217,25 @@ impl DeviceArgs {
             platform: self.remote.platform.clone().or(o.platform),
             insecure: self.remote.insecure || o.insecure,
         };
-        self.remote.blob_source(&self.blob, request)
+        let deadline = Duration::from_secs_f64(self.call_timeout_secs()?);
+        self.remote.blob_source(&self.blob, request, deadline)
+    }
+
+    /// The deadline of one call into the component, checked.
+    fn call_timeout_secs(&self) -> Result<f64> {
+        let is_remote = self.blob.contains("://");
+        let call_timeout = self.call_timeout.unwrap_or(if is_remote {
+            defaults::CALL_TIMEOUT_REMOTE_SECS
+        } else {
+            defaults::CALL_TIMEOUT_LOCAL_SECS
+        });
+        if !(call_timeout > 0.0 && call_timeout < defaults::CALL_TIMEOUT_MAX_SECS) {
+            return Err(usage(format!(
+                "--call-timeout {call_timeout}: must be between 0 and {} seconds",
+                defaults::CALL_TIMEOUT_MAX_SECS
+            )));
+        }
+        Ok(call_timeout)
     }
 
     /// Resolve -o options and defaults into what the sandbox needs.
@@ -229,7 +247,8 @@ impl DeviceArgs {
             platform: self.remote.platform.clone().or(o.platform),
             insecure: self.remote.insecure || o.insecure,
         };
-        let blob = self.remote.blob_source(&self.blob, remote)?;
+        let deadline = Duration::from_secs_f64(self.call_timeout_secs()?);
+        let blob = self.remote.blob_source(&self.blob, remote, deadline)?;
         self.spec_with_blob(blob)
     }
 
@@ -267,17 +286,7 @@ impl DeviceArgs {
                 format_size(need)
             )));
         }
-        let call_timeout = self.call_timeout.unwrap_or(if is_remote {
-            defaults::CALL_TIMEOUT_REMOTE_SECS
-        } else {
-            defaults::CALL_TIMEOUT_LOCAL_SECS
-        });
-        if !(call_timeout > 0.0 && call_timeout < defaults::CALL_TIMEOUT_MAX_SECS) {
-            return Err(usage(format!(
-                "--call-timeout {call_timeout}: must be between 0 and {} seconds",
-                defaults::CALL_TIMEOUT_MAX_SECS
-            )));
-        }
+        let call_timeout = self.call_timeout_secs()?;
         let options = OpenOptions {
             cache_bytes: Some(cache),
             max_cursors: Some(self.max_cursors),
@@ -313,12 +322,19 @@ impl RemoteArgs {
             platform: self.platform.clone(),
             insecure: self.insecure,
         };
-        self.blob_source(blob, request)
+        // No device call runs here: the remote call deadline bounds a cached body.
+        let deadline = Duration::from_secs_f64(defaults::CALL_TIMEOUT_REMOTE_SECS);
+        self.blob_source(blob, request, deadline)
     }
 
     /// A path, a URL or an OCI reference; for the network ones, the egress policy too
     /// (made here, once per command: every instance shares its allow-list and counters).
-    fn blob_source(&self, blob: &str, r: RemoteRequest) -> Result<BlobSource> {
+    fn blob_source(
+        &self,
+        blob: &str,
+        r: RemoteRequest,
+        call_timeout: Duration,
+    ) -> Result<BlobSource> {
         let text = blob;
         let is_url = text.starts_with("http://") || text.starts_with("https://");
         let is_oci = text.starts_with("oci://");
@@ -328,11 +344,17 @@ impl RemoteArgs {
             }
             return Ok(BlobSource::Local(PathBuf::from(text)));
         }
-        let (location, origin) = if is_url {
+        let (location, origin, registry) = if is_url {
             let origin =
                 egress_origin_of_url(text).with_context(|| format!("{text}: not a valid URL"))?;
-            (BlobLocation::Url(text.to_string()), origin)
+            let registry = text
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.authority().map(|a| a.to_string()))
+                .unwrap_or_else(|| origin.clone());
+            (BlobLocation::Url(text.to_string()), origin, registry)
         } else {
+            let registry = registry_as_written(text);
             let origin = registry_origin(text, r.insecure);
             let location = BlobLocation::Oci(OciBlob {
                 reference: text.to_string(),
@@ -340,13 +362,10 @@ impl RemoteArgs {
                 digest: r.digest,
                 platform: r.platform,
             });
-            (location, origin)
+            (location, origin, registry)
         };
-        let credentials = credentials::find(
-            origin.split(':').next().unwrap_or(&origin),
-            self.username.as_deref(),
-            self.password_stdin,
-        )?;
+        let credentials =
+            credentials::find(&registry, self.username.as_deref(), self.password_stdin)?;
         let cache = self
             .cache_dir
             .as_deref()
@@ -357,7 +376,10 @@ impl RemoteArgs {
             credentials,
             r.insecure,
             self.ca_file.as_deref(),
-            Timeouts::default(),
+            Timeouts {
+                cached_body: call_timeout,
+                ..Timeouts::default()
+            },
             cache,
         )?;
         let options = RemoteOptions {
@@ -393,19 +415,38 @@ fn egress_origin_of_url(url: &str) -> Option<String> {
     Some(format!("{}:{port}", uri.host()?))
 }
 
+/// The registry of an `oci://` reference as the user wrote it, `host[:port]` (IPv6 in
+/// brackets), `docker.io` for Docker Hub: the name credentials are looked up under.
+fn registry_as_written(reference: &str) -> String {
+    let rest = reference.trim_start_matches("oci://");
+    let first = rest.split('/').next().unwrap_or("");
+    let has_registry = rest.contains('/')
+        && (first.contains('.')
+            || first.contains(':')
+            || first.starts_with('[')
+            || first == "localhost");
+    if !has_registry || first == "index.docker.io" || first == "registry-1.docker.io" {
+        "docker.io".to_string()
+    } else {
+        first.to_string()
+    }
+}
+
 /// The registry's `host:port` of an `oci://` reference (the component parses the
 /// reference fully; the host only needs the host to allow).
 fn registry_origin(reference: &str, insecure: bool) -> String {
-    let rest = reference.trim_start_matches("oci://");
-    let first = rest.split('/').next().unwrap_or("");
-    let has_registry =
-        rest.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let host = if !has_registry || first == "docker.io" || first == "index.docker.io" {
+    let written = registry_as_written(reference);
+    let host = if written == "docker.io" {
         "registry-1.docker.io".to_string()
     } else {
-        first.to_string()
+        written
     };
-    if host.contains(':') && !host.starts_with('[') {
+    // A port follows the last `:`, outside an IPv6 literal's brackets.
+    let has_port = match host.rfind(']') {
+        Some(close) => host.get(close..).is_some_and(|tail| tail.contains(':')),
+        None => host.contains(':'),
+    };
+    if has_port {
         host
     } else {
         format!("{host}:{}", if insecure { 80 } else { 443 })
@@ -472,6 +513,19 @@ mod origin_tests {
             "registry-1.docker.io:443"
         );
         assert_eq!(registry_origin("oci://localhost/x", true), "localhost:80");
+        assert_eq!(
+            registry_origin("oci://[::1]:5000/a/b:t", true),
+            "[::1]:5000"
+        );
+        assert_eq!(registry_origin("oci://[::1]/a/b:t", false), "[::1]:443");
+        // Credentials are looked up under the name as written, port included.
+        assert_eq!(
+            registry_as_written("oci://127.0.0.1:5000/a:t"),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(registry_as_written("oci://[::1]:5000/a:t"), "[::1]:5000");
+        assert_eq!(registry_as_written("oci://ghcr.io/a/b:t"), "ghcr.io");
+        assert_eq!(registry_as_written("oci://busybox:1"), "docker.io");
         assert_eq!(
             egress_origin_of_url("https://h.example/blob").as_deref(),
             Some("h.example:443")

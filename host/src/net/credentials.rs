@@ -1,7 +1,9 @@
 //! Registry credentials. They come from `--username` with `--password-stdin`, from the
-//! environment (`EROFS_REGISTRY_USERNAME` / `EROFS_REGISTRY_PASSWORD`), or from
-//! `~/.docker/config.json` (`auths`). Never from argv, never logged, never written to disk,
-//! and never given to the component: the host adds the Authorization header itself.
+//! environment (`EROFS_REGISTRY_USERNAME` / `EROFS_REGISTRY_PASSWORD`), or from docker's
+//! config file ([`super::docker_config`]: `auths`, `credHelpers`, `credsStore`). Never
+//! from argv, never logged, never written to disk, and never given to the component: the
+//! host adds the Authorization header itself, where a challenge asks for it
+//! ([`super::credential_policy`]).
 
 use std::io::Read;
 
@@ -21,6 +23,15 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    pub(crate) fn new(username: String, password: String) -> Credentials {
+        Credentials { username, password }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn username(&self) -> &str {
+        &self.username
+    }
+
     /// The value of an `Authorization: Basic` header.
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
@@ -31,7 +42,8 @@ impl Credentials {
     }
 }
 
-/// Find credentials for `registry` (its authority, e.g. `127.0.0.1:5000`).
+/// Find credentials for `registry`: its `host[:port]` as the user wrote it (e.g.
+/// `127.0.0.1:5000`, `[::1]:5000`, `ghcr.io`; `docker.io` for Docker Hub).
 pub fn find(
     registry: &str,
     username: Option<&str>,
@@ -72,67 +84,5 @@ pub fn find(
         ),
         (None, None) => {}
     }
-    docker_config(registry)
-}
-
-/// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, key `auths.<registry>.auth`
-/// (base64 of `user:password`). Docker Hub is keyed `https://index.docker.io/v1/`.
-fn docker_config(registry: &str) -> Result<Option<Credentials>> {
-    let path = match crate::env::path("DOCKER_CONFIG") {
-        Some(dir) => dir.join("config.json"),
-        None => match crate::env::path("HOME") {
-            Some(home) => home.join(".docker/config.json"),
-            None => return Ok(None),
-        },
-    };
-    let text = match std::fs::read(&path) {
-        Ok(text) => text,
-        // No config file (or no such home): no credentials, as for docker itself.
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
-    };
-    let config: serde_json::Value = serde_json::from_slice(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let hub = matches!(
-        registry,
-        "registry-1.docker.io" | "docker.io" | "index.docker.io"
-    );
-    let keys: Vec<String> = if hub {
-        vec![
-            "https://index.docker.io/v1/".into(),
-            "docker.io".into(),
-            "index.docker.io".into(),
-        ]
-    } else {
-        vec![
-            registry.to_string(),
-            format!("https://{registry}"),
-            format!("http://{registry}"),
-        ]
-    };
-    for key in keys {
-        let Some(auth) = config["auths"][&key]["auth"].as_str() else {
-            continue;
-        };
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .with_context(|| format!("{}: auths.{key}.auth is not base64", path.display()))?;
-        let decoded = String::from_utf8(decoded)
-            .with_context(|| format!("{}: auths.{key}.auth is not UTF-8", path.display()))?;
-        let Some((username, password)) = decoded.split_once(':') else {
-            bail!("{}: auths.{key}.auth is not user:password", path.display());
-        };
-        return Ok(Some(Credentials {
-            username: username.into(),
-            password: password.into(),
-        }));
-    }
-    Ok(None)
+    super::docker_config::lookup(registry)
 }

@@ -8,11 +8,12 @@
 //! - plain http only with `--insecure`;
 //! - everything else is refused with `HttpRequestDenied`, which the component sees.
 //!
-//! Credentials go, as `Authorization: Basic`, only to the registry and its token realm,
-//! and only on requests that carry no Authorization of their own (the component sends
-//! the Bearer tokens it obtained). Redirect targets never get them.
+//! Credentials go, as `Authorization: Basic`, only where the registry's challenge asks
+//! for them ([`super::credential_policy`]), and only on requests that carry no
+//! Authorization of their own (the component sends the Bearer tokens it obtained).
+//! Redirect targets never get them.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,13 +21,19 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::credential_policy::{CredentialPolicy, Learned};
 use super::credentials::Credentials;
 use super::http_send::{self, Timeouts};
-use super::range_cache::RangeCache;
+use super::range_cache::{Key, RangeCache};
 
 /// Responses larger than this are streamed, not put in the range cache (the component
 /// asks for a few MiB at a time; a larger one is something else).
 const CACHEABLE_MAX: u64 = 64 << 20;
+
+/// How many recent range-cache hits are remembered, to drop them when the component
+/// rejects what it read: more than the ranges one call reads (a 32 MiB read in 1 MiB
+/// chunks, with readahead), few enough to drop without harm (a refetch each).
+const RECENT_HITS: usize = 256;
 
 #[derive(Debug, Default)]
 pub struct EgressStats {
@@ -41,8 +48,8 @@ pub struct EgressStats {
 #[derive(Debug, Default)]
 struct Hosts {
     allowed: HashSet<String>,
-    /// Hosts that get the credentials: the registry and its token realms.
-    credentialed: HashSet<String>,
+    /// Which requests get the credentials, learned from the registry's challenges.
+    credentials: CredentialPolicy,
 }
 
 pub struct EgressPolicy {
@@ -52,6 +59,8 @@ pub struct EgressPolicy {
     tls: Arc<rustls::ClientConfig>,
     timeouts: Timeouts,
     cache: Option<RangeCache>,
+    /// Range-cache entries served lately, newest last (see [`RECENT_HITS`]).
+    recent_hits: Mutex<VecDeque<Key>>,
     pub stats: EgressStats,
 }
 
@@ -69,17 +78,18 @@ impl EgressPolicy {
         timeouts: Timeouts,
         cache: Option<RangeCache>,
     ) -> anyhow::Result<Arc<EgressPolicy>> {
-        let origin: HashSet<String> = origin.into_iter().collect();
+        let have_credentials = credentials.is_some();
         Ok(Arc::new(EgressPolicy {
             hosts: Mutex::new(Hosts {
-                allowed: origin.clone(),
-                credentialed: origin,
+                allowed: origin.iter().cloned().collect(),
+                credentials: CredentialPolicy::new(origin, have_credentials),
             }),
             credentials,
             insecure,
             tls: http_send::tls_config(ca_file)?,
             timeouts,
             cache,
+            recent_hits: Mutex::new(VecDeque::new()),
             stats: EgressStats::default(),
         }))
     }
@@ -93,46 +103,50 @@ impl EgressPolicy {
         })
     }
 
-    /// Learn the hosts a response legitimately sends us to.
+    /// Learn the hosts a response legitimately sends us to, and from the origin's
+    /// challenges, who gets the credentials.
     fn observe(
         &self,
         request_path: &str,
-        from_credentialed: bool,
+        from_origin: bool,
         response: &http::Response<WasiBody>,
     ) -> Result<(), HttpError> {
-        let header = |name: http::header::HeaderName| {
-            response.headers().get(name).and_then(|v| v.to_str().ok())
-        };
-        if response.status() == http::StatusCode::UNAUTHORIZED && from_credentialed {
-            if let Some(realm) = header(http::header::WWW_AUTHENTICATE).and_then(realm_of) {
-                if let Some(authority) = authority_of(&realm) {
-                    tracing::debug!("egress: allowing token realm {authority}");
-                    let mut hosts = self.hosts()?;
-                    hosts.allowed.insert(authority.clone());
-                    hosts.credentialed.insert(authority);
+        if response.status() == http::StatusCode::UNAUTHORIZED && from_origin {
+            let values = response
+                .headers()
+                .get_all(http::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            let mut hosts = self.hosts()?;
+            for learned in hosts.credentials.learn(values) {
+                match learned {
+                    Learned::Nothing | Learned::Basic => {}
+                    Learned::Realm { authority } => {
+                        tracing::debug!("egress: allowing token realm {authority}");
+                        hosts.allowed.insert(authority);
+                    }
+                    Learned::Refused { authority, why } => {
+                        tracing::warn!("egress: refusing token realm {authority}: {why}");
+                        hosts.allowed.remove(&authority);
+                    }
                 }
             }
         }
         if response.status().is_redirection() && request_path.contains("/blobs/") {
-            if let Some(authority) = header(http::header::LOCATION).and_then(authority_of) {
-                tracing::debug!("egress: allowing blob redirect target {authority}");
-                self.hosts()?.allowed.insert(authority);
+            let location = response
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok());
+            if let Some(authority) = location.and_then(authority_of) {
+                let mut hosts = self.hosts()?;
+                if hosts.credentials.refusal(&authority).is_none() {
+                    tracing::debug!("egress: allowing blob redirect target {authority}");
+                    hosts.allowed.insert(authority);
+                }
             }
         }
         Ok(())
     }
-}
-
-/// The `realm="..."` of a WWW-Authenticate challenge (only to extend the allow-list; the
-/// component parses the challenge for itself).
-fn realm_of(challenge: &str) -> Option<String> {
-    let start = challenge.find("realm=")? + "realm=".len();
-    let rest = &challenge[start..];
-    let value = match rest.strip_prefix('"') {
-        Some(quoted) => &quoted[..quoted.find('"')?],
-        None => rest.split([',', ' ']).next()?,
-    };
-    Some(value.to_string())
 }
 
 fn authority_of(url: &str) -> Option<String> {
@@ -150,24 +164,62 @@ fn authority_of(url: &str) -> Option<String> {
 
 /// The authority of a request as `host:port`, with the scheme's default port filled in,
 /// so that `registry:443` and `registry` are the same host.
-fn request_authority(uri: &http::Uri) -> Option<String> {
+pub(crate) fn request_authority(uri: &http::Uri) -> Option<String> {
     authority_of(&uri.to_string())
 }
 
-/// `(digest hex, start, end)` of a cacheable blob range request.
-fn cache_key(request: &http::Request<WasiBody>) -> Option<(String, u64, u64)> {
+/// The range-cache key of a cacheable blob range request: a GET of
+/// `…/blobs/sha256:HEX` with one `Range: bytes=A-B`.
+fn cache_key(request: &http::Request<WasiBody>) -> Option<Key> {
     if request.method() != http::Method::GET {
         return None;
     }
-    let path = request.uri().path();
-    let hex = path.split("/blobs/sha256:").nth(1)?;
+    let uri = request.uri();
+    let hex = uri.path().split("/blobs/sha256:").nth(1)?;
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let range = request.headers().get(http::header::RANGE)?.to_str().ok()?;
     let (start, end) = range.strip_prefix("bytes=")?.split_once('-')?;
     let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
-    (start <= end && end - start < CACHEABLE_MAX).then(|| (hex.to_ascii_lowercase(), start, end))
+    let origin = format!("{}://{}", uri.scheme_str()?, request_authority(uri)?);
+    (start <= end && end - start < CACHEABLE_MAX).then(|| Key {
+        origin,
+        hex: hex.to_ascii_lowercase(),
+        start,
+        end,
+    })
+}
+
+/// Whether a response is exactly the answer to `key`: a 206 whose Content-Range names
+/// the very range asked (`bytes START-END/TOTAL`, END below a numeric TOTAL), whose
+/// Content-Length (when given) is the range's length, and with no Content-Encoding.
+/// Returns the total. Anything else may be honest, but is not for the cache.
+fn exact_answer(key: &Key, response: &http::Response<WasiBody>) -> Option<u64> {
+    let headers = response.headers();
+    if response.status() != http::StatusCode::PARTIAL_CONTENT {
+        return None;
+    }
+    if let Some(encoding) = headers.get(http::header::CONTENT_ENCODING) {
+        if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
+            return None;
+        }
+    }
+    if headers.get_all(http::header::CONTENT_RANGE).iter().count() != 1 {
+        return None;
+    }
+    let range = headers.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
+    let (span, total) = range.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    let (start, end, total): (u64, u64, u64) =
+        (start.parse().ok()?, end.parse().ok()?, total.parse().ok()?);
+    if (start, end) != (key.start, key.end) || end >= total {
+        return None;
+    }
+    match header_number(headers, http::header::CONTENT_LENGTH, None) {
+        Some(length) if length != key.len() => None,
+        _ => Some(total),
+    }
 }
 
 /// A header's number: the whole value, or what follows the last `last_of` (the total of
@@ -183,6 +235,20 @@ fn header_number(
         None => text,
     };
     text.parse::<u64>().ok()
+}
+
+/// The same GET or HEAD request with an empty body (None for other methods, whose body
+/// cannot be replayed).
+fn bodiless_copy(request: &http::Request<WasiBody>) -> Option<http::Request<WasiBody>> {
+    if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
+        return None;
+    }
+    let mut copy = http::Request::new(full_body(Bytes::new()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
 }
 
 fn full_body(bytes: Bytes) -> WasiBody {
@@ -209,21 +275,25 @@ fn done() -> BodyDone {
 
 impl EgressPolicy {
     /// Step 1: refuse a host outside the allow-list, and plain http without
-    /// `--insecure`. Returns the request's authority and whether it gets credentials.
-    fn admit(&self, request: &http::Request<WasiBody>) -> Result<(String, bool), HttpError> {
+    /// `--insecure`. Returns whether the request goes to the origin (the registry the
+    /// user named).
+    fn admit(&self, request: &http::Request<WasiBody>) -> Result<bool, HttpError> {
         let authority = request_authority(request.uri()).ok_or(HttpError::HttpRequestUriInvalid)?;
         let plain = request.uri().scheme() == Some(&http::uri::Scheme::HTTP);
-        let (allowed, credentialed) = {
+        let (allowed, origin, refusal) = {
             let hosts = self.hosts()?;
             (
                 hosts.allowed.contains(&authority),
-                hosts.credentialed.contains(&authority),
+                hosts.credentials.is_origin(&authority),
+                hosts.credentials.refusal(&authority).map(str::to_string),
             )
         };
         let why = if plain && !self.insecure {
-            Some("plain http needs --insecure")
+            Some("plain http needs --insecure".to_string())
+        } else if let Some(refusal) = refusal {
+            Some(refusal)
         } else if !allowed {
-            Some("not an allowed host")
+            Some("not an allowed host".to_string())
         } else {
             None
         };
@@ -232,18 +302,21 @@ impl EgressPolicy {
             tracing::warn!("egress: refused {} {authority} ({why})", request.method());
             return Err(HttpError::HttpRequestDenied);
         }
-        Ok((authority, credentialed))
+        Ok(origin)
     }
 
-    /// Step 2: the user's credentials, on a credentialed host's request that carries no
-    /// Authorization of its own. A header that cannot be built fails the request: going
-    /// on without the credentials would hide why the registry then says 401.
-    fn add_credentials(&self, request: &mut http::Request<WasiBody>) -> Result<(), HttpError> {
+    /// Step 2: the user's credentials, on a request that carries no Authorization of its
+    /// own and that a challenge asked them for. Returns whether they were added. A
+    /// header that cannot be built fails the request: going on without the credentials
+    /// would hide why the registry then says 401.
+    fn add_credentials(&self, request: &mut http::Request<WasiBody>) -> Result<bool, HttpError> {
         let Some(creds) = &self.credentials else {
-            return Ok(());
+            return Ok(false);
         };
-        if request.headers().contains_key(http::header::AUTHORIZATION) {
-            return Ok(());
+        if request.headers().contains_key(http::header::AUTHORIZATION)
+            || !self.hosts()?.credentials.wants_credentials(request.uri())
+        {
+            return Ok(false);
         }
         let mut value = http::HeaderValue::from_str(&creds.basic_header()).map_err(|e| {
             tracing::error!("egress: the credentials do not fit an Authorization header: {e}");
@@ -253,21 +326,28 @@ impl EgressPolicy {
         request
             .headers_mut()
             .insert(http::header::AUTHORIZATION, value);
-        Ok(())
+        Ok(true)
     }
 
     /// Step 3: a blob range already in the range cache, answered as the 206 the
     /// registry would send.
     fn cached_response(
         &self,
-        key: &Option<(String, u64, u64)>,
+        key: &Option<Key>,
     ) -> Result<Option<http::Response<WasiBody>>, HttpError> {
-        let (Some(cache), Some((hex, start, end))) = (&self.cache, key) else {
+        let (Some(cache), Some(key)) = (&self.cache, key) else {
             return Ok(None);
         };
-        let Some(hit) = cache.get(hex, *start, *end) else {
+        let Some(hit) = cache.get(key) else {
             return Ok(None);
         };
+        if let Ok(mut recent) = self.recent_hits.lock() {
+            if recent.len() >= RECENT_HITS {
+                recent.pop_front();
+            }
+            recent.push_back(key.clone());
+        }
+        let (start, end) = (key.start, key.end);
         self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .cache_bytes
@@ -284,29 +364,57 @@ impl EgressPolicy {
         Ok(Some(response))
     }
 
-    /// Step 5: a complete 206 for a cacheable range is read whole, kept, and handed on
-    /// as the same bytes; any other response streams through untouched.
+    /// The component rejected what it read (corrupt data): drop the range-cache
+    /// entries served lately, so that a bad answer kept once is fetched again rather
+    /// than replayed for good.
+    pub fn forget_recent_cache_hits(&self) {
+        let Some(cache) = &self.cache else { return };
+        let recent: Vec<Key> = match self.recent_hits.lock() {
+            Ok(mut recent) => recent.drain(..).collect(),
+            Err(_) => {
+                tracing::error!("egress: the recent-hits lock is poisoned (a thread panicked)");
+                return;
+            }
+        };
+        for key in &recent {
+            cache.forget(key);
+        }
+    }
+
+    /// Step 5: an exact 206 for a cacheable range ([`exact_answer`]) is read whole
+    /// (within the call deadline: no wasm runs meanwhile), kept, and handed on as the
+    /// same bytes; any other response streams through untouched.
     async fn keep_in_cache(
         &self,
-        key: Option<(String, u64, u64)>,
+        key: Option<Key>,
         response: http::Response<WasiBody>,
     ) -> Result<http::Response<WasiBody>, HttpError> {
-        let headers = response.headers();
-        let length = header_number(headers, http::header::CONTENT_LENGTH, None);
-        let total = header_number(headers, http::header::CONTENT_RANGE, Some('/'));
-        match (&self.cache, key, total) {
-            (Some(cache), Some((hex, start, end)), Some(total))
-                if response.status() == http::StatusCode::PARTIAL_CONTENT
-                    && length == Some(end - start + 1) =>
-            {
-                // A body that is cut short fails here; the component sees the error.
+        let length = header_number(response.headers(), http::header::CONTENT_LENGTH, None);
+        let exact = key
+            .as_ref()
+            .and_then(|key| Some((key, exact_answer(key, &response)?)));
+        match (&self.cache, exact) {
+            (Some(cache), Some((key, total))) => {
+                // A body that is cut short or too slow fails here; the component sees
+                // the error.
                 let (parts, body) = response.into_parts();
-                let bytes = body.collect().await?.to_bytes();
+                let bytes = tokio::time::timeout(self.timeouts.cached_body, body.collect())
+                    .await
+                    .map_err(|_| {
+                        tracing::warn!(
+                            "egress: {} took over {:?} to send {} bytes; giving up",
+                            key.origin,
+                            self.timeouts.cached_body,
+                            key.len()
+                        );
+                        HttpError::ConnectionReadTimeout
+                    })??
+                    .to_bytes();
                 self.stats
                     .bytes_fetched
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                if bytes.len() as u64 == end - start + 1 {
-                    cache.put(&hex, start, end, total, &bytes);
+                if bytes.len() as u64 == key.len() {
+                    cache.put(key, total, &bytes);
                 }
                 Ok(http::Response::from_parts(parts, full_body(bytes)))
             }
@@ -329,19 +437,34 @@ impl WasiHttpHooks for Egress {
     ) -> ResponseFuture {
         let policy = self.0.clone();
         Box::new(async move {
-            let (_, credentialed) = policy.admit(&request)?;
-            if credentialed {
-                policy.add_credentials(&mut request)?;
-            }
+            let from_origin = policy.admit(&request)?;
+            let had_authorization = request.headers().contains_key(http::header::AUTHORIZATION);
+            let sent_basic = policy.add_credentials(&mut request)?;
             let key = cache_key(&request);
             if let Some(response) = policy.cached_response(&key)? {
                 return Ok((response, done()));
             }
+            // A copy to resend if the origin answers with a Basic challenge (the
+            // component's requests are GET or HEAD, with no body).
+            let resend = (!had_authorization && !sent_basic && from_origin)
+                .then(|| bodiless_copy(&request))
+                .flatten();
             // Step 4: the request goes out; its response may extend the allow-list.
             let path = request.uri().path().to_string();
             policy.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let response = http_send::send(request, policy.tls.clone(), policy.timeouts).await?;
-            policy.observe(&path, credentialed, &response)?;
+            let mut response =
+                http_send::send(request, policy.tls.clone(), policy.timeouts).await?;
+            policy.observe(&path, from_origin, &response)?;
+            let unauthorized = response.status() == http::StatusCode::UNAUTHORIZED;
+            if let (true, Some(mut again)) = (unauthorized, resend) {
+                // The origin asked for Basic (this answer's challenge, or an earlier one
+                // another instance saw): the same request once more, with them.
+                if policy.add_credentials(&mut again)? {
+                    policy.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    response = http_send::send(again, policy.tls.clone(), policy.timeouts).await?;
+                    policy.observe(&path, from_origin, &response)?;
+                }
+            }
             let response = policy.keep_in_cache(key, response).await?;
             Ok((response, done()))
         })
@@ -353,18 +476,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn realms_and_authorities() {
-        assert_eq!(
-            realm_of(
-                r#"Bearer realm="https://auth.example:8443/token",service="registry",scope="repository:a:pull""#
-            ),
-            Some("https://auth.example:8443/token".into())
-        );
-        assert_eq!(
-            realm_of("Bearer realm=https://a/token,service=x"),
-            Some("https://a/token".into())
-        );
-        assert_eq!(realm_of("Basic"), None);
+    fn authorities() {
         assert_eq!(
             authority_of("https://auth.example/token"),
             Some("auth.example:443".into())
@@ -376,3 +488,7 @@ mod tests {
         assert_eq!(authority_of("/relative"), None);
     }
 }
+
+#[cfg(test)]
+#[path = "egress_tests.rs"]
+mod hostile_server_tests;

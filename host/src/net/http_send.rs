@@ -32,6 +32,10 @@ pub struct Timeouts {
     /// that request (the component retries) instead of holding the read until the
     /// sandbox's call deadline.
     pub between_bytes: Duration,
+    /// The whole body of a response the host reads for the range cache (no wasm runs
+    /// meanwhile, so the sandbox's call deadline cannot stop it): the call deadline,
+    /// set by the command; 120 s by default, the remote call deadline.
+    pub cached_body: Duration,
 }
 
 impl Default for Timeouts {
@@ -40,6 +44,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             first_byte: Duration::from_secs(15),
             between_bytes: Duration::from_secs(15),
+            cached_body: Duration::from_secs_f64(crate::defaults::CALL_TIMEOUT_REMOTE_SECS),
         }
     }
 }

@@ -1,19 +1,33 @@
 //! A bounded on-disk cache of fetched compressed ranges of registry blobs
 //! (`--cache-dir`, `--cache-size`), shared by concurrent processes and kept across
-//! restarts. Blobs are content-addressed, so a range of `sha256:X` never changes: the
-//! key is the digest and the exact byte range the component asked for (it asks for
-//! aligned chunks, so repeated runs ask for the same ranges).
+//! restarts. Blobs are content-addressed, so a range of `sha256:X` from one registry
+//! never changes: the key is the origin (scheme, host and port of the request), the
+//! digest and the exact byte range the component asked for (it asks for aligned chunks,
+//! so repeated runs ask for the same ranges).
 //!
-//! Layout: `DIR/sha256-HEX/START-END` holds the bytes, `DIR/sha256-HEX/size` the blob's
-//! total size. Files are written to a temporary name and renamed into place, so readers
-//! in other processes see a whole file or none. When the cache grows past its bound, the
+//! Only exact answers are kept (the egress checks them: a 206 whose Content-Range names
+//! exactly the range asked, a total that agrees with the blob's recorded size, and no
+//! Content-Encoding). An entry the component then rejects (corrupt data) is dropped
+//! ([`RangeCache::forget`]), so one bad answer cannot poison later runs.
+//!
+//! Layout: `DIR/ORIGIN/sha256-HEX/START-END` holds the bytes, `DIR/ORIGIN/sha256-HEX/size`
+//! the blob's total size; `ORIGIN` is the origin with unsafe characters replaced, plus a
+//! hash of it. Files are written to a temporary name (starting with `.`) and renamed
+//! into place, so readers in other processes see a whole file or none. Temporary files
+//! count towards the bound, and those left by a crash (older than [`STALE_TEMP`]) are
+//! removed on open and on every size check. When the cache grows past its bound, the
 //! least recently used files (by modification time, refreshed on every hit) are removed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+/// A temporary file older than this was left by a crash: a live writer renames its
+/// file within the time one range (at most 64 MiB) takes to write, far less than this.
+pub const STALE_TEMP: Duration = Duration::from_secs(600);
 
 pub struct RangeCache {
     dir: PathBuf,
@@ -28,33 +42,79 @@ pub struct Hit {
     pub total: u64,
 }
 
+/// A file in the cache: when it was last used, its length, where it is.
+type CachedFile = (SystemTime, u64, PathBuf);
+
+/// Which cached range: origin (`https://host:port`), digest hex, first and last byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub origin: String,
+    pub hex: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Key {
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+}
+
 impl RangeCache {
     pub fn open(dir: &Path, limit: u64) -> Result<RangeCache> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create the cache directory", dir.display()))?;
-        Ok(RangeCache {
+        let cache = RangeCache {
             dir: dir.to_path_buf(),
             limit,
             since_check: AtomicU64::new(u64::MAX / 2),
-        })
+        };
+        // Leftovers of a crash go now, not at the first size check.
+        cache
+            .walk(true)
+            .with_context(|| format!("{}: cannot read the cache directory", dir.display()))?;
+        Ok(cache)
     }
 
-    fn blob_dir(&self, digest_hex: &str) -> PathBuf {
-        self.dir.join(format!("sha256-{digest_hex}"))
+    fn blob_dir(&self, key: &Key) -> PathBuf {
+        let safe: String = key
+            .origin
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let hash = hex::encode(Sha256::digest(key.origin.as_bytes()));
+        self.dir
+            .join(format!("{safe}-{}", hash.get(..16).unwrap_or(&hash)))
+            .join(format!("sha256-{}", key.hex))
     }
 
-    pub fn get(&self, digest_hex: &str, start: u64, end: u64) -> Option<Hit> {
-        let dir = self.blob_dir(digest_hex);
-        let path = dir.join(format!("{start}-{end}"));
-        let bytes = std::fs::read(&path).ok()?;
-        let total = std::fs::read_to_string(dir.join("size"))
+    fn range_path(&self, key: &Key) -> PathBuf {
+        self.blob_dir(key)
+            .join(format!("{}-{}", key.start, key.end))
+    }
+
+    /// The blob's total size as recorded by the first range kept.
+    fn recorded_total(&self, key: &Key) -> Option<u64> {
+        std::fs::read_to_string(self.blob_dir(key).join("size"))
             .ok()?
             .trim()
             .parse()
-            .ok()?;
+            .ok()
+    }
+
+    pub fn get(&self, key: &Key) -> Option<Hit> {
+        let path = self.range_path(key);
+        let bytes = std::fs::read(&path).ok()?;
+        let total = self.recorded_total(key)?;
         // A file of the wrong length (a crash between write and rename cannot leave one,
         // but a full disk can) is a miss, and is removed.
-        if bytes.len() as u64 != end - start + 1 {
+        if bytes.len() as u64 != key.len() || key.end >= total {
             let _ = std::fs::remove_file(&path);
             return None;
         }
@@ -64,8 +124,21 @@ impl RangeCache {
         Some(Hit { bytes, total })
     }
 
-    pub fn put(&self, digest_hex: &str, start: u64, end: u64, total: u64, bytes: &[u8]) {
-        if let Err(e) = self.try_put(digest_hex, start, end, total, bytes) {
+    /// Keep an exact answer. A total that disagrees with the recorded one is not kept
+    /// (one of the two answers is wrong; the cache keeps neither story growing).
+    pub fn put(&self, key: &Key, total: u64, bytes: &[u8]) {
+        match self.recorded_total(key) {
+            Some(recorded) if recorded != total => {
+                tracing::warn!(
+                    "range cache: sha256:{} from {} now says size {total}, the cache has {recorded}: not kept",
+                    key.hex,
+                    key.origin
+                );
+                return;
+            }
+            _ => {}
+        }
+        if let Err(e) = self.try_put(key, total, bytes) {
             tracing::debug!("range cache: {e:#}");
         }
         let written = self
@@ -81,15 +154,23 @@ impl RangeCache {
         }
     }
 
-    fn try_put(
-        &self,
-        digest_hex: &str,
-        start: u64,
-        end: u64,
-        total: u64,
-        bytes: &[u8],
-    ) -> Result<()> {
-        let dir = self.blob_dir(digest_hex);
+    /// Drop an entry (the component rejected what it held).
+    pub fn forget(&self, key: &Key) {
+        match std::fs::remove_file(self.range_path(key)) {
+            Ok(()) => tracing::warn!(
+                "range cache: dropped sha256:{} {}-{} from {} (the component rejected it)",
+                key.hex,
+                key.start,
+                key.end,
+                key.origin
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("range cache: cannot drop a rejected entry: {e}"),
+        }
+    }
+
+    fn try_put(&self, key: &Key, total: u64, bytes: &[u8]) -> Result<()> {
+        let dir = self.blob_dir(key);
         std::fs::create_dir_all(&dir)?;
         let unique = format!("{}.{:?}", std::process::id(), std::thread::current().id());
         let size_path = dir.join("size");
@@ -98,34 +179,51 @@ impl RangeCache {
             std::fs::write(&tmp, total.to_string())?;
             std::fs::rename(&tmp, &size_path)?;
         }
-        let tmp = dir.join(format!(".{start}-{end}.{unique}"));
+        let tmp = dir.join(format!(".{}-{}.{unique}", key.start, key.end));
         std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, dir.join(format!("{start}-{end}")))?;
+        std::fs::rename(&tmp, self.range_path(key))?;
         Ok(())
     }
 
-    /// Remove the least recently used ranges until the cache is under 90% of its bound.
-    fn evict(&self) -> Result<()> {
+    /// Every range and temporary file: `(modified, length, path)`, and their total
+    /// length. Stale temporary files are removed instead (when `remove_stale`).
+    fn walk(&self, remove_stale: bool) -> Result<(Vec<CachedFile>, u64)> {
         let mut files = Vec::new();
         let mut total = 0u64;
-        for blob in std::fs::read_dir(&self.dir)?.flatten() {
-            let Ok(entries) = std::fs::read_dir(blob.path()) else {
+        let now = SystemTime::now();
+        for origin in std::fs::read_dir(&self.dir)?.flatten() {
+            let Ok(blobs) = std::fs::read_dir(origin.path()) else {
                 continue;
             };
-            for e in entries.flatten() {
-                let name = e.file_name();
-                if name == "size" || name.to_string_lossy().starts_with('.') {
+            for blob in blobs.flatten() {
+                let Ok(entries) = std::fs::read_dir(blob.path()) else {
                     continue;
+                };
+                for e in entries.flatten() {
+                    if e.file_name() == "size" {
+                        continue;
+                    }
+                    let Ok(md) = e.metadata() else { continue };
+                    let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    let temporary = e.file_name().to_string_lossy().starts_with('.');
+                    let age = now.duration_since(modified).unwrap_or_default();
+                    if temporary && remove_stale && age > STALE_TEMP {
+                        // Left by a crash between write and rename.
+                        if std::fs::remove_file(e.path()).is_ok() {
+                            continue;
+                        }
+                    }
+                    total += md.len();
+                    files.push((modified, md.len(), e.path()));
                 }
-                let Ok(md) = e.metadata() else { continue };
-                total += md.len();
-                files.push((
-                    md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    md.len(),
-                    e.path(),
-                ));
             }
         }
+        Ok((files, total))
+    }
+
+    /// Remove the least recently used files until the cache is under 90% of its bound.
+    fn evict(&self) -> Result<()> {
+        let (mut files, mut total) = self.walk(true)?;
         if total <= self.limit {
             return Ok(());
         }
@@ -147,24 +245,80 @@ impl RangeCache {
 mod tests {
     use super::*;
 
+    fn key(origin: &str, start: u64, end: u64) -> Key {
+        Key {
+            origin: origin.into(),
+            hex: "ab".into(),
+            start,
+            end,
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("range-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     #[test]
     fn put_get_and_evict() {
-        let dir = std::env::temp_dir().join(format!("range-cache-test-{}", std::process::id()));
+        let dir = temp_dir("evict");
         let cache = RangeCache::open(&dir, 10_000).unwrap();
-        cache.put("ab", 0, 999, 5000, &[7u8; 1000]);
-        let hit = cache.get("ab", 0, 999).unwrap();
-        assert_eq!((hit.bytes.len(), hit.total), (1000, 5000));
-        assert!(cache.get("ab", 0, 998).is_none());
+        let origin = "https://r:443";
+        cache.put(&key(origin, 0, 999), 50_000, &[7u8; 1000]);
+        let hit = cache.get(&key(origin, 0, 999)).unwrap();
+        assert_eq!((hit.bytes.len(), hit.total), (1000, 50_000));
+        assert!(cache.get(&key(origin, 0, 998)).is_none());
         for i in 1..30u64 {
-            cache.put("ab", i * 1000, i * 1000 + 999, 50_000, &[1u8; 1000]);
+            cache.put(&key(origin, i * 1000, i * 1000 + 999), 50_000, &[1u8; 1000]);
         }
         cache.evict().unwrap();
-        let kept: u64 = std::fs::read_dir(dir.join("sha256-ab"))
+        let (_, total) = cache.walk(false).unwrap();
+        assert!(total <= 10_000, "{total} bytes kept");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keyed_by_origin_and_total_checked() {
+        let dir = temp_dir("origin");
+        let cache = RangeCache::open(&dir, 1 << 20).unwrap();
+        cache.put(&key("https://a:443", 0, 9), 100, &[1u8; 10]);
+        assert!(cache.get(&key("https://b:443", 0, 9)).is_none());
+        assert!(cache.get(&key("http://a:443", 0, 9)).is_none());
+        // Another total for the same blob is not kept.
+        cache.put(&key("https://a:443", 10, 19), 200, &[2u8; 10]);
+        assert!(cache.get(&key("https://a:443", 10, 19)).is_none());
+        // A rejected entry goes.
+        cache.forget(&key("https://a:443", 0, 9));
+        assert!(cache.get(&key("https://a:443", 0, 9)).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn crash_leftovers_are_counted_and_removed() {
+        let dir = temp_dir("temps");
+        let cache = RangeCache::open(&dir, 1 << 20).unwrap();
+        let k = key("https://a:443", 0, 9);
+        cache.put(&k, 100, &[1u8; 10]);
+        let blob = cache.blob_dir(&k);
+        let fresh = blob.join(".10-19.999.ThreadId(1)");
+        let stale = blob.join(".20-29.999.ThreadId(1)");
+        std::fs::write(&fresh, [0u8; 5000]).unwrap();
+        std::fs::write(&stale, [0u8; 7000]).unwrap();
+        let old = SystemTime::now() - STALE_TEMP - Duration::from_secs(5);
+        std::fs::File::options()
+            .append(true)
+            .open(&stale)
             .unwrap()
-            .flatten()
-            .filter(|e| e.file_name() != "size")
-            .count() as u64;
-        assert!(kept * 1000 <= 10_000, "{kept} ranges kept");
+            .set_modified(old)
+            .unwrap();
+        // Fresh temporary files count towards the bound.
+        let (_, total) = cache.walk(false).unwrap();
+        assert_eq!(total, 10 + 5000 + 7000);
+        // A new open (after a crash) removes the stale one and keeps the live writer's.
+        let _again = RangeCache::open(&dir, 1 << 20).unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -480,6 +480,13 @@ impl SandboxedDevice {
         match f(&live.bindings, &mut live.store, live.handle) {
             Ok(result) => {
                 log_guest_stderr(&live.store);
+                if let Err(WitError::Corrupt(_)) = &result {
+                    // Corrupt data may have come from the range cache: what was served
+                    // from it lately goes, so the next read fetches it again.
+                    if let Some(egress) = self.spec.blob.egress() {
+                        egress.forget_recent_cache_hits();
+                    }
+                }
                 result.map_err(CallError::Component)
             }
             Err(e) => {
