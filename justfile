@@ -54,6 +54,7 @@ demo: setup build
 # Read-path benchmarks with references measured in the same run
 bench: build build-miniz
     python3 tests/bench/bench.py
+    python3 tests/bench/index_bench.py
     python3 tests/bench/nbd_bench.py
     python3 tests/bench/network_bench.py
     tests/bench/runtimes_bench.sh

@@ -229,13 +229,20 @@ fn gzip_defects() {
     expect_error("corrupt stored block", &i, "CRC32 is", Written::Unchecked);
 
     // Garbage after the last checkpoint: found by the time the end of the stream is
-    // read (at open if it breaks the deflate stream, else by the member's CRC-32).
+    // read (at open if it breaks the deflate stream, else by the member's CRC-32). Here
+    // it still inflates, and the open-time tar header check (issue 16), which reads the
+    // last file's header in that tail, finds the damaged bytes first.
     let mut i = inputs("large");
     let len = i.blob.len();
     for b in &mut i.blob[len - 3000..len - 2000] {
         *b ^= 0x5a;
     }
-    expect_error("corrupt data in the tail", &i, "gzip", Written::Unchecked);
+    expect_error(
+        "corrupt data in the tail",
+        &i,
+        "tarindex does not match the blob: no tar header for ",
+        Written::Nothing,
+    );
 
     // A single-member fixture whose only checkpoint is 0: the whole member is decoded
     // from its start when measuring, so the trailer's CRC and ISIZE are checked.

@@ -50,6 +50,7 @@ fn running_out_of_memory_names_the_cap_in_one_line() {
             max_cursors: None,
             learn_interval: None,
             max_learned: None,
+            header_samples: None,
         },
     };
     let limits = Limits {

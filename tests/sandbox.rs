@@ -22,6 +22,7 @@ fn spec(dir: &str, cache: u64) -> DeviceSpec {
             max_cursors: None,
             learn_interval: None,
             max_learned: None,
+            header_samples: None,
         },
     }
 }

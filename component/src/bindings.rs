@@ -12,7 +12,7 @@ use crate::gzran::Options;
 use crate::remote;
 use crate::source::{SizedSource, Source};
 use crate::tarindex::policy::check_zinfo_for_layer;
-use crate::tarindex::{Device, Tar};
+use crate::tarindex::{Device, Tar, DEFAULT_HEADER_SAMPLES};
 
 wit_bindgen::generate!({
     path: "../wit",
@@ -40,6 +40,7 @@ impl From<Error> for WitError {
             Kind::BadInput | Kind::Internal => WitError::BadInput(text),
             Kind::Corrupt => WitError::Corrupt(text),
             Kind::Io => WitError::Io(text),
+            Kind::Mismatch => WitError::Mismatch(text),
             Kind::OutOfRange => WitError::OutOfRange(text),
             Kind::Unsupported => WitError::Unsupported(text),
             Kind::NotFound => WitError::NotFound,
@@ -61,6 +62,7 @@ fn from_wit(e: WitError) -> Error {
         WitError::OutOfRange(m) => Error::out_of_range(m),
         WitError::Unsupported(m) => Error::unsupported(m),
         WitError::Corrupt(m) => Error::corrupt(m),
+        WitError::Mismatch(m) => Error::new(Kind::Mismatch, m),
         other => Error::io(format!("vfile answered {other:?}")),
     }
 }
@@ -78,6 +80,11 @@ impl Source for ImportedFile {
 }
 
 struct Component;
+
+/// The header sample an embedder asked for (WIT `header-samples`), or the default.
+fn samples_from_wit(options: &OpenOptions) -> u32 {
+    options.header_samples.unwrap_or(DEFAULT_HEADER_SAMPLES)
+}
 
 fn options_from_wit(options: OpenOptions) -> Options {
     let defaults = Options::default();
@@ -167,7 +174,8 @@ impl tarindex::Guest for Component {
         let zinfo = zinfo
             .map(|z| SizedSource::new("zinfo", Box::new(ImportedFile(z))))
             .transpose()?;
-        let device = Device::open(meta, blob, zinfo, options_from_wit(options))?;
+        let samples = samples_from_wit(&options);
+        let device = Device::open_with(meta, blob, zinfo, options_from_wit(options), samples)?;
         Ok(tarindex::Device::new(DeviceResource(RefCell::new(Some(
             device,
         )))))
@@ -179,13 +187,14 @@ impl tarindex::Guest for Component {
         zinfo: Option<Vfile>,
         options: OpenOptions,
     ) -> Result<tarindex::Device, WitError> {
+        let samples = samples_from_wit(&options);
         let options = options_from_wit(options);
         let meta = SizedSource::new("meta", Box::new(ImportedFile(meta)))?;
         let blob = SizedSource::new("blob", Box::new(ImportedFile(blob)))?;
         let zinfo = zinfo
             .map(|z| SizedSource::new("zinfo", Box::new(ImportedFile(z))))
             .transpose()?;
-        let device = Device::open(meta, blob, zinfo, options)?;
+        let device = Device::open_with(meta, blob, zinfo, options, samples)?;
         Ok(tarindex::Device::new(DeviceResource(RefCell::new(Some(
             device,
         )))))
@@ -246,34 +255,40 @@ fn stats_of_nothing() -> DeviceStats {
         cursor_starts: 0,
         learned_starts: 0,
         learned_checkpoints: 0,
+        header_check_files: 0,
+        header_check_tar_reads: 0,
+        header_check_tar_bytes: 0,
+        header_check_blob_reads: 0,
+        header_check_requests: 0,
     }
 }
 
 fn stats(device: &Device) -> DeviceStats {
-    {
-        match device.tar() {
-            Tar::Plain(blob) => DeviceStats {
-                bytes_decoded: 0,
-                cache_hits: 0,
-                cache_misses: 0,
-                blob_bytes_read: blob.bytes_read.get(),
-                blob_reads: blob.reads.get(),
-                cursor_starts: 0,
-                learned_starts: 0,
-                learned_checkpoints: 0,
-            },
-            Tar::Gzip(gz) => DeviceStats {
-                bytes_decoded: gz.decoded(),
-                cache_hits: gz.counters.cache_hits,
-                cache_misses: gz.counters.cache_misses,
-                blob_bytes_read: gz.blob().bytes_read.get(),
-                blob_reads: gz.blob().reads.get(),
-                cursor_starts: gz.counters.cursor_starts,
-                learned_starts: gz.counters.learned_starts,
-                learned_checkpoints: gz.learned_count() as u32,
-            },
-        }
-    }
+    let h = device.sample_report();
+    let mut out = match device.tar() {
+        Tar::Plain(blob) => DeviceStats {
+            blob_bytes_read: blob.bytes_read.get(),
+            blob_reads: blob.reads.get(),
+            ..stats_of_nothing()
+        },
+        Tar::Gzip(gz) => DeviceStats {
+            bytes_decoded: gz.decoded(),
+            cache_hits: gz.counters.cache_hits,
+            cache_misses: gz.counters.cache_misses,
+            blob_bytes_read: gz.blob().bytes_read.get(),
+            blob_reads: gz.blob().reads.get(),
+            cursor_starts: gz.counters.cursor_starts,
+            learned_starts: gz.counters.learned_starts,
+            learned_checkpoints: gz.learned_count() as u32,
+            ..stats_of_nothing()
+        },
+    };
+    out.header_check_files = h.files;
+    out.header_check_tar_reads = h.tar_reads;
+    out.header_check_tar_bytes = h.tar_bytes;
+    out.header_check_blob_reads = h.blob_reads;
+    out.header_check_requests = h.remote_requests;
+    out
 }
 
 impl wit_fs::Guest for Component {
@@ -382,6 +397,10 @@ impl GuestFilesystem for FsResource {
 
     fn getxattr(&self, ino: u64, name: Vec<u8>) -> Result<Vec<u8>, WitError> {
         Ok(self.0.borrow_mut().getxattr(ino, &name)?)
+    }
+
+    fn verify_headers(&self) -> Result<u64, WitError> {
+        Ok(self.0.borrow_mut().verify_headers()?)
     }
 
     fn verify(&self) -> Result<VerifyReport, WitError> {

@@ -20,6 +20,9 @@ pub enum Kind {
     Corrupt,
     /// A source failed or returned fewer bytes than it promised. Retrying may help.
     Io,
+    /// The tar index does not describe this blob: a file's tar header is missing, or is
+    /// for another name or size (issue 16). WIT `mismatch`; EIO for that file.
+    Mismatch,
     /// A request outside the object.
     OutOfRange,
     /// Valid input using something not implemented here, or a request that is refused.
@@ -43,6 +46,7 @@ impl Kind {
             Kind::BadInput => "bad input",
             Kind::Corrupt => "corrupt",
             Kind::Io => "I/O error",
+            Kind::Mismatch => "mismatch",
             Kind::OutOfRange => "out of range",
             Kind::Unsupported => "unsupported",
             Kind::NotFound => "not found",
@@ -195,7 +199,7 @@ impl Error {
         use erofs_image::Error as E;
         let m = self.wit_text();
         match self.kind {
-            Kind::Corrupt | Kind::BadInput => E::Corrupt(m),
+            Kind::Corrupt | Kind::BadInput | Kind::Mismatch => E::Corrupt(m),
             Kind::OutOfRange => E::Range(m),
             Kind::Unsupported => E::Unsupported(m),
             Kind::NotFound => E::NotFound,

@@ -4,22 +4,33 @@
 //! Errors come back as the component's [`Error`]: the EROFS reader's own cases keep their
 //! meaning (`Corrupt` stays corrupt), and a failed device read is the device's original
 //! structured error, not its string copy.
+//!
+//! A regular file is read only once its tar header has vouched for it
+//! ([`FirstReads`]): a file the index points at the wrong bytes fails with a
+//! `mismatch` error, the others read on.
 
-use erofs_image::{Attr, DirEntry, Filesystem as Image, VerifyLimits, VerifyReport};
+use erofs_image::{Attr, DirEntry, FileType, Filesystem as Image, VerifyLimits, VerifyReport};
 
 use crate::defaults::MAX_READDIR;
-use crate::error::{Error, Result};
-use crate::tarindex::Device;
+use crate::error::Result;
+use crate::tarindex::binding::check_all;
+use crate::tarindex::{Device, FirstReads};
 
 pub struct Filesystem {
     image: Image,
     device: Device,
+    first_reads: FirstReads,
 }
 
 impl Filesystem {
     pub fn open(mut device: Device) -> Result<Self> {
-        let image = Image::open(&mut device).map_err(|e| lift(&mut device, e))?;
-        Ok(Self { image, device })
+        let image = Image::open(&mut device).map_err(|e| device.lift(e))?;
+        let first_reads = FirstReads::new(device.meta_size());
+        Ok(Self {
+            image,
+            device,
+            first_reads,
+        })
     }
 
     pub fn device(&mut self) -> &mut Device {
@@ -40,7 +51,7 @@ impl Filesystem {
         op: impl FnOnce(&Image, &mut Device) -> std::result::Result<T, erofs_image::Error>,
     ) -> Result<T> {
         self.device.take_read_error();
-        op(&self.image, &mut self.device).map_err(|e| lift(&mut self.device, e))
+        op(&self.image, &mut self.device).map_err(|e| self.device.lift(e))
     }
 
     pub fn getattr(&mut self, nid: u64) -> Result<Attr> {
@@ -62,6 +73,13 @@ impl Filesystem {
     }
 
     pub fn read(&mut self, nid: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
+        if !self.first_reads.is_good(nid) {
+            let attr = self.getattr(nid)?;
+            if attr.file_type() == FileType::Regular {
+                self.first_reads
+                    .ensure(&self.image, &mut self.device, nid, attr.size)?;
+            }
+        }
         self.call(|img, dev| img.read(dev, nid, offset, len))
     }
 
@@ -82,13 +100,21 @@ impl Filesystem {
     pub fn verify(&mut self) -> Result<VerifyReport> {
         self.call(|img, dev| img.verify(dev, VerifyLimits::default()))
     }
-}
 
-/// The reader's error as the component's: the device's own error when a device read
-/// failed (the reader passes those up unchanged), else the reader's case.
-fn lift(device: &mut Device, e: erofs_image::Error) -> Error {
-    match device.take_read_error() {
-        Some(original) if original.to_image() == e => original,
-        _ => Error::from(e),
+    /// Device offset of the first data byte of regular file `nid` (tests).
+    #[cfg(test)]
+    pub fn physical_extents(&mut self, nid: u64) -> Result<u64> {
+        let size = self.getattr(nid)?.size;
+        let exts = self.call(|img, dev| img.physical_extents(dev, nid, 0, size))?;
+        exts.first()
+            .and_then(|x| x.physical)
+            .ok_or_else(|| crate::error::Error::internal("no data"))
+    }
+
+    /// Check every regular file's tar header, in tar order (reads the whole tar once).
+    /// Returns the number of files checked.
+    pub fn verify_headers(&mut self) -> Result<u64> {
+        self.device.take_read_error();
+        check_all(&self.image, &mut self.device)
     }
 }

@@ -16,6 +16,11 @@ pub(crate) const MAX_CURSORS: u32 = 4;
 /// any point decodes at most 1 MiB from a checkpoint. 0 turns learning off.
 pub(crate) const LEARN_INTERVAL: &str = "1M";
 
+/// Files whose tar header is checked when a device opens: eight 512-byte tar reads
+/// (well under a millisecond locally, a few range requests for a remote blob) catch a
+/// META of another layer before anything is served.
+pub(crate) const HEADER_SAMPLES: u32 = 8;
+
 /// Memory for the component besides its decode cache: learned checkpoints (at most
 /// 8 MiB), the cursors, and one 32 MiB read with its copies, with room to spare.
 pub(crate) const MEMORY_BASE: u64 = 192 << 20;

@@ -42,6 +42,7 @@ mod inode;
 mod superblock;
 mod util;
 mod verify;
+mod walk;
 mod xattr;
 
 use std::fmt;
@@ -55,6 +56,7 @@ pub use superblock::{
     INCOMPAT_LZ4_0PADDING, INCOMPAT_METABOX, INCOMPAT_XATTR_PREFIXES, INCOMPAT_ZTAILPACKING,
 };
 pub use verify::{VerifyLimits, VerifyReport};
+pub use walk::{RegularFile, WalkEnd};
 
 /// Random access to the whole device (metadata image followed by the tar stream). Callers implement it.
 pub trait ReadAt {

@@ -137,8 +137,12 @@ struct Parts {
 }
 
 impl Parts {
-    fn uncompressed(&mut self, bytes: &[u8]) -> Result<()> {
-        self.tar_hash.update(bytes);
+    /// The next tar bytes. `hash`: add them to the tar digest (a plain tar's digest is
+    /// the blob's, computed once: SHA-256 is the costliest step in the sandbox).
+    fn uncompressed(&mut self, bytes: &[u8], hash: bool) -> Result<()> {
+        if hash {
+            self.tar_hash.update(bytes);
+        }
         self.tar_size += bytes.len() as u64;
         let tree = &mut self.tree;
         self.tar.feed(bytes, &mut |entry| tree.add(entry))
@@ -231,8 +235,8 @@ impl Indexer {
         let parts = &mut self.parts;
         match &mut self.decoder {
             Decoder::Detect(_) => Ok(()),
-            Decoder::Tar => parts.uncompressed(bytes),
-            Decoder::Gzip(z) => z.feed(bytes, &mut |out| parts.uncompressed(out)),
+            Decoder::Tar => parts.uncompressed(bytes, false),
+            Decoder::Gzip(z) => z.feed(bytes, &mut |out| parts.uncompressed(out, true)),
         }
     }
 
@@ -246,6 +250,7 @@ impl Indexer {
             self.decoder = self.decide(&head)?;
             self.decode(&head)?;
         }
+        let plain = matches!(self.decoder, Decoder::Tar);
         let (zinfo, checkpoints) = match self.decoder {
             Decoder::Gzip(z) => {
                 let (file, _) = z.finish()?;
@@ -275,7 +280,12 @@ impl Indexer {
         }
         let tree = parts.tree.finish()?;
         let blob_sha256: [u8; 32] = parts.blob_hash.finalize().into();
-        let tar_sha256: [u8; 32] = parts.tar_hash.finalize().into();
+        // A plain tar is the blob: one digest for both.
+        let tar_sha256: [u8; 32] = if plain {
+            blob_sha256
+        } else {
+            parts.tar_hash.finalize().into()
+        };
         let uuid = self.options.uuid.unwrap_or_else(|| uuid_from(&blob_sha256));
         let (meta, inodes) = erofs_writer::write_image(&tree, tar_parsed, uuid)?;
         Ok(Index {

@@ -7,7 +7,7 @@
 //! completes on the way is cached. Nothing is decoded beyond the page a read needs.
 
 use super::cache::PageCache;
-use super::checkpoints::{LearnedCheckpoints, NoLearning};
+use super::checkpoints::LearnedCheckpoints;
 use super::cursor::{Cursor, Restart, PAGE};
 use super::zinfo::Zinfo;
 use crate::defaults;
@@ -93,8 +93,11 @@ impl GzRan {
         let restart = self.zinfo_restart(last)?;
         let mut cursor = Cursor::new()?;
         cursor.restart(&self.blob, &restart)?;
+        // Learn checkpoints on the way (every `learn_interval`): the open-time header check
+        // (tarindex/binding.rs) reads the last file's header, near the end, and later reads
+        // of the last span then restart close by instead of at the last zinfo checkpoint.
         loop {
-            cursor.complete_page(&self.blob, &mut NoLearning)?;
+            cursor.complete_page(&self.blob, &mut self.learned)?;
             if cursor.ended() {
                 break;
             }
@@ -118,6 +121,11 @@ impl GzRan {
 
     pub fn blob(&self) -> &SizedSource {
         &self.blob
+    }
+
+    /// Tar offsets of the zinfo's checkpoints, ascending: where a cold read is cheapest.
+    pub fn checkpoint_offsets(&self) -> Vec<u64> {
+        self.zinfo.checkpoints.iter().map(|c| c.out).collect()
     }
 
     pub fn learned_count(&self) -> usize {

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gzran::{GzRan, Options};
 use crate::source::{RemoteStats, SizedSource};
 
+use super::binding::{check_sample, SampleReport, DEFAULT_HEADER_SAMPLES};
 use super::layout::{check_layout, Layout, BLOCK};
 use super::policy::check_plain_head;
 
@@ -33,14 +34,32 @@ pub struct Device {
     /// The structured error of the last failed read by the EROFS reader, which can only
     /// carry a string across `ReadAt`; `fs.rs` takes it back (see `take_read_error`).
     read_error: Option<Error>,
+    /// Tar reads made for header checks (binding.rs), and their bytes.
+    check_reads: u64,
+    check_bytes: u64,
+    /// What the open-time header check did.
+    sample: SampleReport,
 }
 
 impl Device {
+    /// [`Device::open_with`] with the default header sample.
     pub fn open(
         meta: SizedSource,
         blob: SizedSource,
         zinfo: Option<SizedSource>,
         options: Options,
+    ) -> Result<Self> {
+        Self::open_with(meta, blob, zinfo, options, DEFAULT_HEADER_SAMPLES)
+    }
+
+    /// Open the device: check the metadata's layout, the zinfo and the tar size, then the
+    /// tar headers of `header_samples` files spread over the tar (binding.rs; 0: none).
+    pub fn open_with(
+        meta: SizedSource,
+        blob: SizedSource,
+        zinfo: Option<SizedSource>,
+        options: Options,
+        header_samples: u32,
     ) -> Result<Self> {
         let layout = check_layout(&meta)?;
         let tar = match zinfo {
@@ -66,13 +85,76 @@ impl Device {
         } else {
             Meta::Source(meta)
         };
-        Ok(Self {
+        let mut device = Self {
             meta,
             tar,
             layout,
             tar_size,
             read_error: None,
-        })
+            check_reads: 0,
+            check_bytes: 0,
+            sample: SampleReport::default(),
+        };
+        if header_samples > 0 {
+            let image = erofs_image::Filesystem::open(&mut device).map_err(|e| device.lift(e))?;
+            device.sample = check_sample(&image, &mut device, header_samples)?;
+            // Start serving cold, as without the check: its cursors began at checkpoints,
+            // and a stream that took one over (or restarted at a point it learned, or
+            // skipped a page it cached) would not decode its member from the start, so
+            // it could not check the member's CRC-32 at the end.
+            if let Tar::Gzip(gz) = &mut device.tar {
+                gz.forget();
+            }
+        }
+        Ok(device)
+    }
+
+    /// What the open-time header check did.
+    pub fn sample_report(&self) -> SampleReport {
+        self.sample
+    }
+
+    /// Tar reads made by header checks so far, and their bytes.
+    pub fn check_reads(&self) -> (u64, u64) {
+        (self.check_reads, self.check_bytes)
+    }
+
+    /// Tar offsets where a cold read starts cheaply: a gzip blob's checkpoints (a read
+    /// elsewhere first decodes from the checkpoint before it); None for a plain tar,
+    /// where every offset is as cheap.
+    pub fn cheap_offsets(&self) -> Option<Vec<u64>> {
+        match &self.tar {
+            Tar::Plain(_) => None,
+            Tar::Gzip(gz) => Some(gz.checkpoint_offsets()),
+        }
+    }
+
+    /// pread calls made to the blob so far.
+    pub fn blob_reads(&self) -> u64 {
+        match &self.tar {
+            Tar::Plain(blob) => blob.reads.get(),
+            Tar::Gzip(gz) => gz.blob().reads.get(),
+        }
+    }
+
+    /// Up to `len` tar bytes at tar offset `at` (fewer at the tar's end), for the header
+    /// checks, which count them.
+    pub fn pread_tar(&mut self, at: u64, len: u64) -> Result<Vec<u8>> {
+        let len = u32::try_from(len)
+            .map_err(|_| Error::internal(format!("header check: a tar read of {len} bytes")))?;
+        let bytes = self.pread(self.layout.meta_size.saturating_add(at), len)?;
+        self.check_reads += 1;
+        self.check_bytes += bytes.len() as u64;
+        Ok(bytes)
+    }
+
+    /// The reader's error as the component's: the device's own error when a device read
+    /// failed (the reader passes those up unchanged), else the reader's case.
+    pub fn lift(&mut self, e: erofs_image::Error) -> Error {
+        match self.take_read_error() {
+            Some(original) if original.to_image() == e => original,
+            _ => Error::from(e),
+        }
     }
 
     /// The error behind the EROFS reader's last failed device read, if any; cleared.

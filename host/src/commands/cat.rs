@@ -70,6 +70,14 @@ pub fn print_stats(device: &mut SandboxedDevice) -> Result<()> {
         "device: {} B decoded, cache {} hits / {} misses, {} cursor starts ({} from learned checkpoints), {} learned, blob {} reads / {} B",
         s.bytes_decoded, s.cache_hits, s.cache_misses, s.cursor_starts, s.learned_starts, s.learned_checkpoints, s.blob_reads, s.blob_bytes_read
     );
+    eprintln!(
+        "header check on open: {} files, {} tar reads / {} B, {} blob reads, {} remote requests",
+        s.header_check_files,
+        s.header_check_tar_reads,
+        s.header_check_tar_bytes,
+        s.header_check_blob_reads,
+        s.header_check_requests
+    );
     let r = device.remote_stats()?;
     if r.requests > 0 {
         eprintln!(

@@ -56,6 +56,12 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = defaults::DECODE_CACHE)]
     pub decode_cache: u64,
 
+    /// Regular files whose tar header is checked when the device opens (the first, the
+    /// last and some between), so that a META of another layer is refused at once; 0
+    /// turns it off (each file is still checked on its first read through FUSE)
+    #[arg(long, value_name = "N", default_value_t = defaults::HEADER_SAMPLES)]
+    pub header_samples: u32,
+
     /// Live inflater cursors per device (a few files read at once)
     #[arg(long, value_name = "N", default_value_t = defaults::MAX_CURSORS)]
     pub max_cursors: u32,
@@ -292,6 +298,7 @@ impl DeviceArgs {
             max_cursors: Some(self.max_cursors),
             learn_interval: Some(self.learn_interval),
             max_learned: None,
+            header_samples: Some(self.header_samples),
         };
         Ok((
             DeviceSpec {

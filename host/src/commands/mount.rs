@@ -28,7 +28,7 @@ use crate::bridge::nbd::attach::{attach_and_mount, AttachedMount};
 use crate::bridge::nbd::PoolSource;
 use crate::defaults;
 use crate::mount_registry::{self as mounts, Registration};
-use crate::sandbox::{verify_image, DevicePool, FilesystemPool, Runtime};
+use crate::sandbox::{verify_image, Depth, DevicePool, FilesystemPool, Runtime};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -38,6 +38,23 @@ pub enum Backend {
     Loop,
     /// The kernel's EROFS on an NBD device (needs /dev/nbd*)
     Nbd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyLevel {
+    /// Every inode, dirent and chunk address of the metadata
+    Metadata,
+    /// The metadata, and every regular file's tar header (reads the whole tar)
+    Deep,
+}
+
+impl VerifyLevel {
+    pub(crate) fn depth(self) -> Depth {
+        match self {
+            VerifyLevel::Metadata => Depth::Metadata,
+            VerifyLevel::Deep => Depth::Deep,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -56,8 +73,14 @@ pub struct MountArgs {
     pub foreground: bool,
 
     /// Skip the full metadata check before a kernel backend (loop, nbd) sees the image
-    #[arg(long)]
+    #[arg(long, conflicts_with = "verify")]
     pub no_verify: bool,
+
+    /// What a kernel backend (loop, nbd) checks before the kernel sees the image:
+    /// `metadata` walks the whole EROFS metadata (and a sample of tar headers); `deep`
+    /// also checks every regular file's tar header, reading the whole tar once
+    #[arg(long, value_enum, default_value_t = VerifyLevel::Metadata)]
+    pub verify: VerifyLevel,
 
     /// Sandboxed instances serving requests in parallel (a sequential reader through two
     /// instances decodes the stream twice; more only pay off for independent random
@@ -236,7 +259,7 @@ fn mount_loop(
     limits: crate::sandbox::Limits,
 ) -> Result<Served> {
     if !args.no_verify {
-        verify_image(runtime.clone(), spec, limits)?;
+        verify_image(runtime.clone(), spec, limits, args.verify.depth())?;
     }
     let backing = mounts::state_dir()?.join(id);
     std::fs::create_dir_all(&backing)
@@ -274,8 +297,8 @@ fn open_nbd_source(args: &MountArgs) -> Result<PoolSource> {
     let (spec, limits) = args.device.spec()?;
     let runtime = Runtime::load(&args.device.component)?;
     if !args.no_verify {
-        let report = verify_image(runtime.clone(), &spec, limits)?;
-        tracing::info!(?report, "the image passed verification");
+        let v = verify_image(runtime.clone(), &spec, limits, args.verify.depth())?;
+        tracing::info!(report = ?v.report, headers = ?v.headers_checked, "the image passed verification");
     }
     let pool = DevicePool::open(runtime, spec, limits, defaults::NBD_INSTANCES)?;
     Ok(PoolSource(pool))

@@ -24,7 +24,7 @@ use erofs_nbd::{BlockSource, Listen, Server, ServerConfig};
 use super::device_args::DeviceArgs;
 use crate::bridge::nbd::{PoolSource, MAX_REQUEST};
 use crate::defaults;
-use crate::sandbox::{verify_image, DevicePool, Runtime};
+use crate::sandbox::{verify_image, Depth, DevicePool, Runtime};
 
 #[derive(Debug, Args)]
 pub struct ServeNbdArgs {
@@ -154,7 +154,7 @@ pub fn run(args: ServeNbdArgs) -> Result<()> {
     let (spec, limits) = args.device.spec()?;
     let runtime = Runtime::load(&args.device.component)?;
     if !args.no_verify {
-        let r = verify_image(runtime.clone(), &spec, limits)?;
+        let r = verify_image(runtime.clone(), &spec, limits, Depth::Metadata)?.report;
         eprintln!(
             "verified: {} entries ({} directories, {} regular files), {} bytes of file data",
             r.entries, r.directories, r.regular_files, r.data_bytes

@@ -367,6 +367,15 @@ impl SandboxedDevice {
         self.fs_call(|b, s, h| b.erofs_reader_filesystem().filesystem().call_verify(s, h))
     }
 
+    /// Check every regular file's tar header (see the WIT `filesystem.verify-headers`).
+    pub fn verify_headers(&mut self) -> Result<u64, CallError> {
+        self.fs_call(|b, s, h| {
+            b.erofs_reader_filesystem()
+                .filesystem()
+                .call_verify_headers(s, h)
+        })
+    }
+
     fn fs_call<R>(
         &mut self,
         f: impl FnOnce(&Reader, &mut Store<StoreState>, ResourceAny) -> GuestResult<R>,

@@ -23,6 +23,9 @@ pub fn wit_errno(e: &WitError) -> i32 {
         WitError::BadInput(_) | WitError::Corrupt(_) => libc::EUCLEAN,
         // A source failed or came up short: an I/O error, which a retry may cure.
         WitError::Io(_) => libc::EIO,
+        // The index points this file at bytes that are not its own (issue 16): the
+        // file cannot be read, as if its blocks were unreadable. Only that file fails.
+        WitError::Mismatch(_) => libc::EIO,
         WitError::OutOfRange(_) => libc::EINVAL,
         WitError::Unsupported(_) => libc::EOPNOTSUPP,
         WitError::NotFound => libc::ENOENT,
@@ -51,7 +54,10 @@ impl CallError {
         match self {
             CallError::Component(e) => matches!(
                 e,
-                WitError::BadInput(_) | WitError::Io(_) | WitError::Corrupt(_)
+                WitError::BadInput(_)
+                    | WitError::Io(_)
+                    | WitError::Corrupt(_)
+                    | WitError::Mismatch(_)
             ),
             CallError::Trap(_) => true,
         }
@@ -84,6 +90,8 @@ pub fn describe(e: &WitError) -> String {
         WitError::OutOfRange(m) => format!("out of range: {m}"),
         WitError::Unsupported(m) => format!("unsupported: {m}"),
         WitError::Corrupt(m) => format!("corrupt image: {m}"),
+        // The message says it all: "tarindex does not match the blob: ...".
+        WitError::Mismatch(m) => m.clone(),
         WitError::NotFound => "no such file or directory".into(),
         WitError::NotDirectory => "not a directory".into(),
         WitError::IsDirectory => "is a directory".into(),
@@ -103,6 +111,8 @@ mod tests {
         assert_eq!(wit_errno(&WitError::Corrupt(text(()))), libc::EUCLEAN);
         assert_eq!(wit_errno(&WitError::BadInput(text(()))), libc::EUCLEAN);
         assert_eq!(wit_errno(&WitError::Io(text(()))), libc::EIO);
+        assert_eq!(wit_errno(&WitError::Mismatch(text(()))), libc::EIO);
+        assert!(CallError::Component(WitError::Mismatch(text(()))).is_failure());
         assert_eq!(wit_errno(&WitError::OutOfRange(text(()))), libc::EINVAL);
         assert_eq!(
             wit_errno(&WitError::Unsupported(text(()))),

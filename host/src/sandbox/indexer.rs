@@ -165,7 +165,10 @@ pub fn index_blob(
             trap_in(&store, &e, settings)
         ),
     };
-    let name = format!("{blob:?}");
+    let name = match blob {
+        BlobSource::Local(path) => path.display().to_string(),
+        BlobSource::Remote { .. } => blob.display_name(),
+    };
     let created = match blob {
         BlobSource::Local(_) => bindings
             .erofs_reader_builder()

@@ -37,4 +37,4 @@ pub use image_layers::list_image_layers;
 pub use indexer::{index_blob, IndexRequest};
 pub use runtime::{IndexOutput, IndexProgress, IndexStats, OpenOptions, Runtime, VerifyReport};
 pub use trap::{format_size, Trap, TrapCause};
-pub use verify::verify_image;
+pub use verify::{verify_image, Depth, Verified};

@@ -14,7 +14,7 @@ use super::layers::PlannedLayer;
 use super::merge::unmount_any;
 use crate::bridge::fuse::{self, ErofsFuse};
 use crate::bridge::loop_backing::{DeviceFile, IMAGE_NAME};
-use crate::commands::mount::Backend;
+use crate::commands::mount::{Backend, VerifyLevel};
 use crate::mount_registry as mounts;
 use crate::sandbox::{verify_image, DevicePool, FilesystemPool, Runtime};
 
@@ -23,6 +23,8 @@ pub struct LayerOptions {
     pub backend: Backend,
     pub instances: usize,
     pub verify: bool,
+    /// How deep that check goes (`--verify`).
+    pub verify_depth: VerifyLevel,
     /// Show `trusted.overlay.*` as `user.overlay.*` (unprivileged merges).
     pub user_overlay_xattrs: bool,
 }
@@ -127,7 +129,7 @@ pub fn mount_layer(
         }
         Backend::Loop => {
             if o.verify {
-                verify_image(runtime.clone(), &spec, limits)
+                verify_image(runtime.clone(), &spec, limits, o.verify_depth.depth())
                     .with_context(|| format!("layer {} ({})", layer.index, layer.digest))?;
             }
             mkdir(backing)?;

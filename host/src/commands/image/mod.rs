@@ -137,6 +137,7 @@ pub fn serve(args: &MountArgs, mountpoint: &Path, signals: &libc::sigset_t) -> R
         backend: args.backend,
         instances: args.instances,
         verify: !args.no_verify,
+        verify_depth: args.verify,
         user_overlay_xattrs: merge_kind == MergeKind::FuseOverlayfs,
     };
     for layer in &plan.layers {
