@@ -29,7 +29,8 @@ use exports::erofs::reader::filesystem::{
     self as wit_fs, Attributes, DirEntry as WitDirEntry, FileKind, GuestFilesystem, VerifyReport,
 };
 use exports::erofs::reader::tarindex::{
-    self, BlobLocation, DeviceStats, GuestDevice, OpenOptions, RemoteOptions, RemoteStats,
+    self, BlobLocation, DeviceStats, GuestDevice, ImageInfo, ImageLayer, OpenOptions,
+    RemoteOptions, RemoteStats,
 };
 
 /// The one conversion to the WIT error: each kind to the case the WIT documents for it.
@@ -125,6 +126,37 @@ pub(crate) fn location_from_wit(blob: BlobLocation) -> remote::BlobLocation {
 
 impl tarindex::Guest for Component {
     type Device = DeviceResource;
+
+    fn image_layers(
+        reference: String,
+        platform: Option<String>,
+        remote: RemoteOptions,
+    ) -> Result<ImageInfo, WitError> {
+        let transport = Box::new(remote::WasiTransport::default());
+        let found = remote::image_layers(
+            &reference,
+            platform.as_deref(),
+            transport,
+            &remote_options_from_wit(remote),
+        )?;
+        Ok(ImageInfo {
+            registry: found.registry,
+            repository: found.repository,
+            manifest_digest: found.manifest_digest,
+            platform: found.platform,
+            layers: found
+                .layers
+                .into_iter()
+                .map(|l| ImageLayer {
+                    index: l.index,
+                    digest: l.digest,
+                    media_type: l.media_type,
+                    size: l.size,
+                    gzip: l.compression == remote::Compression::Gzip,
+                })
+                .collect(),
+        })
+    }
 
     fn open_remote(
         meta: Vfile,

@@ -88,6 +88,14 @@ pub(crate) const BENCH_RANDOM_COUNT: u64 = 2000;
 /// `bench`: the random pattern's seed, fixed so runs compare.
 pub(crate) const BENCH_SEED: u64 = 1;
 
+/// Memory cap of the one call that lists an image's layers: a 4 MiB manifest (the
+/// largest the component reads), its parse and the HTTP buffers fit well inside 64 MiB.
+pub(crate) const IMAGE_LIST_MEMORY: u64 = 64 << 20;
+
+/// Deadline of the call that lists an image's layers: as for any remote call (token
+/// round trips, an index and a manifest, each with retries and backoff).
+pub(crate) const IMAGE_LIST_TIMEOUT_SECS: f64 = CALL_TIMEOUT_REMOTE_SECS;
+
 #[cfg(test)]
 mod tests {
     use super::*;

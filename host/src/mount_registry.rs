@@ -18,6 +18,12 @@ pub struct Registration {
     pub backend: String,
     /// `--backend loop`: the private FUSE mount that serves `device.img`.
     pub backing: Option<PathBuf>,
+    /// Whole image: each layer's mount (and loop backing), top layer first, to detach
+    /// if the server died; and the directory that holds them.
+    #[serde(default)]
+    pub layers: Vec<PathBuf>,
+    #[serde(default)]
+    pub layers_dir: Option<PathBuf>,
 }
 
 /// `/run/erofs-wasm` for root; `$XDG_RUNTIME_DIR/erofs-wasm` or `/tmp/erofs-wasm-UID`

@@ -5,7 +5,7 @@
 
 
 use super::artifact::{candidates, is_our_manifest, layer_entry, Candidate, Wanted, ARTIFACT_TYPE};
-use super::image::Image;
+use super::image_rootfs::Image;
 use super::manifest::{OCI_INDEX, OCI_MANIFEST};
 use super::push::fallback_tag;
 use super::session::Session;

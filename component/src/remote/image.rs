@@ -1,141 +1,184 @@
-//! An image as publishing and discovery need it: the image manifest for one platform (its
-//! digest, media type and size, the artifact's `subject`), its layers, and the diff_ids
-//! of its config (fetched and checked against the config descriptor's digest).
+//! A whole image: the layers of the manifest an `oci://` reference names, bottom first,
+//! each checked as a layer this reader can serve (gzip or plain tar; zstd and anything
+//! else refused, naming the layer). The embedder mounts them one by one, each pinned to
+//! the manifest digest found here, so a tag moved meanwhile cannot mix two images.
 
+use std::cell::RefCell;
 
-use oci_spec::image::{ImageManifest, RootFs};
-use serde::Deserialize;
-
-use super::manifest::{
-    choose_platform, parse_document, Descriptor, Document, Platform, DOCKER_LIST, DOCKER_MANIFEST,
-    OCI_INDEX, OCI_MANIFEST,
-};
-use super::reference::validate_digest;
-use super::session::Session;
+use super::auth::Auth;
+use super::manifest::{self, compression_of, manifest_context, Layer, Platform, DEFAULT_PLATFORM};
+use super::net::Net;
+use super::reference::{validate_digest, Reference};
+use super::url::{shorten, Scheme, Url};
+use super::{RemoteOptions, Transport};
 use crate::error::{Error, Result};
 
-/// One layer: as the manifest describes it, and its diff_id from the config.
+/// What [`image_layers`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageLayer {
-    pub digest: String,
-    pub size: u64,
-    pub media_type: String,
-    pub diff_id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Image {
+pub struct ImageLayers {
+    /// `REGISTRY/REPO`, as the reference named them (Docker Hub defaults applied).
+    pub registry: String,
+    pub repository: String,
+    /// Digest of the image manifest (the platform's, when the reference names an index).
     pub manifest_digest: String,
-    pub manifest_media_type: String,
-    pub manifest_size: u64,
-    /// The platform of the index entry, when the reference named an index.
+    /// The index entry's platform, when the reference named an index.
     pub platform: Option<String>,
-    pub layers: Vec<ImageLayer>,
+    /// Every layer, bottom first.
+    pub layers: Vec<Layer>,
 }
 
-impl Image {
-    /// The layers as the layer chooser of `manifest.rs` takes them.
-    pub fn descriptors(&self) -> Vec<Descriptor> {
-        self.layers
-            .iter()
-            .map(|l| Descriptor {
-                media_type: Some(l.media_type.clone()),
-                digest: l.digest.clone(),
-                size: l.size,
-                platform: None,
-            })
-            .collect()
-    }
-}
-
-/// Only `rootfs` of the image config matters here; the rest is left unparsed, so configs
-/// with fields of their own are fine.
-#[derive(Deserialize)]
-struct ConfigRootFs {
-    rootfs: RootFs,
-}
-
-const ACCEPT: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
-
-/// Resolve `manifest_ref` (a tag or digest) to the image manifest for `platform`, with its
-/// layers and diff_ids.
-pub fn resolve_image(session: &Session, manifest_ref: &str, platform: &Platform) -> Result<Image> {
-    let name = session.name();
-    let pinned = manifest_ref.starts_with("sha256:").then_some(manifest_ref);
-    let not_found = |r: &str| {
-        Error::io(format!(
-            "{name}: manifest `{r}` not found in the registry (HTTP 404)"
-        ))
-        .with_status(404)
+/// Resolve `reference` (through an image index by `platform`, default linux/amd64) to
+/// its image manifest and classify every layer.
+pub fn image_layers(
+    reference: &str,
+    platform: Option<&str>,
+    transport: Box<dyn Transport>,
+    opts: &RemoteOptions,
+) -> Result<ImageLayers> {
+    let net = Net::new(transport, opts);
+    let r = Reference::parse(reference)?;
+    let platform = Platform::parse(platform.unwrap_or(DEFAULT_PLATFORM))?;
+    // Docker Hub serves only https, whatever `insecure` says (as for one layer).
+    let scheme = if opts.insecure && !r.is_docker_hub() {
+        Scheme::Http
+    } else {
+        Scheme::Https
     };
-    let top = session
-        .get_manifest(manifest_ref, &ACCEPT, pinned)?
-        .ok_or_else(|| not_found(manifest_ref))?;
-    let ctx = |r: &str| format!("{name}: manifest {r}");
-    let (fetched, platform) =
-        match parse_document(&top.body).map_err(|e| e.context(&ctx(manifest_ref)))? {
-            Document::Manifest(_) => (top, None),
-            Document::Index(entries) => {
-                let entry = choose_platform(&entries, platform)
-                    .map_err(|e| e.context(&ctx(manifest_ref)))?;
-                let digest =
-                    validate_digest(&entry.digest).map_err(|e| e.context(&ctx(manifest_ref)))?;
-                let child = session
-                    .get_manifest(&digest, &ACCEPT, Some(&digest))?
-                    .ok_or_else(|| not_found(&digest))?;
-                let described = entry.platform.as_ref().map(|p| match &p.variant {
-                    Some(v) if !v.is_empty() => format!("{}/{}/{v}", p.os, p.architecture),
-                    _ => format!("{}/{}", p.os, p.architecture),
-                });
-                (child, described)
-            }
-        };
-    let here = ctx(&fetched.digest);
-    let manifest: ImageManifest = serde_json::from_slice(&fetched.body)
-        .map_err(|e| Error::bad(format!("{here}: not a valid image manifest: {e}")))?;
-    let media_type = manifest
-        .media_type()
-        .as_ref()
-        .map(|m| m.to_string())
-        .or(fetched.media_type.clone())
-        .unwrap_or_else(|| OCI_MANIFEST.to_string());
-    let config = manifest.config();
-    let config_bytes = session.get_blob(
-        &format!("{here}: the image config"),
-        config.digest().as_ref(),
-        config.size(),
-        session.net.max_manifest,
-    )?;
-    let rootfs: ConfigRootFs = serde_json::from_slice(&config_bytes).map_err(|e| {
-        Error::bad(format!(
-            "{here}: the image config {} has no valid `rootfs`: {e}",
-            config.digest()
-        ))
-    })?;
-    let diff_ids = rootfs.rootfs.diff_ids();
-    if diff_ids.len() != manifest.layers().len() {
+    let base = Url::parse(&format!("{}://{}/", scheme.as_str(), r.api_host))?;
+    let auth = RefCell::new(Auth::new(base.clone(), &r.repository));
+    let m = manifest::resolve_manifest(&net, &auth, &base, &r, &platform)?;
+    if m.layers.is_empty() {
         return Err(Error::bad(format!(
-            "{here}: the image config lists {} diff_ids for {} layers",
-            diff_ids.len(),
-            manifest.layers().len()
+            "{}: the image manifest has no layers",
+            manifest_context(&r, &m.manifest_digest)
         )));
     }
-    let mut layers = Vec::with_capacity(diff_ids.len());
-    for (i, (l, diff_id)) in manifest.layers().iter().zip(diff_ids).enumerate() {
-        let diff_id = validate_digest(diff_id)
-            .map_err(|e| e.context(&format!("{here}: config rootfs.diff_ids[{i}]")))?;
-        layers.push(ImageLayer {
-            digest: l.digest().to_string(),
-            size: l.size(),
-            media_type: l.media_type().to_string(),
-            diff_id,
+    let mut layers = Vec::with_capacity(m.layers.len());
+    for (index, d) in m.layers.iter().enumerate() {
+        let ctx = format!(
+            "{}: layer {index} ({})",
+            manifest_context(&r, &m.manifest_digest),
+            shorten(&d.digest)
+        );
+        let index =
+            u32::try_from(index).map_err(|_| Error::bad(format!("{ctx}: too many layers")))?;
+        let digest = validate_digest(&d.digest).map_err(|e| e.context(&ctx))?;
+        let media_type = d
+            .media_type
+            .clone()
+            .ok_or_else(|| Error::bad(format!("{ctx}: no mediaType")))?;
+        // zstd and anything else that is not a tar we serve is refused here, by name.
+        let compression = compression_of(&media_type).map_err(|e| e.context(&ctx))?;
+        layers.push(Layer {
+            index,
+            media_type,
+            digest,
+            size: d.size,
+            compression,
         });
     }
-    Ok(Image {
-        manifest_digest: fetched.digest,
-        manifest_media_type: media_type,
-        manifest_size: fetched.body.len() as u64,
-        platform,
+    Ok(ImageLayers {
+        registry: r.registry.clone(),
+        repository: r.repository.clone(),
+        manifest_digest: m.manifest_digest,
+        platform: m.platform,
         layers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::fake::{resp, FakeTransport};
+    use crate::remote::manifest::{sha256_digest, DOCKER_MANIFEST};
+    use crate::remote::Compression;
+
+    fn layer(mt: &str, c: char, size: u64) -> String {
+        let hex = c.to_string().repeat(64);
+        format!(r#"{{"mediaType":"{mt}","digest":"sha256:{hex}","size":{size}}}"#)
+    }
+
+    /// A registry with one manifest at `/v2/app/manifests/v1`, by tag.
+    fn serve(manifest: String) -> FakeTransport {
+        FakeTransport::serving(move |req| {
+            if req.url.ends_with("/v2/app/manifests/v1") {
+                Ok(resp(200, &[], manifest.as_bytes()))
+            } else {
+                Ok(resp(404, &[], b""))
+            }
+        })
+    }
+
+    #[test]
+    fn every_layer_bottom_first() {
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","layers":[{},{},{}]}}"#,
+            layer("application/vnd.docker.image.rootfs.diff.tar.gzip", 'a', 10),
+            layer("application/vnd.oci.image.layer.v1.tar", 'b', 20),
+            layer("application/vnd.oci.image.layer.v1.tar+gzip", 'c', 30),
+        );
+        let digest = sha256_digest(manifest.as_bytes());
+        let got = image_layers(
+            "reg.io/app:v1",
+            None,
+            Box::new(serve(manifest)),
+            &RemoteOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(got.manifest_digest, digest);
+        assert_eq!(
+            (got.registry.as_str(), got.repository.as_str()),
+            ("reg.io", "app")
+        );
+        let summary: Vec<(u32, char, u64, Compression)> = got
+            .layers
+            .iter()
+            .map(|l| {
+                (
+                    l.index,
+                    l.digest.chars().last().unwrap(),
+                    l.size,
+                    l.compression,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (0, 'a', 10, Compression::Gzip),
+                (1, 'b', 20, Compression::Uncompressed),
+                (2, 'c', 30, Compression::Gzip)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_zstd_layer_is_refused_by_name() {
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"layers":[{},{}]}}"#,
+            layer("application/vnd.oci.image.layer.v1.tar+gzip", 'a', 10),
+            layer("application/vnd.oci.image.layer.v1.tar+zstd", 'd', 20),
+        );
+        let err = image_layers(
+            "reg.io/app:v1",
+            None,
+            Box::new(serve(manifest)),
+            &RemoteOptions::default(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("unsupported"), "{text}");
+        assert!(text.contains("layer 1"), "{text}");
+        assert!(text.contains(&"d".repeat(64)), "{text}");
+        assert!(text.contains("zstd"), "{text}");
+        // No layers at all: said so.
+        let err = image_layers(
+            "reg.io/app:v1",
+            None,
+            Box::new(serve(r#"{"schemaVersion":2,"layers":[]}"#.into())),
+            &RemoteOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no layers"), "{err}");
+    }
 }

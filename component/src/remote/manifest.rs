@@ -382,17 +382,22 @@ fn fetch_manifest(
     Ok(resp.body)
 }
 
-/// Resolve `reference` to one layer: through an index by `platform` when needed, then by
-/// `layer` / `blob_digest`.
-pub fn resolve(
+/// The image manifest `reference` names (through an index by `platform` when needed):
+/// its digest, the index entry's platform, and its layers, bottom first.
+pub struct ResolvedManifest {
+    pub manifest_digest: String,
+    pub platform: Option<String>,
+    pub layers: Vec<Descriptor>,
+}
+
+/// Fetch the manifest `reference` names, going through an image index by `platform`.
+pub fn resolve_manifest(
     net: &Net,
     auth: &RefCell<Auth>,
     base: &Url,
     reference: &Reference,
     platform: &Platform,
-    layer: Option<u32>,
-    blob_digest: Option<&str>,
-) -> Result<Resolved> {
+) -> Result<ResolvedManifest> {
     let repo = &reference.repository;
     let top = fetch_manifest(
         net,
@@ -402,7 +407,7 @@ pub fn resolve(
         reference.manifest_ref(),
         reference.digest.as_deref(),
     )?;
-    let ctx = |r: &str| format!("{}/{repo}: manifest {r}", reference.registry);
+    let ctx = |r: &str| manifest_context(reference, r);
     let (body, chosen_platform) =
         match parse_document(&top).map_err(|e| e.context(&ctx(reference.manifest_ref())))? {
             Document::Manifest(_) => (top, None),
@@ -425,12 +430,42 @@ pub fn resolve(
             )))
         }
     };
-    let layer =
-        choose_layer(&layers, layer, blob_digest).map_err(|e| e.context(&ctx(&manifest_digest)))?;
-    let blob_url = base.resolve(&format!("/v2/{repo}/blobs/{}", layer.digest))?;
-    Ok(Resolved {
+    Ok(ResolvedManifest {
         manifest_digest,
         platform: chosen_platform,
+        layers,
+    })
+}
+
+/// `REGISTRY/REPO: manifest REF`, the prefix of messages about a manifest.
+pub fn manifest_context(reference: &Reference, manifest: &str) -> String {
+    format!(
+        "{}/{}: manifest {manifest}",
+        reference.registry, reference.repository
+    )
+}
+
+/// Resolve `reference` to one layer: through an index by `platform` when needed, then by
+/// `layer` / `blob_digest`.
+pub fn resolve(
+    net: &Net,
+    auth: &RefCell<Auth>,
+    base: &Url,
+    reference: &Reference,
+    platform: &Platform,
+    layer: Option<u32>,
+    blob_digest: Option<&str>,
+) -> Result<Resolved> {
+    let m = resolve_manifest(net, auth, base, reference, platform)?;
+    let layer = choose_layer(&m.layers, layer, blob_digest)
+        .map_err(|e| e.context(&manifest_context(reference, &m.manifest_digest)))?;
+    let blob_url = base.resolve(&format!(
+        "/v2/{}/blobs/{}",
+        reference.repository, layer.digest
+    ))?;
+    Ok(Resolved {
+        manifest_digest: m.manifest_digest,
+        platform: m.platform,
         layer,
         blob_url,
     })

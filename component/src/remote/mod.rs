@@ -12,13 +12,14 @@ parser_modules! {
     pub mod blob;
     pub mod content_range;
     pub mod discover;
-    pub mod image;
+    pub mod image_rootfs;
     pub mod manifest;
     pub mod push;
     pub mod reference;
     pub mod session;
     pub mod url;
 }
+pub mod image;
 pub mod net;
 pub mod transport;
 #[cfg(target_arch = "wasm32")]
@@ -33,13 +34,14 @@ use std::cell::RefCell;
 
 pub use crate::source::RemoteStats;
 pub use blob::RemoteBlob;
+pub use image::{image_layers, ImageLayers};
 pub use transport::{HttpRequest, HttpResponse, Method, Transport};
 #[cfg(target_arch = "wasm32")]
 pub use wasi_transport::WasiTransport;
 
 use self::auth::{Access, Auth};
 use self::discover::Found;
-use self::image::{resolve_image, Image};
+use self::image_rootfs::{resolve_image, Image};
 use self::manifest::{Platform, DEFAULT_PLATFORM};
 use self::net::Net;
 use self::push::Pushed;

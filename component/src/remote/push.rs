@@ -12,7 +12,7 @@ use super::artifact::{
     build_manifest, referrer_descriptor, updated_referrers, LayerIndex, Subject, ARTIFACT_TYPE,
     EMPTY_JSON,
 };
-use super::image::Image;
+use super::image_rootfs::Image;
 use super::manifest::{sha256_digest, OCI_INDEX, OCI_MANIFEST};
 use super::session::Session;
 use crate::error::{Error, Result};

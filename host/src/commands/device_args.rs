@@ -194,8 +194,75 @@ impl DeviceArgs {
         Ok(o)
     }
 
+    /// True when `blob` is an `oci://` image and nothing picks one layer or its index
+    /// (--layer, --blob-digest, --tarindex, --zinfo, or their -o spellings): the
+    /// whole image is meant (see `image/`).
+    pub fn is_whole_image(&self) -> Result<bool> {
+        let o = self.dash_o()?;
+        Ok(self.blob.starts_with("oci://")
+            && self.remote.layer.is_none()
+            && o.layer.is_none()
+            && self.remote.blob_digest.is_none()
+            && o.blob.is_none()
+            && self.tarindex.is_none()
+            && o.tarindex.is_none()
+            && self.zinfo.is_none()
+            && o.zinfo.is_none())
+    }
+
+    /// The platform asked for (--platform or -o oci.platform), if any.
+    pub fn platform_choice(&self) -> Result<Option<String>> {
+        Ok(self.remote.platform.clone().or(self.dash_o()?.platform))
+    }
+
+    /// The `oci://` image itself, no layer chosen, with this process's egress policy:
+    /// what a whole-image mount lists the layers through.
+    pub fn image_source(&self) -> Result<BlobSource> {
+        let o = self.dash_o()?;
+        let request = RemoteRequest {
+            layer: None,
+            digest: None,
+            platform: self.remote.platform.clone().or(o.platform),
+            insecure: self.remote.insecure || o.insecure,
+        };
+        let deadline = Duration::from_secs_f64(self.call_timeout_secs()?);
+        self.remote.blob_source(&self.blob, request, deadline)
+    }
+
+    /// The deadline of one call into the component, checked.
+    fn call_timeout_secs(&self) -> Result<f64> {
+        let is_remote = self.blob.contains("://");
+        let call_timeout = self.call_timeout.unwrap_or(if is_remote {
+            defaults::CALL_TIMEOUT_REMOTE_SECS
+        } else {
+            defaults::CALL_TIMEOUT_LOCAL_SECS
+        });
+        if !(call_timeout > 0.0 && call_timeout < defaults::CALL_TIMEOUT_MAX_SECS) {
+            return Err(usage(format!(
+                "--call-timeout {call_timeout}: must be between 0 and {} seconds",
+                defaults::CALL_TIMEOUT_MAX_SECS
+            )));
+        }
+        Ok(call_timeout)
+    }
+
     /// Resolve -o options and defaults into what the sandbox needs.
     pub fn spec(&self) -> Result<(DeviceSpec, Limits)> {
+        let o = self.dash_o()?;
+        let remote = RemoteRequest {
+            layer: self.remote.layer.or(o.layer),
+            digest: self.remote.blob_digest.clone().or(o.blob),
+            platform: self.remote.platform.clone().or(o.platform),
+            insecure: self.remote.insecure || o.insecure,
+        };
+        let deadline = Duration::from_secs_f64(self.call_timeout_secs()?);
+        let blob = self.remote.blob_source(&self.blob, remote, deadline)?;
+        self.spec_with_blob(blob)
+    }
+
+    /// [`Self::spec`] with the blob source given: a whole-image mount opens every layer
+    /// through the one egress policy it listed the image with (credentials read once).
+    pub fn spec_with_blob(&self, blob: BlobSource) -> Result<(DeviceSpec, Limits)> {
         let o = self.dash_o()?;
         let meta = o.tarindex.or_else(|| self.tarindex.clone());
         let zinfo = o.zinfo.or_else(|| self.zinfo.clone());
@@ -235,17 +302,7 @@ impl DeviceArgs {
                 format_size(need)
             )));
         }
-        let call_timeout = self.call_timeout.unwrap_or(if is_remote {
-            defaults::CALL_TIMEOUT_REMOTE_SECS
-        } else {
-            defaults::CALL_TIMEOUT_LOCAL_SECS
-        });
-        if !(call_timeout > 0.0 && call_timeout < defaults::CALL_TIMEOUT_MAX_SECS) {
-            return Err(usage(format!(
-                "--call-timeout {call_timeout}: must be between 0 and {} seconds",
-                defaults::CALL_TIMEOUT_MAX_SECS
-            )));
-        }
+        let call_timeout = self.call_timeout_secs()?;
         let options = OpenOptions {
             cache_bytes: Some(cache),
             max_cursors: Some(self.max_cursors),
@@ -253,15 +310,6 @@ impl DeviceArgs {
             max_learned: None,
             header_samples: Some(self.header_samples),
         };
-        let remote = RemoteRequest {
-            layer: self.remote.layer.or(o.layer),
-            digest: self.remote.blob_digest.clone().or(o.blob),
-            platform: self.remote.platform.clone().or(o.platform),
-            insecure: self.remote.insecure || o.insecure,
-        };
-        let blob =
-            self.remote
-                .blob_source(&self.blob, remote, Duration::from_secs_f64(call_timeout))?;
         Ok((
             DeviceSpec {
                 meta,

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod cat;
 pub mod device_args;
+pub mod image;
 pub mod index;
 pub mod mount;
 pub mod publish;

@@ -49,7 +49,7 @@ pub enum VerifyLevel {
 }
 
 impl VerifyLevel {
-    fn depth(self) -> Depth {
+    pub(crate) fn depth(self) -> Depth {
         match self {
             VerifyLevel::Metadata => Depth::Metadata,
             VerifyLevel::Deep => Depth::Deep,
@@ -87,6 +87,9 @@ pub struct MountArgs {
     /// readers). Each has its own cache.
     #[arg(long, default_value_t = defaults::MOUNT_INSTANCES)]
     pub instances: usize,
+
+    #[command(flatten)]
+    pub image: super::image::ImageArgs,
 
     /// Internal: print "ready" on stdout once mounted (used by the daemon's parent)
     #[arg(long, hide = true)]
@@ -179,6 +182,9 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
     // Block the stop signals before any thread starts, so every thread inherits the mask
     // and they arrive only through sigtimedwait below.
     let signals = block_stop_signals()?;
+    if args.device.is_whole_image()? {
+        return super::image::serve(&args, mountpoint, &signals);
+    }
     if args.backend == Backend::Nbd {
         // The NBD attach checks the machine (driver, root) before the device is resolved.
         let attached = attach_and_mount(mountpoint, || open_nbd_source(&args))?;
@@ -201,6 +207,8 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
         mountpoint: mountpoint.to_path_buf(),
         backend: format!("{:?}", args.backend).to_lowercase(),
         backing: served.backing.clone(),
+        layers: Vec::new(),
+        layers_dir: None,
     };
     let reg_path = mounts::registration_path(mountpoint)?;
     std::fs::write(&reg_path, serde_json::to_vec(&registration)?)
@@ -373,7 +381,7 @@ impl Drop for Served {
 
 /// Tell the waiting parent that the mount is live, then send our output to a log file
 /// (the parent stops reading once it has its answer).
-fn announce_ready(notify: bool, id: &str) -> Result<()> {
+pub(crate) fn announce_ready(notify: bool, id: &str) -> Result<()> {
     if !notify {
         eprintln!("serving; Ctrl-C to unmount");
         return Ok(());
@@ -410,7 +418,7 @@ fn block_stop_signals() -> Result<libc::sigset_t> {
     }
 }
 
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+pub(crate) fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,

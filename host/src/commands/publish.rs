@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::sandbox::registry;
-use crate::sandbox::runtime::{BlobLocation, ImageLayer, LayerIndex, OciBlob};
+use crate::sandbox::runtime::{BlobLocation, IndexedLayer, LayerIndex, OciBlob};
 use crate::sandbox::{index_blob, BlobSource, IndexProgress, IndexRequest, Limits, Runtime};
 
 /// Builds the index of one layer of an image.
@@ -21,7 +21,7 @@ pub trait LayerIndexer {
         &mut self,
         blob: &BlobSource,
         index: u32,
-        layer: &ImageLayer,
+        layer: &IndexedLayer,
     ) -> Result<LayerIndex>;
 }
 
@@ -41,7 +41,7 @@ impl LayerIndexer for SandboxIndexer<'_> {
         &mut self,
         blob: &BlobSource,
         _index: u32,
-        layer: &ImageLayer,
+        layer: &IndexedLayer,
     ) -> Result<LayerIndex> {
         let request = IndexRequest {
             aufs: self.aufs,
@@ -65,7 +65,7 @@ impl LayerIndexer for SandboxIndexer<'_> {
 /// The blob source of layer `index` of the image `image` names: the same reference,
 /// registry access and egress policy, with the layer chosen by index and digest (so a tag
 /// moved since the image was inspected fails instead of mixing two images).
-fn layer_source(image: &BlobSource, index: u32, layer: &ImageLayer) -> Result<BlobSource> {
+fn layer_source(image: &BlobSource, index: u32, layer: &IndexedLayer) -> Result<BlobSource> {
     let BlobSource::Remote {
         location: BlobLocation::Oci(o),
         options,

@@ -74,6 +74,7 @@ pub fn run(args: UmountArgs) -> Result<()> {
         if let Some(backing) = &reg.backing {
             detach_and_remove_dir(backing);
         }
+        super::image::clear_leftovers(&reg.layers, reg.layers_dir.as_deref());
         remove_file_quietly(&registration_path(&mp)?);
     }
     if !did_something {

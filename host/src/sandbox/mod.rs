@@ -14,6 +14,7 @@
 //!   (NBD, the loop backend's device file).
 //! - [`verify`]: the whole-image check before a kernel sees an image.
 //! - [`registry`]: the component's `registry` calls (inspect an image, publish an index).
+//! - [`image_layers`]: the layers of an image manifest, listed by the component.
 //! - [`indexer`]: one tar-index build ([`index_blob`]): the blob streamed once into the
 //!   component's builder.
 
@@ -23,6 +24,7 @@ pub mod errors;
 pub mod filesystem_pool;
 pub mod guest_stderr;
 pub(crate) mod host_file;
+pub mod image_layers;
 pub mod indexer;
 pub mod registry;
 pub mod runtime;
@@ -33,6 +35,7 @@ pub use device::{BlobSource, DeviceSpec, Limits, Mode, SandboxedDevice};
 pub use device_pool::DevicePool;
 pub use errors::CallError;
 pub use filesystem_pool::FilesystemPool;
+pub use image_layers::list_image_layers;
 pub use indexer::{index_blob, IndexRequest};
 pub use runtime::{IndexOutput, IndexProgress, IndexStats, OpenOptions, Runtime, VerifyReport};
 pub use trap::{format_size, Trap, TrapCause};

@@ -48,9 +48,11 @@ wasmtime::component::bindgen!({
 pub use erofs::reader::types::Error as WitError;
 pub use exports::erofs::reader::builder::{IndexOptions, IndexOutput, IndexProgress, IndexStats};
 pub use exports::erofs::reader::filesystem::{Attributes, DirEntry, FileKind, VerifyReport};
-pub use exports::erofs::reader::registry::{Image, ImageLayer, LayerIndex, Pushed};
+// `registry.image-layer`: a layer with its diff_id (tarindex has an `image-layer` of its own).
+pub use exports::erofs::reader::registry::{Image, ImageLayer as IndexedLayer, LayerIndex, Pushed};
 pub use exports::erofs::reader::tarindex::{
-    BlobLocation, DeviceStats, OciBlob, OpenOptions, RemoteOptions, RemoteStats,
+    BlobLocation, DeviceStats, ImageInfo, ImageLayer, OciBlob, OpenOptions, RemoteOptions,
+    RemoteStats,
 };
 
 /// One epoch tick. Deadlines are whole ticks, so they are accurate to about 10 ms.

@@ -26,7 +26,12 @@ pub(crate) struct ErofsFuse {
     pool: FilesystemPool,
     root_nid: u64,
     device_size: u64,
+    /// Show `trusted.overlay.*` as `user.overlay.*` (see `with_user_overlay_xattrs`).
+    user_overlay_xattrs: bool,
 }
+
+const TRUSTED_OVERLAY: &[u8] = b"trusted.overlay.";
+const USER_OVERLAY: &[u8] = b"user.overlay.";
 
 impl ErofsFuse {
     pub(crate) fn new(pool: FilesystemPool) -> Result<ErofsFuse, CallError> {
@@ -38,7 +43,33 @@ impl ErofsFuse {
             pool,
             root_nid,
             device_size,
+            user_overlay_xattrs: false,
         })
+    }
+
+    /// For a layer under an unprivileged overlay (fuse-overlayfs, or overlayfs with
+    /// `userxattr`): the kernel lets only CAP_SYS_ADMIN read `trusted.*`, so the layer's
+    /// `trusted.overlay.*` (opaque directories) are shown as `user.overlay.*`, the names
+    /// those read instead.
+    pub fn with_user_overlay_xattrs(mut self) -> ErofsFuse {
+        self.user_overlay_xattrs = true;
+        self
+    }
+
+    /// The stored name a requested xattr name stands for.
+    fn stored_xattr_name(&self, name: &[u8]) -> Vec<u8> {
+        match name.strip_prefix(USER_OVERLAY) {
+            Some(rest) if self.user_overlay_xattrs => [TRUSTED_OVERLAY, rest].concat(),
+            _ => name.to_vec(),
+        }
+    }
+
+    /// The name a stored xattr is shown under.
+    fn shown_xattr_name(&self, name: Vec<u8>) -> Vec<u8> {
+        match name.strip_prefix(TRUSTED_OVERLAY) {
+            Some(rest) if self.user_overlay_xattrs => [USER_OVERLAY, rest].concat(),
+            _ => name,
+        }
     }
 
     fn to_nid(&self, node: INodeNo) -> u64 {
@@ -210,7 +241,8 @@ impl Filesystem for ErofsFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.pool.get().getxattr(self.to_nid(ino), name.as_bytes()) {
+        let stored = self.stored_xattr_name(name.as_bytes());
+        match self.pool.get().getxattr(self.to_nid(ino), &stored) {
             Ok(value) => xattr_reply(reply, &value, size),
             Err(e) => reply.error(errno(&e)),
         }
@@ -221,7 +253,7 @@ impl Filesystem for ErofsFuse {
             Ok(names) => {
                 let mut list = Vec::new();
                 for n in names {
-                    list.extend_from_slice(&n);
+                    list.extend_from_slice(&self.shown_xattr_name(n));
                     list.push(0);
                 }
                 xattr_reply(reply, &list, size)
