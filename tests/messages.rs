@@ -41,7 +41,7 @@ fn a_memory_limit_below_the_cache_is_refused_in_a_few_lines() {
 fn running_out_of_memory_names_the_cap_in_one_line() {
     let f = fixture("large");
     let spec = DeviceSpec {
-        meta: f.join("meta.erofs"),
+        meta: Some(f.join("meta.erofs")),
         blob: BlobSource::Local(f.join("layer.tar.gz")),
         zinfo: Some(f.join("layer.zinfo")),
         trap_after_blob_reads: None,

@@ -209,7 +209,7 @@ fn a_pushed_index_is_found_by_cat_verify_and_mount() {
     let mp = tmp.path().join("m");
     std::fs::create_dir(&mp).unwrap();
     let mps = mp.to_string_lossy().into_owned();
-    let out = reg.run(&["mount", &c, &reg.oci("basic"), &mps]);
+    let out = reg.run(&["mount", &c, &reg.oci("basic"), &mps, "--layer", "0"]);
     assert!(
         out.status.success(),
         "mount: {}",
