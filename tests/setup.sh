@@ -20,7 +20,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 packages=(fuse3 libnbd-bin qemu-utils attr docker-registry apache2-utils openssl
-    curl ca-certificates pigz python3 python3-pip)
+    curl ca-certificates pigz python3 python3-pip buildah fuse-overlayfs)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
