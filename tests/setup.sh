@@ -7,7 +7,8 @@
 # - Debian packages, as root, with `apt-get update` first, only when one is missing:
 #   fuse3 (fusermount3), libnbd-bin (nbdinfo, nbdcopy, nbdfuse) + qemu-utils (real NBD clients),
 #   attr (getfattr), docker-registry + apache2-utils + openssl (the test registry with
-#   TLS and auth), curl (the network benchmark's reference), pigz, python3 + pip;
+#   TLS and auth), curl (the network benchmark's reference), pigz, python3 + pip,
+#   buildah (builds the whole-image test's image), fuse-overlayfs (the rootless merge);
 # - the locked npm packages of tests/node (jco) and the pinned PyPI packages of
 #   tests/python (wasmtime-py, pytest).
 # Without root the apt step is skipped loudly: the tests that need a package say so.
