@@ -7,7 +7,8 @@
 # - Debian packages, as root, with `apt-get update` first, only when one is missing:
 #   fuse3 (fusermount3), libnbd-bin (nbdinfo, nbdcopy, nbdfuse) + qemu-utils (real NBD clients),
 #   attr (getfattr), docker-registry + apache2-utils + openssl (the test registry with
-#   TLS and auth), curl (the network benchmark's reference), pigz, python3 + pip;
+#   TLS and auth), curl (the network benchmark's reference), pigz, python3 + pip,
+#   buildah (builds the whole-image test's image), fuse-overlayfs (the rootless merge);
 # - the locked npm packages of tests/node (jco) and the pinned PyPI packages of
 #   tests/python (wasmtime-py, pytest).
 # Without root the apt step is skipped loudly: the tests that need a package say so.
@@ -20,7 +21,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 packages=(fuse3 libnbd-bin qemu-utils attr docker-registry apache2-utils openssl
-    curl ca-certificates pigz python3 python3-pip)
+    curl ca-certificates pigz python3 python3-pip buildah fuse-overlayfs)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
