@@ -39,7 +39,7 @@ fn fixture_index_dir(reg: &Registry, image: &str, dir: &Path) -> Vec<LayerDevice
             )
         };
         devices.push(LayerDevice {
-            meta: Some(f.join("meta.erofs")),
+            meta: f.join("meta.erofs"),
             tar,
         });
     }
