@@ -392,3 +392,7 @@ fn client_error(e: hyper_util::client::legacy::Error) -> HttpError {
     }
     HttpError::InternalError(Some(e.to_string()))
 }
+
+#[cfg(test)]
+#[path = "http_send_tests.rs"]
+mod tests;
