@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use self::mountinfo::MountEntry;
-pub use self::process::{is_zombie, process_alive, ProcessIdentity};
 use self::private::DirRule;
+pub use self::process::{is_zombie, process_alive, ProcessIdentity};
 
 /// What a running server records about its mount, for `umount`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -158,7 +158,10 @@ pub fn read_registration(mountpoint: &Path) -> Result<Option<Registration>> {
     let registration: Registration = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!("{}: unreadable registration ({e}); ignoring it", path.display());
+            tracing::warn!(
+                "{}: unreadable registration ({e}); ignoring it",
+                path.display()
+            );
             return Ok(None);
         }
     };
@@ -184,7 +187,11 @@ pub struct RegistrationGuard {
 pub fn register(registration: &Registration) -> Result<RegistrationGuard> {
     let mp = &registration.mountpoint;
     let path = registration_path(mp)?;
-    private::write_own_file(&path, &serde_json::to_vec(registration)?, "the registration")?;
+    private::write_own_file(
+        &path,
+        &serde_json::to_vec(registration)?,
+        "the registration",
+    )?;
     Ok(RegistrationGuard {
         path,
         log: log_path(mp)?,
@@ -331,9 +338,12 @@ mod tests {
     #[test]
     fn registered_paths_stay_inside_the_mount_own_ones() {
         let state = Path::new("/run/erofs-wasm");
-        assert!(reg(Some("/run/erofs-wasm/abcd"), &["/run/erofs-wasm/abcd.layers/0"])
-            .check_paths(state, "abcd")
-            .is_ok());
+        assert!(reg(
+            Some("/run/erofs-wasm/abcd"),
+            &["/run/erofs-wasm/abcd.layers/0"]
+        )
+        .check_paths(state, "abcd")
+        .is_ok());
         for bad in [
             reg(Some("/etc"), &[]),
             reg(None, &["/run/erofs-wasm/other.layers/0"]),

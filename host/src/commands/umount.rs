@@ -98,7 +98,10 @@ fn check_ours(mp: &Path, top: &MountEntry, reg: Option<&Registration>) -> Result
         if top.same_mount(recorded) {
             return Ok(());
         }
-        if mountinfo::stack_at(mp).iter().any(|e| e.same_mount(recorded)) {
+        if mountinfo::stack_at(mp)
+            .iter()
+            .any(|e| e.same_mount(recorded))
+        {
             bail!(
                 "{}: something else ({}) is mounted on top of erofs-host's mount; unmount it first (erofs-host unmounts only its own mount)",
                 mp.display(),
@@ -144,11 +147,7 @@ fn stop_server(mp: &Path, reg: &Registration, timeout: u64) -> Result<()> {
         _ => Err("the registration does not say which process the server was".into()),
     };
     if let Err(why) = proof {
-        eprintln!(
-            "{}: not signalling pid {}: {why}",
-            mp.display(),
-            reg.pid
-        );
+        eprintln!("{}: not signalling pid {}: {why}", mp.display(), reg.pid);
         return Ok(());
     }
     // The server tears down what is left (the loop backend's private mount) and exits.

@@ -57,7 +57,11 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     let mount_id = fields.first()?.parse().ok()?;
     let mountpoint = unescape(fields.get(4)?);
     let dash = fields.iter().position(|f| *f == "-")?;
-    let text = |i: usize| fields.get(i).map(|s| String::from_utf8_lossy(&unescape(s)).into_owned());
+    let text = |i: usize| {
+        fields
+            .get(i)
+            .map(|s| String::from_utf8_lossy(&unescape(s)).into_owned())
+    };
     Some(MountEntry {
         mount_id,
         mountpoint,

@@ -42,7 +42,9 @@ pub fn ensure_dir(dir: &Path, rule: DirRule, what: &str) -> Result<()> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot create {what}", dir.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("{}: cannot create {what}", dir.display()))
+        }
     }
     let md = std::fs::symlink_metadata(dir)
         .with_context(|| format!("{}: cannot stat {what}", dir.display()))?;
@@ -61,7 +63,11 @@ pub fn check_dir(dir: &Path, md: &Metadata, rule: DirRule, what: &str) -> Result
         );
     }
     if !md.is_dir() {
-        bail!("{}: {what} is not a directory; remove it{}", dir.display(), hint(what));
+        bail!(
+            "{}: {what} is not a directory; remove it{}",
+            dir.display(),
+            hint(what)
+        );
     }
     if md.uid() != me {
         bail!(
@@ -124,7 +130,10 @@ fn hint(what: &str) -> &'static str {
 pub fn check_file(path: &Path, md: &Metadata, what: &str) -> Result<()> {
     let me = euid();
     if !md.is_file() {
-        bail!("{}: {what} is not a regular file; refusing it", path.display());
+        bail!(
+            "{}: {what} is not a regular file; refusing it",
+            path.display()
+        );
     }
     if md.uid() != me {
         bail!(
@@ -261,7 +270,10 @@ mod tests {
         assert!(open_own_file(&base.join("none"), "x").unwrap().is_none());
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = open_own_file(&target, "the registration").unwrap_err();
-        assert!(format!("{e:#}").contains("writable by group or others"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("writable by group or others"),
+            "{e:#}"
+        );
         let own = base.join("own.json");
         write_own_file(&own, b"{}", "the registration").unwrap();
         assert!(open_own_file(&own, "the registration").unwrap().is_some());

@@ -55,11 +55,13 @@ impl ProcessIdentity {
 
     /// Ok when `pid` is still this process; otherwise why not, in words.
     pub fn check_still_running(&self) -> Result<(), String> {
-        let now = ProcessIdentity::of(self.pid).map_err(|e| {
-            format!("pid {} cannot be inspected or is gone ({e})", self.pid)
-        })?;
+        let now = ProcessIdentity::of(self.pid)
+            .map_err(|e| format!("pid {} cannot be inspected or is gone ({e})", self.pid))?;
         if now.boot_id != self.boot_id {
-            return Err(format!("the registration is from an earlier boot ({})", self.boot_id));
+            return Err(format!(
+                "the registration is from an earlier boot ({})",
+                self.boot_id
+            ));
         }
         if now.start_time != self.start_time {
             return Err(format!(
@@ -116,7 +118,8 @@ mod tests {
 
     #[test]
     fn start_time_after_a_tricky_name() {
-        let stat = "123 (a) b) (c) S 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        let stat =
+            "123 (a) b) (c) S 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(start_time_of(stat), Some(98765));
         assert_eq!(start_time_of("123 (x"), None);
         assert_eq!(start_time_of("123 (x) S 1"), None);
@@ -131,6 +134,9 @@ mod tests {
         assert!(reused.check_still_running().unwrap_err().contains("reused"));
         let mut other = me.clone();
         other.exe_ino += 1;
-        assert!(other.check_still_running().unwrap_err().contains("another program"));
+        assert!(other
+            .check_still_running()
+            .unwrap_err()
+            .contains("another program"));
     }
 }

@@ -190,7 +190,11 @@ const ROOT_CACHE_DIR: &str = "/var/cache/erofs-wasm";
 fn trusted_cache_dir() -> Option<PathBuf> {
     use crate::mount_registry::private::{ensure_dir, euid, DirRule};
     let dir = cache_dir(euid())?;
-    match ensure_dir(&dir, DirRule::NotWritableByOthers, "the precompiled-component cache") {
+    match ensure_dir(
+        &dir,
+        DirRule::NotWritableByOthers,
+        "the precompiled-component cache",
+    ) {
         Ok(()) => Some(dir),
         Err(e) => {
             tracing::warn!("{e:#}; compiling the component without a cache");
@@ -249,17 +253,15 @@ fn load_cached(engine: &Engine, path: &Path) -> Result<Component> {
 /// the check and the load.
 fn load_cached_file(engine: &Engine, cached: &Path) -> Option<Component> {
     use std::os::fd::AsRawFd;
-    let file = match crate::mount_registry::private::open_own_file(
-        cached,
-        "the precompiled component",
-    ) {
-        Ok(Some(file)) => file,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::warn!("{e:#}; compiling the component instead");
-            return None;
-        }
-    };
+    let file =
+        match crate::mount_registry::private::open_own_file(cached, "the precompiled component") {
+            Ok(Some(file)) => file,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!("{e:#}; compiling the component instead");
+                return None;
+            }
+        };
     let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
     // SAFETY: the file is ours (checked above), was written by `precompile_component` for
     // an engine with this compatibility hash, under a name keyed by the wasm's sha256; a
