@@ -48,8 +48,16 @@ pub fn run(args: CatArgs) -> Result<()> {
         let bytes = device
             .pread(pos, want)
             .with_context(|| format!("reading device offset {pos}"))?;
+        // The sandbox already holds the device to its contract; cat checks its own
+        // arithmetic too: never more than it asked for, never nothing before the end.
         if bytes.is_empty() {
             anyhow::bail!("device returned no bytes at offset {pos}, before its end {end}");
+        }
+        if bytes.len() > want as usize {
+            anyhow::bail!(
+                "device returned {} bytes at offset {pos}, more than the {want} asked for; refused",
+                bytes.len()
+            );
         }
         out.write_all(&bytes).context("writing to stdout")?;
         pos += bytes.len() as u64;

@@ -125,3 +125,26 @@ mod tests {
         assert!(!CallError::Component(WitError::NotFound).is_failure());
     }
 }
+
+/// A component answer that breaks the contract (too long, or short before the end): the
+/// host refuses it rather than pass it on. It is an I/O error for that request.
+pub(crate) fn reply_error(text: String) -> CallError {
+    CallError::Component(WitError::Io(format!("refused a component reply: {text}")))
+}
+
+/// Checks a `pread` reply of `got` bytes for `len` at `offset` against `expected`, the
+/// length the contract allows (`len`, or what is left before the device's end).
+pub(crate) fn check_reply_length(
+    what: &str,
+    offset: u64,
+    len: u32,
+    got: usize,
+    expected: u64,
+) -> Result<(), CallError> {
+    if got as u64 == expected {
+        return Ok(());
+    }
+    Err(reply_error(format!(
+        "{what} of {len} bytes at offset {offset}: the component returned {got} bytes, not {expected}"
+    )))
+}

@@ -13,6 +13,8 @@
 //! - [`device_pool`]: instances that serve the raw *device* bytes, routed by offset
 //!   (NBD, the loop backend's device file).
 //! - [`verify`]: the whole-image check before a kernel sees an image.
+//! - [`pins`]: what the first open of a device fixes for every later instance (META and
+//!   zinfo bytes, the OCI manifest digest, the sizes).
 //! - [`registry`]: the component's `registry` calls (inspect an image, publish an index).
 //! - [`image_layers`]: the layers of an image manifest, listed by the component.
 //! - [`indexer`]: one tar-index build ([`index_blob`]): the blob streamed once into the
@@ -26,6 +28,7 @@ pub mod guest_stderr;
 pub(crate) mod host_file;
 pub mod image_layers;
 pub mod indexer;
+pub mod pins;
 pub mod registry;
 pub mod runtime;
 pub mod trap;
