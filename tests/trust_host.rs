@@ -234,3 +234,50 @@ fn the_header_check_reports_the_requests_it_adds() {
     assert!(with > without, "the check made no request: {stats}");
     assert_eq!(reported, with - without, "{stats}");
 }
+
+/// Review follow-up: `verify … | head` and `index … | head` end quietly when the reader
+/// has closed the pipe (before: `println!` panicked on EPIPE).
+#[test]
+fn a_closed_stdout_pipe_ends_verify_and_index_quietly() {
+    let f = fixture("basic");
+    let dir = TempDir::new("epipe");
+    let meta_out = dir.path().join("out.meta");
+    let zinfo_out = dir.path().join("out.zinfo");
+    let verify: Vec<std::ffi::OsString> = vec![
+        "verify".into(),
+        component().into(),
+        f.join("layer.tar.gz").into(),
+        "--tarindex".into(),
+        f.join("meta.erofs").into(),
+        "--zinfo".into(),
+        f.join("layer.zinfo").into(),
+    ];
+    let index: Vec<std::ffi::OsString> = vec![
+        "index".into(),
+        component().into(),
+        f.join("layer.tar.gz").into(),
+        "--tarindex".into(),
+        meta_out.into(),
+        "--zinfo".into(),
+        zinfo_out.into(),
+        "--quiet".into(),
+    ];
+    for args in [verify, index] {
+        let mut child = std::process::Command::new(host_bin())
+            .args(&args)
+            .env(
+                "EROFS_WASM_CACHE_DIR",
+                std::env::temp_dir().join("erofs-e2e-cwasm"),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before anything is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{:?}: {err}", args[0]);
+        assert!(out.status.success(), "{:?}: {} {err}", args[0], out.status);
+    }
+}

@@ -59,12 +59,20 @@ pub fn run(args: CatArgs) -> Result<()> {
                 bytes.len()
             );
         }
-        out.write_all(&bytes).context("writing to stdout")?;
+        match out.write_all(&bytes) {
+            // `cat … | head` closed the pipe: the reader has what it wanted (coreutils
+            // end quietly here too).
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            written => written.context("writing to stdout")?,
+        }
         pos += bytes.len() as u64;
         progress.set_position(pos - args.offset);
     }
     progress.finish();
-    out.flush().context("writing to stdout")?;
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        flushed => flushed.context("writing to stdout")?,
+    }
     if args.stats {
         print_stats(&mut device)?;
     }
