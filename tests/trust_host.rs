@@ -281,3 +281,61 @@ fn a_closed_stdout_pipe_ends_verify_and_index_quietly() {
         assert!(out.status.success(), "{:?}: {} {err}", args[0], out.status);
     }
 }
+
+/// Issue 10.9: a wait for a pool instance has the call deadline. The only instance is
+/// held by a read stuck in a slow server's answer (a host wait the epoch deadline cannot
+/// interrupt); another read that needs an instance fails after `--call-timeout` instead
+/// of queueing until the server answers. Before, it waited without a bound.
+#[test]
+fn a_wait_for_a_busy_pool_instance_has_the_call_deadline() {
+    use clap::Parser;
+    use erofs_host::commands::DeviceArgs;
+    use erofs_host::sandbox::{DevicePool, Runtime};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        device: DeviceArgs,
+    }
+    let l = layers();
+    let reg = FakeRegistry::start();
+    let ma = reg.add_image(l.a.clone(), TAR_TYPE);
+    let reference = format!("oci://{}/t/img@{ma}", reg.addr);
+    let cli = Cli::parse_from([
+        "t".as_ref(),
+        component().as_os_str(),
+        reference.as_ref(),
+        "--tarindex".as_ref(),
+        l.meta.as_os_str(),
+        "--insecure".as_ref(),
+        "--call-timeout".as_ref(),
+        "1".as_ref(),
+    ]);
+    let (spec, limits) = cli.device.spec().unwrap();
+    let runtime = Runtime::load(&component()).unwrap();
+    let pool = std::sync::Arc::new(DevicePool::open(runtime, spec, limits, 1).unwrap());
+    let meta_size = std::fs::metadata(&l.meta).unwrap().len();
+    reg.delay_next_blob(6000);
+    let holder = {
+        let pool = pool.clone();
+        // Far into the last file: a range of its own, whose answer is held back.
+        let at = meta_size + (FILES as u64 - 1) * FILE_SIZE as u64 + (FILE_SIZE as u64) * 5 / 8;
+        std::thread::spawn(move || pool.pread(at, 4096))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let waiter = pool.pread(0, 4096);
+    let waited = started.elapsed();
+    let err = waiter.expect_err("the only instance is busy for 6 s; the wait must end first");
+    assert!(
+        err.to_string()
+            .contains("no sandboxed instance became free"),
+        "{err}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "waited {waited:?} for a busy instance"
+    );
+    eprintln!("a wait behind a stuck instance ended after {waited:?}: {err}");
+    let _ = holder.join();
+}
