@@ -12,6 +12,8 @@
 //! - [`filesystem_pool`]: instances that serve the EROFS *filesystem* to FUSE threads.
 //! - [`device_pool`]: instances that serve the raw *device* bytes, routed by offset
 //!   (NBD, the loop backend's device file).
+//! - [`parallel_read`]: a long device read decoded by several instances at once, in
+//!   order (`cat --jobs`).
 //! - [`verify`]: the whole-image check before a kernel sees an image.
 //! - [`pins`]: what the first open of a device fixes for every later instance (META and
 //!   zinfo bytes, the OCI manifest digest, the sizes).
@@ -28,6 +30,7 @@ pub mod guest_stderr;
 pub(crate) mod host_file;
 pub mod image_layers;
 pub mod indexer;
+pub mod parallel_read;
 pub mod pins;
 pub mod registry;
 pub mod runtime;
