@@ -115,11 +115,7 @@ fn a_tampered_window_is_refused_before_it_serves_a_byte() {
         *b ^= 0x5a;
     }
     let out = cat(&layer, &bad, offset, length);
-    expect_refused(
-        "window XOR",
-        &out,
-        &["zinfo: checkpoint 2: field `window`"],
-    );
+    expect_refused("window XOR", &out, &["zinfo: checkpoint 2: field `window`"]);
 
     // One byte of the window is enough.
     let mut one = layer.zinfo.clone();
@@ -174,4 +170,110 @@ fn checkpoint_zero_must_start_after_the_real_gzip_header() {
         &out,
         &["zinfo: checkpoint 0: field `in` is 11", "gzip header"],
     );
+}
+
+/// A real layer: Debian's perl library and kernel headers, `gzip -9`, indexed by us.
+/// Its text compresses with back-references, so a wrong window changes bytes (the large
+/// fixture's synthetic files barely refer back).
+fn debian_layer(tmp: &TempDir) -> Option<Layer> {
+    let parts = ["share/perl", "include/linux"];
+    if parts
+        .iter()
+        .any(|p| !std::path::Path::new("/usr").join(p).is_dir())
+    {
+        skip(
+            "zinfo_proof::a_real_layer",
+            "needs /usr/share/perl and /usr/include/linux",
+        );
+        return None;
+    }
+    let blob = tmp.path().join("layer.tar.gz");
+    let script = format!(
+        "tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf - -C /usr {} | gzip -9 -n > '{}'",
+        parts.join(" "),
+        blob.display()
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
+    let meta = tmp.path().join("meta.erofs");
+    let zinfo = tmp.path().join("layer.zinfo");
+    let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let out = run_host(
+        &[
+            "index".to_string(),
+            s(&component()),
+            "--tarindex".into(),
+            s(&meta),
+            "--zinfo".into(),
+            s(&zinfo),
+            s(&blob),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(Layer {
+        meta_size: std::fs::metadata(&meta).unwrap().len(),
+        meta,
+        blob,
+        zinfo: std::fs::read(zinfo).unwrap(),
+    })
+}
+
+#[test]
+fn a_real_layer_with_a_tampered_window_fails_instead_of_serving_wrong_bytes() {
+    let tmp = TempDir::new("zproof-real");
+    let Some(layer) = debian_layer(&tmp) else {
+        return;
+    };
+    let offset = layer.meta_size + out_of(&layer.zinfo, 2) + 65536;
+    let length = 1u64 << 20;
+    let mut bad = layer.zinfo.clone();
+    let w = record(2) + 17;
+    for b in &mut bad[w..w + WINDOW] {
+        *b ^= 0x5a;
+    }
+    // With and without the open-time header sample (which, on the old reader, was all
+    // that stood between this zinfo and 294,223 wrong bytes with exit 0).
+    for samples in [None, Some("0")] {
+        let tmp = TempDir::new("zproof-real-cat");
+        let z = tmp.path().join("tampered.zinfo");
+        std::fs::write(&z, &bad).unwrap();
+        let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let mut args = vec!["cat".to_string(), s(&component())];
+        if let Some(n) = samples {
+            args.extend(["--header-samples".to_string(), n.to_string()]);
+        }
+        args.extend([
+            "--tarindex".into(),
+            s(&layer.meta),
+            "--zinfo".into(),
+            s(&z),
+            "--offset".into(),
+            offset.to_string(),
+            "--length".into(),
+            length.to_string(),
+            s(&layer.blob),
+        ]);
+        let out = run_host(&args, Duration::from_secs(120));
+        expect_refused(
+            &format!("real layer, window XOR, header samples {samples:?}"),
+            &out,
+            &["zinfo: checkpoint 2: field `window`"],
+        );
+    }
+    // The honest zinfo serves the same range.
+    let ok = cat(&layer, &layer.zinfo, offset, length);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(ok.stdout.len() as u64, length);
 }
