@@ -64,7 +64,10 @@ fn a_directory_whose_blocks_are_in_the_tar_is_refused() {
     reseal(&mut dev.meta);
     let fs = Filesystem::open(&mut dev).unwrap();
     let nid = resolve(&fs, &mut dev, "sizes").unwrap();
-    assert!(fs.readdir(&mut dev, nid, 0, 100).is_ok(), "others still read");
+    assert!(
+        fs.readdir(&mut dev, nid, 0, 100).is_ok(),
+        "others still read"
+    );
     let (many, _) = fs.lookup(&mut dev, fs.root_nid(), b"many").unwrap();
     outside(fs.readdir(&mut dev, many, 0, 100), "directory");
     outside(fs.lookup(&mut dev, many, b"entry-0001-x"), "directory");

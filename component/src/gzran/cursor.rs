@@ -376,9 +376,17 @@ impl Cursor {
     /// end).
     fn find_restart_point(&mut self, blob: &SizedSource) -> Result<Option<(u64, u8)>> {
         let mut no_output = [0u8; 0];
+        let mut stalls = 0u32;
         loop {
             if self.state == State::Ended {
                 return Ok(None);
+            }
+            // As in `complete_page`: calls that consume nothing are bounded.
+            if stalls > MAX_INFLATE_STALLS {
+                return Err(Error::bad(format!(
+                    "gzip: inflate makes no progress at blob offset {}",
+                    self.input.position()
+                )));
             }
             if self.input.available().is_empty() && !self.input.refill(blob)? {
                 return Err(truncated(self.input.position()));
@@ -399,6 +407,7 @@ impl Cursor {
                     "gzip: the inflater wrote output it had no room for",
                 ));
             }
+            stalls = if step.consumed == 0 { stalls + 1 } else { 0 };
             match step.status {
                 Status::BlockBoundary {
                     unused_bits,
