@@ -1,14 +1,30 @@
-//! The registry of live mounts: where a mount server records its mount, how to tell
-//! whether a path is mounted (and whether its FUSE server died), and the unmount syscall.
-//! Used by the `mount` and `umount` commands.
+//! The registry of live mounts: where a mount server records its mount (in a private
+//! state directory), how `umount` proves that a mount and a server are its own, how to
+//! tell whether a path is mounted (and whether its FUSE server died), and unmounting
+//! (umount2 as root, `fusermount3 -u` otherwise). Used by `mount` and `umount`.
+//!
+//! - [`private`]: the ownership and mode checks on the state directory, its files and
+//!   the precompiled-component cache;
+//! - [`mountinfo`]: what is mounted where, and by whom;
+//! - [`process`]: which process a registered pid is.
+
+pub mod mountinfo;
+pub mod private;
+pub mod process;
 
 use std::ffi::CString;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use self::mountinfo::MountEntry;
+use self::private::DirRule;
+pub use self::process::{is_zombie, process_alive, ProcessIdentity};
 
 /// What a running server records about its mount, for `umount`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -24,13 +40,62 @@ pub struct Registration {
     pub layers: Vec<PathBuf>,
     #[serde(default)]
     pub layers_dir: Option<PathBuf>,
+    /// The server, as `umount` must find it before it sends a signal (a registration
+    /// without it is never signalled).
+    #[serde(default)]
+    pub server: Option<ProcessIdentity>,
+    /// The mount at the mountpoint as it was made: `umount` unmounts only this one.
+    #[serde(default)]
+    pub mount: Option<MountEntry>,
+}
+
+impl Registration {
+    /// A registration of this process's mount at `mountpoint`: the server's identity and
+    /// the mount now on top there.
+    pub fn of_self(mountpoint: &Path, backend: &str) -> Result<Registration> {
+        Ok(Registration {
+            pid: std::process::id(),
+            mountpoint: mountpoint.to_path_buf(),
+            backend: backend.to_string(),
+            backing: None,
+            layers: Vec::new(),
+            layers_dir: None,
+            server: Some(ProcessIdentity::of_self().context("reading our own /proc entry")?),
+            mount: mountinfo::topmost(mountpoint),
+        })
+    }
+
+    /// Every path the registration names for `umount` to clean up must be ours: inside
+    /// the state directory, named after this mount, without `..`.
+    fn check_paths(&self, state: &Path, id: &str) -> Result<()> {
+        let paths = self
+            .backing
+            .iter()
+            .chain(&self.layers)
+            .chain(self.layers_dir.iter());
+        for p in paths {
+            let inside = p
+                .strip_prefix(state)
+                .ok()
+                .and_then(|rest| rest.components().next())
+                .is_some_and(|first| first.as_os_str().as_bytes().starts_with(id.as_bytes()));
+            if !inside || p.components().any(|c| c == Component::ParentDir) {
+                bail!(
+                    "the registration names {}, which is not one of this mount's private paths under {}; refusing it",
+                    p.display(),
+                    state.display()
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `/run/erofs-wasm` for root; `$XDG_RUNTIME_DIR/erofs-wasm` or `/tmp/erofs-wasm-UID`
-/// otherwise. Created 0700 on first use.
+/// otherwise. Created 0700 on first use; refused unless it is a directory of ours with
+/// mode 0700 (see `private`).
 pub fn state_dir() -> Result<PathBuf> {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
+    let uid = private::euid();
     let dir = if uid == 0 && Path::new("/run").is_dir() {
         PathBuf::from("/run/erofs-wasm")
     } else if let Some(x) = crate::env::path("XDG_RUNTIME_DIR") {
@@ -38,15 +103,7 @@ pub fn state_dir() -> Result<PathBuf> {
     } else {
         PathBuf::from(format!("/tmp/erofs-wasm-{uid}"))
     };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("{}: cannot create the state directory", dir.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).with_context(|| {
-        format!(
-            "{}: cannot make the state directory private (0700)",
-            dir.display()
-        )
-    })?;
+    private::ensure_dir(&dir, DirRule::Private, "the state directory")?;
     Ok(dir)
 }
 
@@ -62,10 +119,10 @@ pub fn absolute(path: &Path) -> Result<PathBuf> {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
-            std::path::Component::ParentDir => {
+            Component::ParentDir => {
                 out.pop();
             }
-            std::path::Component::CurDir => {}
+            Component::CurDir => {}
             other => out.push(other),
         }
     }
@@ -81,63 +138,79 @@ pub fn registration_path(mountpoint: &Path) -> Result<PathBuf> {
     Ok(state_dir()?.join(format!("{}.json", mount_id(mountpoint))))
 }
 
+/// The daemon's log (its stdout and stderr once it is serving).
+pub fn log_path(mountpoint: &Path) -> Result<PathBuf> {
+    Ok(state_dir()?.join(format!("{}.log", mount_id(mountpoint))))
+}
+
+/// The registration of `mountpoint`, if there is one. A planted one (a symlink, another
+/// owner, loose mode, paths outside this mount's private ones) is an error; a damaged
+/// one (a server killed mid-write) is ignored with a warning, so that `umount` of the
+/// mount itself is not blocked.
 pub fn read_registration(mountpoint: &Path) -> Result<Option<Registration>> {
     let path = registration_path(mountpoint)?;
-    match std::fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(registration) => Ok(Some(registration)),
-            // A damaged record (a server killed mid-write) must not block `umount`
-            // of the mount itself: say so, and go on without it.
-            Err(e) => {
-                tracing::warn!(
-                    "{}: unreadable registration ({e}); ignoring it",
-                    path.display()
-                );
-                Ok(None)
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    let Some(mut file) = private::open_own_file(&path, "the registration")? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let registration: Registration = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(
+                "{}: unreadable registration ({e}); ignoring it",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
+    if registration.mountpoint != mountpoint {
+        bail!(
+            "{}: the registration is for {}, not {}; refusing it",
+            path.display(),
+            registration.mountpoint.display(),
+            mountpoint.display()
+        );
+    }
+    registration.check_paths(&state_dir()?, &mount_id(mountpoint))?;
+    Ok(Some(registration))
+}
+
+/// A written registration: removed on drop, with the daemon's log if it stayed empty.
+pub struct RegistrationGuard {
+    path: PathBuf,
+    log: PathBuf,
+}
+
+/// Record `registration` (atomically, 0600, in the state directory) for `umount`.
+pub fn register(registration: &Registration) -> Result<RegistrationGuard> {
+    let mp = &registration.mountpoint;
+    let path = registration_path(mp)?;
+    private::write_own_file(
+        &path,
+        &serde_json::to_vec(registration)?,
+        "the registration",
+    )?;
+    Ok(RegistrationGuard {
+        path,
+        log: log_path(mp)?,
+    })
+}
+
+impl Drop for RegistrationGuard {
+    fn drop(&mut self) {
+        remove_file_quietly(&self.path);
+        // The daemon's log holds only warnings; an empty one is not worth keeping.
+        if std::fs::symlink_metadata(&self.log).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            remove_file_quietly(&self.log);
+        }
     }
 }
 
-/// The filesystem type mounted exactly at `path`, from /proc/self/mountinfo.
+/// The filesystem type mounted exactly at `path` (the visible mount), if any.
 pub fn mounted_at(path: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.as_os_str().as_bytes();
-    let mut found = None;
-    for line in info.lines() {
-        // id parent major:minor root MOUNTPOINT options [optional...] - FSTYPE source super
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(mp) = fields.get(4) else { continue };
-        if unescape(mp) == want {
-            let dash = fields.iter().position(|f| *f == "-");
-            // The last mount at a path is the visible one.
-            found = dash.and_then(|d| fields.get(d + 1)).map(|s| s.to_string());
-        }
-    }
-    found
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \\ooo.
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
+    mountinfo::topmost(path).map(|e| e.fstype)
 }
 
 /// True when `path` is a FUSE mount whose server is gone ("Transport endpoint is not
@@ -175,8 +248,8 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
 /// mounted there, then remove the directory. Failures are logged, not returned: the
 /// caller is already tearing down and has nothing better to do.
 pub fn detach_and_remove_dir(dir: &Path) {
-    if mounted_at(dir).is_some() {
-        if let Err(e) = unmount(dir, true) {
+    if mounted_at(dir).is_some() || is_dead_fuse_mount(dir) {
+        if let Err(e) = unmount_any(dir, true) {
             tracing::warn!("{}: cannot detach: {e}", dir.display());
         }
     }
@@ -197,7 +270,7 @@ fn remove_quietly(path: &Path, result: std::io::Result<()>) {
     }
 }
 
-/// umount2(2). `detach` unmounts lazily (MNT_DETACH).
+/// umount2(2). `detach` unmounts lazily (MNT_DETACH). Needs root.
 pub fn unmount(path: &Path, detach: bool) -> std::io::Result<()> {
     let c =
         CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
@@ -210,10 +283,73 @@ pub fn unmount(path: &Path, detach: bool) -> std::io::Result<()> {
     }
 }
 
-pub fn process_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
+/// Unmount a mount of ours: umount2 as root; `fusermount3 -u` otherwise (the setuid
+/// helper is the only way an unprivileged user takes a FUSE mount down, and it takes
+/// down only the caller's own). A busy mount is `ErrorKind::ResourceBusy`.
+pub fn unmount_any(path: &Path, lazy: bool) -> std::io::Result<()> {
+    if private::euid() == 0 {
+        return unmount(path, lazy);
+    }
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg("--")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("running fusermount3 (apt-get install fuse3): {e}"),
+            )
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let kind = if text.contains("busy") {
+        std::io::ErrorKind::ResourceBusy
+    } else {
+        std::io::ErrorKind::Other
     };
-    unsafe { libc::kill(pid, 0) == 0 }
+    Err(std::io::Error::new(kind, format!("fusermount3 -u: {text}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(backing: Option<&str>, layers: &[&str]) -> Registration {
+        Registration {
+            pid: 1,
+            mountpoint: PathBuf::from("/m"),
+            backend: "fuse".into(),
+            backing: backing.map(PathBuf::from),
+            layers: layers.iter().map(PathBuf::from).collect(),
+            layers_dir: None,
+            server: None,
+            mount: None,
+        }
+    }
+
+    #[test]
+    fn registered_paths_stay_inside_the_mount_own_ones() {
+        let state = Path::new("/run/erofs-wasm");
+        assert!(reg(
+            Some("/run/erofs-wasm/abcd"),
+            &["/run/erofs-wasm/abcd.layers/0"]
+        )
+        .check_paths(state, "abcd")
+        .is_ok());
+        for bad in [
+            reg(Some("/etc"), &[]),
+            reg(None, &["/run/erofs-wasm/other.layers/0"]),
+            reg(None, &["/run/erofs-wasm/abcd.layers/../../../etc"]),
+        ] {
+            assert!(bad.check_paths(state, "abcd").is_err(), "{bad:?}");
+        }
+    }
 }

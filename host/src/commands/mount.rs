@@ -98,11 +98,32 @@ pub struct MountArgs {
 
 pub fn run(args: MountArgs) -> Result<()> {
     let mountpoint = mounts::absolute(&args.mountpoint)?;
+    // Before any work (no daemon, no sandbox, nothing mounted): the kernel backends need
+    // root, and saying so here is clearer than a failed mount(2) after a verify pass.
+    needs_root_check(args.backend, mounts::private::euid())?;
+    // The state directory is checked (made 0700, ours) before anything is mounted.
+    mounts::state_dir()?;
     mounts::check_mountpoint(&mountpoint)?;
     if args.foreground {
         serve(args, &mountpoint)
     } else {
         daemonize(&mountpoint, args.device.remote.password_stdin)
+    }
+}
+
+/// `--backend loop|nbd` as a user other than root: refused, saying why.
+fn needs_root_check(backend: Backend, euid: u32) -> Result<()> {
+    if euid == 0 {
+        return Ok(());
+    }
+    match backend {
+        Backend::Fuse => Ok(()),
+        Backend::Loop => bail!(
+            "--backend loop needs root: it attaches a loop device and mounts the kernel's EROFS on it (mount(2) of a block filesystem is root's); without root use --backend fuse (the default), which parses the image in the sandbox and needs only /dev/fuse"
+        ),
+        Backend::Nbd => bail!(
+            "--backend nbd needs root: it claims a /dev/nbdN with NBD ioctls and mounts the kernel's EROFS on it; without root use --backend fuse (the default), or `erofs-host serve-nbd` for an NBD client of your own"
+        ),
     }
 }
 
@@ -188,7 +209,12 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
     if args.backend == Backend::Nbd {
         // The NBD attach checks the machine (driver, root) before the device is resolved.
         let attached = attach_and_mount(mountpoint, || open_nbd_source(&args))?;
-        return wait_and_detach(attached, signals, args.notify_ready, mountpoint);
+        // Recorded like every other mount, so that `umount` can wait for this server and
+        // its log goes away with it.
+        let registered = mounts::register(&Registration::of_self(mountpoint, "nbd")?)?;
+        let result = wait_and_detach(attached, signals, args.notify_ready, mountpoint);
+        drop(registered);
+        return result;
     }
 
     // Set up: the sandboxed device and the bridge the kernel mounts.
@@ -201,31 +227,20 @@ fn serve(args: MountArgs, mountpoint: &Path) -> Result<()> {
         Backend::Nbd => unreachable!("handled above"),
     };
 
-    // Live: record the mount for `umount`, and tell the waiting parent.
-    let registration = Registration {
-        pid: std::process::id(),
-        mountpoint: mountpoint.to_path_buf(),
-        backend: format!("{:?}", args.backend).to_lowercase(),
-        backing: served.backing.clone(),
-        layers: Vec::new(),
-        layers_dir: None,
-    };
-    let reg_path = mounts::registration_path(mountpoint)?;
-    std::fs::write(&reg_path, serde_json::to_vec(&registration)?)
-        .with_context(|| format!("{}: writing", reg_path.display()))?;
-    announce_ready(args.notify_ready, &id)?;
+    // Live: record the mount for `umount` (the server and the mount as they are now),
+    // and tell the waiting parent.
+    let mut registration =
+        Registration::of_self(mountpoint, &format!("{:?}", args.backend).to_lowercase())?;
+    registration.backing = served.backing.clone();
+    let registered = mounts::register(&registration)?;
+    announce_ready(args.notify_ready, mountpoint)?;
 
     // Serving: until a stop signal, or until the mount goes away underneath us.
     wait_until_stopped(&served, &signals, mountpoint);
 
-    // Stopping: tear down in reverse, then forget the registration.
+    // Stopping: tear down in reverse, then forget the registration (and an empty log).
     drop(served);
-    mounts::remove_file_quietly(&reg_path);
-    // The daemon's log holds only warnings; an empty one is not worth keeping.
-    let log = mounts::state_dir()?.join(format!("{id}.log"));
-    if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
-        mounts::remove_file_quietly(&log);
-    }
+    drop(registered);
     Ok(())
 }
 
@@ -336,7 +351,7 @@ fn wait_and_detach(
     notify: bool,
     mountpoint: &Path,
 ) -> Result<()> {
-    announce_ready(notify, &mounts::mount_id(mountpoint))?;
+    announce_ready(notify, mountpoint)?;
     while wait_signal(&signals, SIGNAL_POLL).is_none() && mounts::mounted_at(mountpoint).is_some() {
     }
     attached.unmount()
@@ -380,20 +395,19 @@ impl Drop for Served {
 }
 
 /// Tell the waiting parent that the mount is live, then send our output to a log file
-/// (the parent stops reading once it has its answer).
-pub(crate) fn announce_ready(notify: bool, id: &str) -> Result<()> {
+/// (the parent stops reading once it has its answer). The log is opened first, without
+/// following a symlink and checked to be ours (a planted one would redirect our output),
+/// so that a refused log fails the mount instead of a half-announced one.
+pub(crate) fn announce_ready(notify: bool, mountpoint: &Path) -> Result<()> {
     if !notify {
         eprintln!("serving; Ctrl-C to unmount");
         return Ok(());
     }
+    let log = mounts::log_path(mountpoint)?;
+    let file = mounts::private::append_own_file(&log, "the mount daemon's log")?;
     let mut out = std::io::stdout();
     writeln!(out, "ready")?;
     out.flush()?;
-    let log = mounts::state_dir()?.join(format!("{id}.log"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
     use std::os::fd::AsRawFd;
     // SAFETY: dup2 onto our own stdout and stderr descriptors.
     unsafe {

@@ -161,12 +161,17 @@ fn start_epoch_ticker(engine: &Engine) {
     });
 }
 
-/// Where precompiled components are kept: `$EROFS_WASM_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/erofs-wasm`, else `~/.cache/erofs-wasm`. Empty values count as unset
-/// (an empty path would put the cache in the current directory).
-fn cache_dir() -> Option<PathBuf> {
+/// Where precompiled components are kept: `$EROFS_WASM_CACHE_DIR`, else for root
+/// `/var/cache/erofs-wasm` (root never takes a cache from `$XDG_CACHE_HOME` or `$HOME`:
+/// under `sudo -E` those are the invoking user's, who could plant native code there),
+/// else `$XDG_CACHE_HOME/erofs-wasm`, else `~/.cache/erofs-wasm`. Empty values count as
+/// unset (an empty path would put the cache in the current directory).
+fn cache_dir(euid: u32) -> Option<PathBuf> {
     if let Some(dir) = crate::env::path("EROFS_WASM_CACHE_DIR") {
         return Some(dir);
+    }
+    if euid == 0 {
+        return Some(PathBuf::from(ROOT_CACHE_DIR));
     }
     if let Some(dir) = crate::env::path("XDG_CACHE_HOME") {
         return Some(dir.join("erofs-wasm"));
@@ -174,9 +179,35 @@ fn cache_dir() -> Option<PathBuf> {
     crate::env::path("HOME").map(|h| h.join(".cache/erofs-wasm"))
 }
 
+/// Root's precompiled-component cache: root-owned, in the FHS place for caches.
+const ROOT_CACHE_DIR: &str = "/var/cache/erofs-wasm";
+
+/// The cache directory, made (0700) if missing, if it may be trusted: owned by the
+/// effective uid and not writable by group or others. Otherwise no cache, with a warning
+/// naming the path: loading native code from a directory someone else can write would
+/// run their code, while going without the cache only costs the compile (~100 ms), so a
+/// foreign cache does not stop the command.
+fn trusted_cache_dir() -> Option<PathBuf> {
+    use crate::mount_registry::private::{ensure_dir, euid, DirRule};
+    let dir = cache_dir(euid())?;
+    match ensure_dir(
+        &dir,
+        DirRule::NotWritableByOthers,
+        "the precompiled-component cache",
+    ) {
+        Ok(()) => Some(dir),
+        Err(e) => {
+            tracing::warn!("{e:#}; compiling the component without a cache");
+            None
+        }
+    }
+}
+
 /// Compile `path`, or load the native code compiled earlier for the same wasm bytes, the
 /// same wasmtime version and the same engine settings. Compiling takes ~100 ms; loading
-/// takes well under 1 ms. A cache that cannot be read or written only costs time.
+/// takes well under 1 ms. A cache that cannot be read or written only costs time; a
+/// cache file that is not ours (another owner, writable by others, a symlink) is never
+/// loaded (see [`trusted_cache_dir`]).
 fn load_cached(engine: &Engine, path: &Path) -> Result<Component> {
     let wasm = std::fs::read(path)
         .with_context(|| format!("{}: cannot read the component", path.display()))?;
@@ -190,20 +221,11 @@ fn load_cached(engine: &Engine, path: &Path) -> Result<Component> {
         key.update(h.finish().to_le_bytes());
     }
     let key = hex::encode(key.finalize());
-    let cached = cache_dir().map(|d| d.join(format!("{key}.cwasm")));
+    let cached = trusted_cache_dir().map(|d| d.join(format!("{key}.cwasm")));
 
     if let Some(cached) = &cached {
-        if cached.exists() {
-            // SAFETY: the file was written by `precompile_component` for an engine with
-            // this compatibility hash, under a name keyed by the wasm's sha256; a file
-            // that fails wasmtime's own header checks is recompiled below.
-            match unsafe { Component::deserialize_file(engine, cached) } {
-                Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(
-                    "{}: stale precompiled component ({e:#}); recompiling",
-                    cached.display()
-                ),
-            }
+        if let Some(c) = load_cached_file(engine, cached) {
+            return Ok(c);
         }
     }
     let serialized = engine.precompile_component(&wasm).map_err(|e| {
@@ -225,17 +247,40 @@ fn load_cached(engine: &Engine, path: &Path) -> Result<Component> {
         .map_err(|e| wt(e, "loading the compiled component"))
 }
 
+/// The precompiled component at `cached`, if it is there, ours and loads. The file is
+/// opened without following a symlink and checked on the open descriptor; wasmtime then
+/// maps that same open file (through /proc/self/fd), so it cannot be swapped between
+/// the check and the load.
+fn load_cached_file(engine: &Engine, cached: &Path) -> Option<Component> {
+    use std::os::fd::AsRawFd;
+    let file =
+        match crate::mount_registry::private::open_own_file(cached, "the precompiled component") {
+            Ok(Some(file)) => file,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!("{e:#}; compiling the component instead");
+                return None;
+            }
+        };
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    // SAFETY: the file is ours (checked above), was written by `precompile_component` for
+    // an engine with this compatibility hash, under a name keyed by the wasm's sha256; a
+    // file that fails wasmtime's own header checks is recompiled.
+    match unsafe { Component::deserialize_file(engine, &by_fd) } {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                "{}: stale precompiled component ({e:#}); recompiling",
+                cached.display()
+            );
+            None
+        }
+    }
+}
+
+/// Write the cache file: a new 0600 file beside it, then a rename over it.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("cache path has no parent")?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
-    ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    crate::mount_registry::private::write_own_file(path, bytes, "the precompiled component")
 }
 
 impl erofs::reader::types::Host for StoreState {}

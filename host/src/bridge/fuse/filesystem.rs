@@ -133,7 +133,7 @@ fn kind(k: FileKind) -> FileType {
 }
 
 impl Filesystem for ErofsFuse {
-    read_only_basics!();
+    read_only_basics!(posix_acl: true);
 
     /// Tools probe with ioctls (e.g. `cp -a` asks for inode flags): EROFS has none to
     /// offer, and "not a typewriter" is the answer they expect for that.
@@ -248,12 +248,19 @@ impl Filesystem for ErofsFuse {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    /// As the kernel's EROFS lists them: `trusted.*` only to a privileged caller (the
+    /// kernel's getxattr already refuses those names to others, with ENODATA).
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.pool.get().listxattr(self.to_nid(ino)) {
             Ok(names) => {
+                let privileged = caller_is_privileged(req);
                 let mut list = Vec::new();
                 for n in names {
-                    list.extend_from_slice(&self.shown_xattr_name(n));
+                    let shown = self.shown_xattr_name(n);
+                    if !privileged && shown.starts_with(TRUSTED) {
+                        continue;
+                    }
+                    list.extend_from_slice(&shown);
                     list.push(0);
                 }
                 xattr_reply(reply, &list, size)
@@ -261,6 +268,17 @@ impl Filesystem for ErofsFuse {
             Err(e) => reply.error(errno(&e)),
         }
     }
+}
+
+const TRUSTED: &[u8] = b"trusted.";
+
+/// Whether the caller may see `trusted.*`: the kernel shows them to CAP_SYS_ADMIN in the
+/// initial user namespace. FUSE gives us the caller's uid as seen from the mount's
+/// namespace, not its capabilities; uid 0 there is root (a user namespace's "root" shows
+/// as the user it maps to, so it is not privileged, as for the kernel). A non-root uid
+/// with CAP_SYS_ADMIN is the one case shown less than the kernel would.
+fn caller_is_privileged(req: &Request) -> bool {
+    req.uid() == 0
 }
 
 /// xattr replies: size 0 asks for the length; a value larger than the buffer is ERANGE.

@@ -24,7 +24,19 @@ const WANT_REQUEST: u32 = 1 << 20;
 
 /// Ask for large requests: 1 MiB reads and readahead (or the most the kernel allows).
 /// Fewer, larger requests cut the per-request cost of FUSE and of the sandbox call.
-pub(crate) fn tune_kernel(config: &mut fuser::KernelConfig) {
+///
+/// `posix_acl` (the EROFS tree): FUSE_POSIX_ACL, so that the kernel enforces the image's
+/// POSIX ACLs (it reads `system.posix_acl_access` through getxattr and evaluates it, with
+/// `default_permissions`) as the kernel's EROFS does; without it, FUSE ignores ACLs and
+/// access is looser than under the kernel's EROFS. A kernel without it is warned about.
+pub(crate) fn tune_kernel(config: &mut fuser::KernelConfig, posix_acl: bool) {
+    if posix_acl {
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL) {
+            tracing::warn!(
+                "the kernel's FUSE does not offer {missing:?}: POSIX ACLs in the image are not enforced"
+            );
+        }
+    }
     // Each setter refuses a value above the kernel's limit and says what that limit is;
     // the limit is then the best we can have, and setting it cannot fail.
     if let Err(most) = config.set_max_readahead(WANT_REQUEST) {
@@ -55,15 +67,16 @@ pub(crate) fn open_read_only(flags: fuser::OpenFlags, reply: fuser::ReplyOpen) {
 }
 
 /// The parts of a read-only [`fuser::Filesystem`] that both FUSE bridges answer the same
-/// way: `init` tunes the request sizes, and `flush` has nothing to write back.
+/// way: `init` tunes the request sizes (and asks for POSIX ACL enforcement where the
+/// files are the image's), and `flush` has nothing to write back.
 macro_rules! read_only_basics {
-    () => {
+    (posix_acl: $acl:expr) => {
         fn init(
             &mut self,
             _req: &fuser::Request,
             config: &mut fuser::KernelConfig,
         ) -> std::io::Result<()> {
-            $crate::bridge::fuse::tune_kernel(config);
+            $crate::bridge::fuse::tune_kernel(config, $acl);
             Ok(())
         }
 

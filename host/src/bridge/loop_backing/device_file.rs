@@ -57,7 +57,7 @@ impl DeviceFile {
 }
 
 impl Filesystem for DeviceFile {
-    read_only_basics!();
+    read_only_basics!(posix_acl: false);
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if parent == ROOT && name == IMAGE_NAME {

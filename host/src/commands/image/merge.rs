@@ -255,24 +255,5 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Unmount a path we mounted: umount2 as root; `fusermount3 -u` otherwise (the setuid
-/// helper is the only way an unprivileged user takes a FUSE mount down).
-pub fn unmount_any(path: &Path, lazy: bool) -> std::io::Result<()> {
-    if is_root() {
-        return mounts::unmount(path, lazy);
-    }
-    let mut cmd = Command::new("fusermount3");
-    cmd.arg("-u");
-    if lazy {
-        cmd.arg("-z");
-    }
-    let out = cmd.arg(path).stdin(Stdio::null()).output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "fusermount3 -u: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
+/// Unmount a path we mounted (umount2 as root, `fusermount3 -u` otherwise).
+pub use crate::mount_registry::unmount_any;

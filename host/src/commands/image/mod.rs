@@ -163,24 +163,18 @@ pub fn serve(args: &MountArgs, mountpoint: &Path, signals: &libc::sigset_t) -> R
         mountpoint,
     )?);
 
-    let registration = Registration {
-        pid: std::process::id(),
-        mountpoint: mountpoint.to_path_buf(),
-        backend: format!("{:?}", args.backend).to_lowercase(),
-        backing: None,
-        // Top layer first, each before its backing mount: the order to detach them in.
-        layers: made
-            .layers
-            .iter()
-            .rev()
-            .flat_map(LayerMount::paths)
-            .collect(),
-        layers_dir: Some(dir),
-    };
-    let reg_path = mounts::registration_path(mountpoint)?;
-    std::fs::write(&reg_path, serde_json::to_vec(&registration)?)
-        .with_context(|| format!("{}: writing", reg_path.display()))?;
-    announce_ready(args.notify_ready, &mounts::mount_id(mountpoint))?;
+    let mut registration =
+        Registration::of_self(mountpoint, &format!("{:?}", args.backend).to_lowercase())?;
+    // Top layer first, each before its backing mount: the order to detach them in.
+    registration.layers = made
+        .layers
+        .iter()
+        .rev()
+        .flat_map(LayerMount::paths)
+        .collect();
+    registration.layers_dir = Some(dir);
+    let registered = mounts::register(&registration)?;
+    announce_ready(args.notify_ready, mountpoint)?;
 
     loop {
         if let Some(sig) = wait_signal(signals, Duration::from_millis(500)) {
@@ -196,12 +190,8 @@ pub fn serve(args: &MountArgs, mountpoint: &Path, signals: &libc::sigset_t) -> R
         }
     }
     made.teardown();
-    let _ = std::fs::remove_file(&reg_path);
-    // The daemon's log holds only warnings; an empty one is not worth keeping.
-    let log = mounts::state_dir()?.join(format!("{}.log", mounts::mount_id(mountpoint)));
-    if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
-        let _ = std::fs::remove_file(&log);
-    }
+    // Forget the registration (and an empty log).
+    drop(registered);
     Ok(())
 }
 
