@@ -708,7 +708,7 @@ fn fuse_matches_the_kernel_for_an_unprivileged_user() {
 
     let _fuse = FuseOpenToAll::new();
     let mut total = 0;
-    for name in ["basic", "acl"] {
+    for name in ["acl", "basic"] {
         let dir = space.path(name);
         let s = |f: &str| dir.join(f).to_string_lossy().into_owned();
         let dev = [

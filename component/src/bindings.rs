@@ -226,6 +226,11 @@ impl GuestDevice for DeviceResource {
         Ok(self.with(|d| d.pread(offset, len))??)
     }
 
+    fn span_boundaries(&self) -> Vec<u64> {
+        self.with(|d| span_boundaries(d))
+            .unwrap_or_else(|_| vec![0])
+    }
+
     fn stats(&self) -> DeviceStats {
         self.with(|d| stats(d))
             .unwrap_or_else(|_| stats_of_nothing())
@@ -244,6 +249,25 @@ impl GuestDevice for DeviceResource {
             chunk_hits: r.chunk_hits,
         }
     }
+}
+
+/// `device.span-boundaries` (see the WIT): the device offset of the first decode page at
+/// or after each zinfo checkpoint, so that a read starting there restarts at that very
+/// checkpoint (`GzRan` restarts at the checkpoint at or before a page's start).
+fn span_boundaries(device: &Device) -> Vec<u64> {
+    let page = crate::gzran::cursor::PAGE as u64;
+    let mut starts = vec![0];
+    for out in device.cheap_offsets().unwrap_or_default() {
+        let at = out
+            .div_ceil(page)
+            .saturating_mul(page)
+            .saturating_add(device.meta_size());
+        // Ascending, without repeats (two checkpoints on one page), and inside the device.
+        if at < device.size() && starts.last().is_some_and(|&last| at > last) {
+            starts.push(at);
+        }
+    }
+    starts
 }
 
 fn stats_of_nothing() -> DeviceStats {

@@ -185,16 +185,17 @@ pub struct RegistrationGuard {
 
 /// Record `registration` (atomically, 0600, in the state directory) for `umount`.
 pub fn register(registration: &Registration) -> Result<RegistrationGuard> {
-    let mp = &registration.mountpoint;
-    let path = registration_path(mp)?;
-    private::write_own_file(
-        &path,
-        &serde_json::to_vec(registration)?,
-        "the registration",
-    )?;
+    register_in(&state_dir()?, registration)
+}
+
+fn register_in(state: &Path, registration: &Registration) -> Result<RegistrationGuard> {
+    let id = mount_id(&registration.mountpoint);
+    let path = state.join(format!("{id}.json"));
+    let bytes = serde_json::to_vec(registration)?;
+    private::write_own_file(&path, &bytes, "the registration")?;
     Ok(RegistrationGuard {
         path,
-        log: log_path(mp)?,
+        log: state.join(format!("{id}.log")),
     })
 }
 
@@ -333,6 +334,31 @@ mod tests {
             server: None,
             mount: None,
         }
+    }
+
+    #[test]
+    fn a_registration_goes_with_its_empty_log() {
+        use std::os::unix::fs::PermissionsExt;
+        let state = std::env::temp_dir().join(format!("erofs-reg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(&state).unwrap();
+        let r = reg(None, &[]);
+        let id = mount_id(&r.mountpoint);
+        let (json, log) = (
+            state.join(format!("{id}.json")),
+            state.join(format!("{id}.log")),
+        );
+        for log_text in ["", "a warning\n"] {
+            let guard = register_in(&state, &r).unwrap();
+            std::fs::write(&log, log_text).unwrap();
+            let md = std::fs::metadata(&json).unwrap();
+            assert_eq!(md.permissions().mode() & 0o777, 0o600);
+            drop(guard);
+            assert!(!json.exists());
+            // An empty log goes; one with something in it stays for the user to read.
+            assert_eq!(log.exists(), !log_text.is_empty());
+        }
+        std::fs::remove_dir_all(&state).unwrap();
     }
 
     #[test]

@@ -290,6 +290,11 @@ impl SandboxedDevice {
         &self.spec
     }
 
+    /// What another instance of this device is opened with (the parallel reader's).
+    pub fn reopen_parts(&self) -> (Arc<Runtime>, DeviceSpec, Limits) {
+        (Arc::clone(&self.runtime), self.spec.clone(), self.limits)
+    }
+
     /// Change the deadline for later calls.
     pub fn set_call_timeout(&mut self, timeout: Duration) {
         self.limits.call_timeout = timeout;
@@ -309,6 +314,36 @@ impl SandboxedDevice {
                     .call_device_pread(s, h, offset, len)
             }),
         }
+    }
+
+    /// Where a whole-device read may be split among instances (device mode; see the WIT
+    /// `device.span-boundaries`). Checked here, since the reply is the component's: the
+    /// offsets must start at 0, ascend and stay below the device size.
+    pub fn span_boundaries(&mut self) -> Result<Vec<u64>, CallError> {
+        if self.mode != Mode::Device {
+            return Err(CallError::Component(WitError::Unsupported(
+                "span boundaries of a filesystem".into(),
+            )));
+        }
+        let starts = self.call(|b, s, h| {
+            Ok(Ok(b
+                .erofs_reader_tarindex()
+                .device()
+                .call_span_boundaries(s, h)?))
+        })?;
+        let ordered = starts.first() == Some(&0)
+            && starts.windows(2).all(|w| w[0] < w[1])
+            && starts.last().is_some_and(|&last| last < self.size.max(1));
+        if !ordered {
+            return Err(CallError::Component(WitError::BadInput(format!(
+                "the component's span boundaries are not ascending offsets from 0 below the device size {}: {} offsets, first {:?}, last {:?}",
+                self.size,
+                starts.len(),
+                starts.first(),
+                starts.last()
+            ))));
+        }
+        Ok(starts)
     }
 
     /// The device's counters (device mode only: a filesystem owns its device).

@@ -12,6 +12,8 @@
 //! - [`filesystem_pool`]: instances that serve the EROFS *filesystem* to FUSE threads.
 //! - [`device_pool`]: instances that serve the raw *device* bytes, routed by offset
 //!   (NBD, the loop backend's device file).
+//! - [`parallel_read`]: a long device read decoded by several instances at once, in
+//!   order (`cat --jobs`).
 //! - [`verify`]: the whole-image check before a kernel sees an image.
 //! - [`registry`]: the component's `registry` calls (inspect an image, publish an index).
 //! - [`image_layers`]: the layers of an image manifest, listed by the component.
@@ -26,6 +28,7 @@ pub mod guest_stderr;
 pub(crate) mod host_file;
 pub mod image_layers;
 pub mod indexer;
+pub mod parallel_read;
 pub mod registry;
 pub mod runtime;
 pub mod trap;
