@@ -223,7 +223,7 @@ impl<'a> Prover<'a> {
                 .count();
             let offset = cp.out - (found.history.len() - at) as u64;
             return Err(bad(format!(
-                "checkpoint {index}: field `window` does not match the blob: {differ} of the {} bytes before out {} differ, the first at tar offset {offset} ({:#04x} in the window, {:#04x} decoded from the blob)",
+                "checkpoint {index}: field `window` does not match the blob: {differ} of the {} bytes before out {} differ, the first at tar offset {offset} ({:#04x} in the window, {:#04x} decoded from the blob; a corrupt zinfo, or a corrupt blob)",
                 found.history.len(),
                 cp.out,
                 tail.get(at).copied().unwrap_or(0),
@@ -249,7 +249,7 @@ impl<'a> Prover<'a> {
             u64::from(cp.bits)
         };
         bad(format!(
-            "checkpoint {index}: field `{field}` is {value}, but decoding the blob reaches out {} at blob offset {in_byte} with {bits} bits left (the checkpoint says offset {} with {} bits)",
+            "checkpoint {index}: field `{field}` is {value}, but decoding the blob reaches out {} at blob offset {in_byte} with {bits} bits left (the checkpoint says offset {} with {} bits): a zinfo of another blob, or a corrupt one (or a corrupt blob)",
             cp.out, cp.in_byte, cp.bits
         ))
         .with_field(field)
@@ -289,7 +289,7 @@ impl Waypoints for Prover<'_> {
             (Some(found), _) => self.compare(index, &cp, &found),
             // No restart point at all at this output offset.
             (None, None) => Err(bad(format!(
-                "checkpoint {index}: field `out` is {out}, but the blob has no deflate block boundary at that output offset"
+                "checkpoint {index}: field `out` is {out}, but the blob has no deflate block boundary at that output offset: a zinfo of another blob, or a corrupt one (or a corrupt blob)"
             ))
             .with_field("out")),
             // Restart points here, but none where the checkpoint says.
