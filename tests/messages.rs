@@ -45,6 +45,7 @@ fn running_out_of_memory_names_the_cap_in_one_line() {
         blob: BlobSource::Local(f.join("layer.tar.gz")),
         zinfo: Some(f.join("layer.zinfo")),
         trap_after_blob_reads: None,
+        pins: Default::default(),
         options: OpenOptions {
             cache_bytes: Some(1 << 20),
             max_cursors: None,

@@ -177,9 +177,7 @@ impl tarindex::Guest for Component {
             .transpose()?;
         let samples = samples_from_wit(&options);
         let device = Device::open_with(meta, blob, zinfo, options_from_wit(options), samples)?;
-        Ok(tarindex::Device::new(DeviceResource(RefCell::new(Some(
-            device,
-        )))))
+        Ok(tarindex::Device::new(DeviceResource::new(device)))
     }
 
     fn open(
@@ -196,17 +194,29 @@ impl tarindex::Guest for Component {
             .map(|z| SizedSource::new("zinfo", Box::new(ImportedFile(z))))
             .transpose()?;
         let device = Device::open_with(meta, blob, zinfo, options, samples)?;
-        Ok(tarindex::Device::new(DeviceResource(RefCell::new(Some(
-            device,
-        )))))
+        Ok(tarindex::Device::new(DeviceResource::new(device)))
     }
 }
 
-pub(crate) struct DeviceResource(pub(crate) RefCell<Option<Device>>);
+/// A `device` resource: the device until a filesystem takes it, and its two sizes, which
+/// never change and so stay true after the hand-over (instead of a made-up 0).
+pub(crate) struct DeviceResource {
+    device: RefCell<Option<Device>>,
+    size: u64,
+    meta_size: u64,
+}
 
 impl DeviceResource {
+    pub(crate) fn new(device: Device) -> DeviceResource {
+        DeviceResource {
+            size: device.size(),
+            meta_size: device.meta_size(),
+            device: RefCell::new(Some(device)),
+        }
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Device) -> R) -> Result<R, WitError> {
-        match self.0.borrow_mut().as_mut() {
+        match self.device.borrow_mut().as_mut() {
             Some(device) => Ok(f(device)),
             None => Err(WitError::Io("device: it was handed to a filesystem".into())),
         }
@@ -215,11 +225,11 @@ impl DeviceResource {
 
 impl GuestDevice for DeviceResource {
     fn size(&self) -> u64 {
-        self.with(|d| d.size()).unwrap_or(0)
+        self.size
     }
 
     fn meta_size(&self) -> u64 {
-        self.with(|d| d.meta_size()).unwrap_or(0)
+        self.meta_size
     }
 
     fn pread(&self, offset: u64, len: u32) -> Result<Vec<u8>, WitError> {
@@ -322,7 +332,7 @@ impl wit_fs::Guest for Component {
     fn open(dev: tarindex::Device) -> Result<wit_fs::Filesystem, WitError> {
         let resource: DeviceResource = dev.into_inner();
         let device =
-            resource.0.borrow_mut().take().ok_or_else(|| {
+            resource.device.borrow_mut().take().ok_or_else(|| {
                 WitError::Io("device: it was already handed to a filesystem".into())
             })?;
         let fs = Filesystem::open(device)?;

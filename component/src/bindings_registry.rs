@@ -2,8 +2,6 @@
 //! next to its image and opening a layer with the index found there. No logic lives here;
 //! it is in `remote::{image, push, discover}`.
 
-use std::cell::RefCell;
-
 use crate::bindings::erofs::reader::types::Error as WitError;
 use crate::bindings::exports::erofs::reader::registry::{
     self, Image, ImageLayer, LayerIndex, Pushed,
@@ -89,8 +87,6 @@ impl registry::Guest for Component {
             .map(|z| SizedSource::new("zinfo", Box::new(MemSource(z))))
             .transpose()?;
         let device = Device::open(meta, blob, zinfo, options_from_wit(options))?;
-        Ok(tarindex::Device::new(DeviceResource(RefCell::new(Some(
-            device,
-        )))))
+        Ok(tarindex::Device::new(DeviceResource::new(device)))
     }
 }

@@ -11,6 +11,24 @@ vfile returns to the component, and the bytes a pread returns to Python (about 0
 MiB each way here). `fast_bytes()` swaps in a bulk conversion for byte lists; it relies on
 the C value layout of the pinned wasmtime-py, checks it first, and is off by default.
 See docs/embedding.md for the figures.
+
+Where the rest of the time goes, with `fast_bytes()` (cProfile of twenty random 1 MiB
+device reads of fixtures/large, 2026-12-02, wasmtime-py 50.0.1: 0.92 s per read; the
+component read 16 MB of blob through the vfile): 68% inside `wasmtime_component_func_call`
+(the guest's own inflate is well under a tenth of that; the rest is the C API's dynamic
+`Val` path, one `Val::U8` per byte lowered into the guest for every vfile reply and
+lifted out of it for the pread result, about 0.3 µs a byte), 21% in the Python-side copies
+of the C `wasmtime_component_val_t` arrays (32 bytes per element: `string_at`, `to_c`),
+and 9% allocating and freeing those arrays. No Python code can remove the C part: every
+`list<u8>` crosses as a vector of per-element values.
+
+The fix belongs upstream: wasmtime's C API needs a bulk case for byte lists (a
+`wasmtime_component_val_t` kind whose payload is a pointer and a length, lowered and
+lifted with one memcpy, as the typed Rust API `Func::typed::<_, (Vec<u8>,)>` and jco's
+`Uint8Array` already do), and wasmtime-py should map `bytes`/`bytearray` to it in
+`ListType.convert_to_c`/`convert_from_c`. A project-side workaround through the WIT's
+shape (a `string` whose code points are the bytes, which crosses in bulk) would need a
+second `vfile.pread` import that every host implements; it is not done.
 """
 from __future__ import annotations
 

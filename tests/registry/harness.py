@@ -547,12 +547,15 @@ def push_fixtures(client: oci.Client, registry, fixtures: Path, names):
 def start_proxy(workdir=None, upstream=None, fault="none", every=1, first=1, limit=None,
                 delay_ms=20, extra_bytes=1000, match=None, plain=False, ca_file=None,
                 cert_file=None, key_file=None, upstream_plain=False, log_path=None,
-                max_lifetime=DEFAULT_MAX_LIFETIME, watch_pid=None, timeout=30):
+                max_lifetime=DEFAULT_MAX_LIFETIME, watch_pid=None, timeout=30,
+                rtt_ms=None, rate_mbit=None):
     """Start a fault proxy in the background; returns the dict the `proxy` command prints.
     With `workdir` (a `start`'s workdir) the upstream, TLS files and auth challenge come
     from there, and `stop(workdir)` stops the proxy too; its own directory is then
     WORKDIR/proxies/proxy-*/. Without it, a temporary directory is made; pass `upstream`,
-    and `ca_file` to reach a TLS upstream, `cert_file`/`key_file` to serve TLS."""
+    and `ca_file` to reach a TLS upstream, `cert_file`/`key_file` to serve TLS.
+    `rtt_ms` / `rate_mbit`: clients reach the proxy through an emulated link (link.py)
+    with that round-trip time and rate cap; its connection log is `links_log`."""
     from proxy import FAULTS
     if fault not in FAULTS:
         raise HarnessError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
@@ -589,7 +592,8 @@ def start_proxy(workdir=None, upstream=None, fault="none", every=1, first=1, lim
            "upstream_tls": not upstream_plain and bool(ca_file), "ca_file": ca_file,
            "log": str(Path(log_path).resolve()) if log_path else str(d / "requests.log"),
            "challenge": challenge, "store_dir": store_dir,
-           "max_lifetime": max_lifetime, "watch_pid": watch_pid}
+           "max_lifetime": max_lifetime, "watch_pid": watch_pid,
+           "rtt_ms": rtt_ms, "rate_mbit": rate_mbit, "links_log": str(d / "links.log")}
     (d / "proxy.json").write_text(json.dumps(cfg))
     try:
         p = spawn_daemon([sys.executable, str(HERE / "harness.py"), "_proxy", "--workdir", str(d)], d, "proxy")
@@ -614,8 +618,21 @@ def proxy_main(workdir):
     srv = FaultProxy(pcfg, server_tls_context(cfg["cert_file"], cfg["key_file"]) if cfg["tls"] else None)
     open(cfg["log"], "a").close()
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    print(json.dumps({"proxy": f"127.0.0.1:{srv.port}", "pid": os.getpid(),
-                      "url": f"{'https' if cfg['tls'] else 'http'}://127.0.0.1:{srv.port}",
+    # Clients reach the proxy through an emulated link when a round-trip time or a rate
+    # cap is asked for; the proxy's own port stays reachable as `direct`.
+    port, link = srv.port, None
+    if cfg.get("rtt_ms") is not None or cfg.get("rate_mbit") is not None:
+        from link import Link
+        open(cfg["links_log"], "a").close()
+        link = Link(("127.0.0.1", srv.port), cfg.get("rtt_ms") or 0.0, cfg.get("rate_mbit"),
+                    cfg["links_log"])
+        threading.Thread(target=link.serve_forever, daemon=True).start()
+        port = link.port
+    print(json.dumps({"proxy": f"127.0.0.1:{port}", "pid": os.getpid(),
+                      "direct": f"127.0.0.1:{srv.port}",
+                      "rtt_ms": cfg.get("rtt_ms"), "rate_mbit": cfg.get("rate_mbit"),
+                      "links_log": cfg["links_log"] if link else None,
+                      "url": f"{'https' if cfg['tls'] else 'http'}://127.0.0.1:{port}",
                       "tls": cfg["tls"], "ca_file": cfg["ca_file"] if cfg["tls"] else None,
                       "store": f"127.0.0.1:{srv.store.port}" if srv.store else None,
                       "upstream": cfg["upstream"], "fault": cfg["fault"], "log": cfg["log"],
@@ -623,6 +640,8 @@ def proxy_main(workdir):
     detach_stdout()
     why = watch(ev, d, cfg["max_lifetime"], cfg["watch_pid"])
     log(f"proxy: stopping ({why})")
+    if link:
+        link.shutdown()
     srv.shutdown()
     return 0
 
@@ -670,6 +689,9 @@ def main(argv=None):
     s.add_argument("--key", help="its key")
     s.add_argument("--upstream-plain", action="store_true", help="talk plain HTTP upstream")
     s.add_argument("--log", help="request log file (default: in the proxy's directory)")
+    s.add_argument("--rtt-ms", type=float,
+                   help="clients reach the proxy through a link with this round-trip time (link.py)")
+    s.add_argument("--rate-mbit", type=float, help="that link's rate cap in Mbit/s (default: none)")
     lifetime_opts(s)
 
     sub.add_parser("selftest", help="start every mode and fault once against real servers")
@@ -690,7 +712,8 @@ def main(argv=None):
         elif a.cmd == "proxy":
             info = start_proxy(a.workdir, a.upstream, a.fault, a.every, a.first, a.limit, a.delay_ms,
                                a.extra_bytes, a.match, a.plain, a.ca_file, a.cert, a.key,
-                               a.upstream_plain, a.log, a.max_lifetime, a.watch_pid)
+                               a.upstream_plain, a.log, a.max_lifetime, a.watch_pid,
+                               rtt_ms=a.rtt_ms, rate_mbit=a.rate_mbit)
             print(json.dumps(info), flush=True)
         elif a.cmd == "selftest":
             import selftest

@@ -3,7 +3,9 @@
 //! Reads are served from an LRU cache of aligned chunks. Missing chunks of one read are
 //! fetched together (adjacent ones in one request), and a read that continues a
 //! sequential stream also fetches the chunks after it, in a window that doubles up to
-//! `readahead_max`. Every response is checked (status, `Content-Range`, body length)
+//! `readahead_max`; a stream also keeps up to [`super::prefetch::MAX_AHEAD`] further windows
+//! in flight (requested, not yet used), so that the network works while the component
+//! decodes. Every response is checked (status, `Content-Range`, body length)
 //! before a byte of it is used; failures are retried with backoff, and after the last
 //! attempt the read fails with an I/O error naming the URL, the range and the cause.
 
@@ -17,6 +19,8 @@ pub use super::content_range::{parse_content_range, ContentRange};
 use super::content_range::{check_partial, len_u64};
 use super::manifest::sha256_digest;
 use super::net::Net;
+use super::prefetch::{Ask, Chunks, Queue};
+use super::streams::Streams;
 use super::transport::{HttpResponse, Method};
 use super::url::Url;
 use super::RemoteOptions;
@@ -24,70 +28,15 @@ use crate::defaults;
 use crate::error::{Error, Kind, Result};
 use crate::source::{RemoteStats, Source};
 
-/// Sequential streams tracked at once (like the inflater's cursors: a few files read
-/// side by side each keep their own readahead).
-const MAX_STREAMS: usize = 4;
-
-struct Stream {
-    /// Offset of the last read and end of the furthest one.
-    last_offset: u64,
-    end: u64,
-    /// Current readahead window in bytes (0 until the stream proves sequential).
-    window: u64,
-    used: u64,
-}
-
 struct State {
     chunks: Option<LruCache<u64, Vec<u8>>>,
-    streams: Vec<Stream>,
-    tick: u64,
+    streams: Streams,
     /// The whole blob, when a server ignored Range and the blob was small enough to keep.
     full: Option<Vec<u8>>,
     /// Where the registry last redirected blob requests (presigned storage URLs).
     redirect: Option<Url>,
-}
-
-impl State {
-    /// Find the stream this read continues, or start a new one (replacing the least
-    /// recently used). Returns its index and whether the read was sequential.
-    fn touch_stream(&mut self, offset: u64, end: u64, slack: u64) -> (usize, bool) {
-        self.tick = self.tick.wrapping_add(1);
-        let tick = self.tick;
-        for (i, s) in self.streams.iter_mut().enumerate() {
-            if offset >= s.last_offset && offset <= s.end.saturating_add(slack) {
-                s.last_offset = offset;
-                s.end = s.end.max(end);
-                s.used = tick;
-                return (i, true);
-            }
-        }
-        let fresh = Stream {
-            last_offset: offset,
-            end,
-            window: 0,
-            used: tick,
-        };
-        if self.streams.len() < MAX_STREAMS {
-            self.streams.push(fresh);
-            return (self.streams.len().saturating_sub(1), false);
-        }
-        // Full: the least recently used stream gives way.
-        let oldest = self
-            .streams
-            .iter_mut()
-            .enumerate()
-            .min_by_key(|(_, s)| s.used);
-        match oldest {
-            Some((i, slot)) => {
-                *slot = fresh;
-                (i, false)
-            }
-            None => {
-                self.streams.push(fresh);
-                (0, false)
-            }
-        }
-    }
+    /// Ranges asked ahead of sequential streams.
+    ahead: Queue,
 }
 
 enum Fetched {
@@ -159,10 +108,10 @@ impl RemoteBlob {
             full_body_cap: opts.memory_cap_for_full_body,
             state: RefCell::new(State {
                 chunks: NonZeroUsize::new(capacity).map(LruCache::new),
-                streams: Vec::new(),
-                tick: 0,
+                streams: Streams::default(),
                 full: None,
                 redirect: None,
+                ahead: Queue::default(),
             }),
         })
     }
@@ -353,18 +302,28 @@ impl RemoteBlob {
         let cs = self.chunk_size.get();
         let first = offset / self.chunk_size;
         let last = end.saturating_sub(1) / self.chunk_size;
-        let (stream, sequential) = st.touch_stream(offset, end, cs);
+        let (stream, sequential) = st.streams.touch(offset, end, cs);
         let mut out = vec![0u8; to_usize(want.len())?];
-        // State 2: copy the cached chunks; the missing ones form runs to fetch.
+        // State 2: a sequential stream has its next windows asked for (after this read:
+        // the read's own chunks always come through `fetch`, with its retries), and the
+        // ranges asked ahead hand over the chunks this read needs as they arrive.
+        if sequential {
+            self.ask_ahead(st, stream, last.saturating_add(1));
+        }
+        self.collect_ahead(st, first, last);
+        // State 3: copy the cached chunks; the missing ones form runs to fetch.
         let mut runs = self.copy_cached(st, &want, &mut out, first, last)?;
         if runs.is_empty() {
+            if sequential {
+                self.ask_ahead(st, stream, last.saturating_add(1));
+            }
             return Ok(out);
         }
-        // State 3: a sequential read grows its stream's window and stretches the last run.
+        // State 4: a sequential read grows its stream's window and stretches the last run.
         if sequential && self.readahead_max > 0 {
             self.extend_readahead(st, stream, &mut runs, last);
         }
-        // State 4: fetch each run in requests of at most max_request bytes.
+        // State 5: fetch each run in requests of at most max_request bytes.
         let per_request = (self.max_request / self.chunk_size).max(1);
         for (run_start, run_end) in runs {
             let mut c = run_start;
@@ -374,10 +333,12 @@ impl RemoteBlob {
                 let b = self.chunk_end(piece_end.saturating_sub(1));
                 match self.fetch(st, a, b)? {
                     Fetched::Full(body) => {
-                        // The server sent the whole blob: keep it and drop the chunk cache.
+                        // The server sent the whole blob: keep it and drop the chunk cache
+                        // and whatever was asked ahead.
                         out.copy_from_slice(want.of_whole(&body)?);
                         st.chunks = None;
                         st.full = Some(body);
+                        st.ahead.clear();
                         return Ok(out);
                     }
                     Fetched::Range(body) => {
@@ -395,7 +356,70 @@ impl RemoteBlob {
                 c = piece_end;
             }
         }
+        // State 6: a sequential stream keeps its next windows asked for.
+        if sequential {
+            self.ask_ahead(st, stream, last.saturating_add(1));
+        }
         Ok(out)
+    }
+
+    /// Whether chunk `c` is cached or asked ahead.
+    fn have_or_asked(st: &State, c: u64) -> bool {
+        st.chunks.as_ref().is_some_and(|cache| cache.contains(&c)) || st.ahead.holds(c)
+    }
+
+    /// Have the ranges asked ahead hand over the chunks of `first..=last` to the cache.
+    fn collect_ahead(&self, st: &mut State, first: u64, last: u64) {
+        let cs = self.chunk_size.get();
+        let span = |k: u64| (k.saturating_mul(cs), self.chunk_end(k));
+        let State { ahead, chunks, .. } = st;
+        let mut put = |k: u64, data: Vec<u8>| {
+            if let Some(cache) = chunks.as_mut() {
+                cache.put(k, data);
+            }
+        };
+        let chunks = Chunks {
+            span: &span,
+            put: &mut put,
+        };
+        ahead.collect(&self.net, self.size, (first, last), chunks);
+    }
+
+    /// Keep stream `stream`'s next windows asked for, from chunk `from` on
+    /// ([`prefetch::Queue::ask`]).
+    fn ask_ahead(&self, st: &mut State, stream: usize, from: u64) {
+        if self.readahead_max == 0 || st.chunks.is_none() {
+            return;
+        }
+        let Some((next, window)) = st
+            .streams
+            .get(stream)
+            .map(|s| (s.ahead_to.max(from), s.window))
+        else {
+            return;
+        };
+        let cs = self.chunk_size.get();
+        let url = st.redirect.clone().unwrap_or_else(|| self.url.clone());
+        let State { ahead, chunks, .. } = st;
+        let cached = |c: u64| chunks.as_ref().is_some_and(|cache| cache.contains(&c));
+        let span = |k: u64| (k.saturating_mul(cs), self.chunk_end(k));
+        let (next, window) = ahead.ask(Ask {
+            net: &self.net,
+            auth: self.auth.as_ref(),
+            url: &url,
+            next,
+            window,
+            n_chunks: self.size.div_ceil(cs),
+            chunk_size: self.chunk_size,
+            readahead_max: self.readahead_max,
+            cached: &cached,
+            span: &span,
+            headers: &range_headers,
+        });
+        if let Some(s) = st.streams.get_mut(stream) {
+            s.ahead_to = next;
+            s.window = window;
+        }
     }
 
     /// Copy the cached chunks among `first..=last` into `out` and count hits and misses;
@@ -453,12 +477,7 @@ impl RemoteBlob {
         let n_chunks = self.size.div_ceil(cs);
         if let Some(run) = runs.last_mut().filter(|r| r.1 == after_last) {
             let limit = after_last.saturating_add(extra).min(n_chunks);
-            while run.1 < limit
-                && !st
-                    .chunks
-                    .as_ref()
-                    .is_some_and(|cache| cache.contains(&run.1))
-            {
+            while run.1 < limit && !Self::have_or_asked(st, run.1) {
                 run.1 = run.1.saturating_add(1);
             }
         }

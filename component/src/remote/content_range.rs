@@ -58,6 +58,25 @@ pub(crate) fn check_partial(
     b: u64,
     total: Option<u64>,
 ) -> std::result::Result<(), String> {
+    check_partial_head(resp, a, b, total)?;
+    let asked = b.saturating_sub(a);
+    if len_u64(resp.body.len()) != asked {
+        return Err(format!(
+            "HTTP 206 body is {} bytes, {asked} were asked for",
+            resp.body.len(),
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_partial`] on the headers alone (the body is still to be read): also a
+/// `Content-Length`, when given, must be the asked length.
+pub(crate) fn check_partial_head(
+    resp: &HttpResponse,
+    a: u64,
+    b: u64,
+    total: Option<u64>,
+) -> std::result::Result<(), String> {
     if let Some(enc) = resp.header("content-encoding") {
         if !enc.trim().eq_ignore_ascii_case("identity") {
             return Err(format!(
@@ -88,13 +107,13 @@ pub(crate) fn check_partial(
         }
     }
     let asked = b.saturating_sub(a);
-    if len_u64(resp.body.len()) != asked {
-        return Err(format!(
-            "HTTP 206 body is {} bytes, {asked} were asked for",
-            resp.body.len(),
-        ));
+    match resp.header("content-length").map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(n)) if n != asked => Err(format!(
+            "HTTP 206 Content-Length is {n}, {asked} bytes were asked for"
+        )),
+        Some(Err(_)) => Err("HTTP 206 with a Content-Length that is not a number".into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A buffer length as u64 (usize is at most 64 bits on every target).

@@ -21,6 +21,8 @@ parser_modules! {
 }
 pub mod image;
 pub mod net;
+mod prefetch;
+mod streams;
 pub mod transport;
 #[cfg(target_arch = "wasm32")]
 pub mod wasi_transport;

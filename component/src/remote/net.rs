@@ -3,7 +3,9 @@
 
 use std::cell::Cell;
 
-use super::transport::{is_transient, HttpRequest, HttpResponse, Method, Transport};
+use super::transport::{
+    is_transient, BodyReader, HttpRequest, HttpResponse, Method, Started, Transport,
+};
 use super::url::{shorten, Scheme, Url};
 use super::RemoteOptions;
 use crate::error::{Error, Result};
@@ -78,6 +80,39 @@ impl Net {
         let resp = self.transport.send(req, max_body)?;
         self.bump(|s| s.bytes_fetched += resp.body.len() as u64);
         Ok(resp)
+    }
+
+    /// One exchange started without waiting for its answer ([`Transport::start`]);
+    /// counted once it is really sent.
+    pub fn start(&self, req: &HttpRequest) -> Result<Started> {
+        let started = self.transport.start(req)?;
+        if matches!(started, Started::Sent(_)) {
+            self.bump(|s| s.requests += 1);
+        }
+        Ok(started)
+    }
+
+    /// The answer to [`Net::start`].
+    pub fn finish(&self, started: Started, max_body: u64) -> Result<HttpResponse> {
+        if matches!(started, Started::Deferred(_)) {
+            self.bump(|s| s.requests += 1);
+        }
+        let resp = self.transport.finish(started, max_body)?;
+        self.bump(|s| s.bytes_fetched += resp.body.len() as u64);
+        Ok(resp)
+    }
+
+    /// The answer to [`Net::start`] with its body still to read ([`Transport::open`]);
+    /// the caller counts the body bytes it reads.
+    pub fn open(
+        &self,
+        started: Started,
+        max_body: u64,
+    ) -> Result<(HttpResponse, Box<dyn BodyReader>)> {
+        if matches!(started, Started::Deferred(_)) {
+            self.bump(|s| s.requests += 1);
+        }
+        self.transport.open(started, max_body)
     }
 
     /// Wait before retry number `retry` (1-based): the initial backoff doubled each time,

@@ -88,6 +88,72 @@ pub trait Transport {
     fn send(&self, req: &HttpRequest, max_body: u64) -> Result<HttpResponse>;
     /// Block for `ms` milliseconds (retry backoff).
     fn sleep_ms(&self, ms: u64);
+    /// Send `req` without waiting for the answer, which [`Transport::finish`] collects:
+    /// the request travels (and the host reads its body) while the caller works. The
+    /// default only remembers the request and sends it in `finish` (no overlap).
+    fn start(&self, req: &HttpRequest) -> Result<Started> {
+        Ok(Started::Deferred(req.clone()))
+    }
+    /// The answer to a [`Transport::start`]ed request, as [`Transport::send`] gives it.
+    fn finish(&self, started: Started, max_body: u64) -> Result<HttpResponse> {
+        match started {
+            Started::Sent(pending) => pending.wait(max_body),
+            Started::Deferred(req) => self.send(&req, max_body),
+        }
+    }
+    /// The answer to a [`Transport::start`]ed request with its body still to read, so
+    /// that its first bytes can be used while the rest arrives: the response (its body
+    /// empty) and a reader of the body. A `Content-Length` above `max_body` is refused
+    /// as in [`Transport::send`].
+    fn open(&self, started: Started, max_body: u64) -> Result<(HttpResponse, Box<dyn BodyReader>)> {
+        match started {
+            Started::Sent(pending) => pending.open(max_body),
+            Started::Deferred(req) => {
+                let mut resp = self.send(&req, max_body)?;
+                let body = std::mem::take(&mut resp.body);
+                Ok((resp, Box::new(InMemory { body, at: 0 })))
+            }
+        }
+    }
+}
+
+/// The body of an opened answer ([`Transport::open`]), read piece by piece.
+pub trait BodyReader {
+    /// The next `n` bytes of the body, blocking until they are in; fewer only where the
+    /// body ends. Errors as [`Transport::send`]'s (a body cut short is [`Kind::Io`]).
+    fn read(&mut self, n: u64) -> Result<Vec<u8>>;
+}
+
+/// A body already in memory, as a [`BodyReader`].
+struct InMemory {
+    body: Vec<u8>,
+    at: usize,
+}
+
+impl BodyReader for InMemory {
+    fn read(&mut self, n: u64) -> Result<Vec<u8>> {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        let end = self.at.saturating_add(n).min(self.body.len());
+        let piece = self.body.get(self.at..end).unwrap_or_default().to_vec();
+        self.at = end;
+        Ok(piece)
+    }
+}
+
+/// An answer on its way (see [`Transport::start`]).
+pub trait Pending {
+    /// Block until the answer is in; read its body up to `max_body` bytes.
+    fn wait(self: Box<Self>, max_body: u64) -> Result<HttpResponse>;
+    /// Block until the answer's headers are in; the body is read through the reader.
+    fn open(self: Box<Self>, max_body: u64) -> Result<(HttpResponse, Box<dyn BodyReader>)>;
+}
+
+/// A started request (dropping it abandons the request).
+pub enum Started {
+    /// Not sent yet: sent when its answer is asked for.
+    Deferred(HttpRequest),
+    /// Sent; the answer is on its way.
+    Sent(Box<dyn Pending>),
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -96,6 +162,15 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn sleep_ms(&self, ms: u64) {
         (**self).sleep_ms(ms)
+    }
+    fn start(&self, req: &HttpRequest) -> Result<Started> {
+        (**self).start(req)
+    }
+    fn finish(&self, started: Started, max_body: u64) -> Result<HttpResponse> {
+        (**self).finish(started, max_body)
+    }
+    fn open(&self, started: Started, max_body: u64) -> Result<(HttpResponse, Box<dyn BodyReader>)> {
+        (**self).open(started, max_body)
     }
 }
 

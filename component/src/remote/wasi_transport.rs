@@ -10,7 +10,11 @@ use wasi::http::types::{
 };
 use wasi::io::streams::StreamError;
 
-use super::transport::{body_too_large, HttpRequest, HttpResponse, Method, Transport};
+use wasi::http::types::FutureIncomingResponse;
+
+use super::transport::{
+    body_too_large, BodyReader, HttpRequest, HttpResponse, Method, Pending, Started, Transport,
+};
 use super::url::{Scheme, Url};
 use crate::error::{Error, Result};
 
@@ -74,6 +78,17 @@ fn bad_request(url: &Url, what: &str) -> Error {
 
 impl Transport for WasiTransport {
     fn send(&self, req: &HttpRequest, max_body: u64) -> Result<HttpResponse> {
+        let started = self.start(req)?;
+        self.finish(started, max_body)
+    }
+
+    fn sleep_ms(&self, ms: u64) {
+        wasi::clocks::monotonic_clock::subscribe_duration(ns(ms)).block();
+    }
+
+    /// `outgoing-handler.handle` returns at once: the host sends the request and reads
+    /// the answer (its body too) while the component goes on.
+    fn start(&self, req: &HttpRequest) -> Result<Started> {
         let url = Url::parse(&req.url)
             .map_err(|e| Error::unsupported(format!("cannot send to this URL: {}", e.message())))?;
         let mut entries: Vec<(String, Vec<u8>)> = req
@@ -134,12 +149,39 @@ impl Transport for WasiTransport {
             &url,
             if sends_body { &req.body } else { &[] },
         )?;
+        Ok(Started::Sent(Box::new(WasiPending {
+            future,
+            url,
+            head: req.method == Method::Head,
+        })))
+    }
+}
+
+/// A request `outgoing-handler.handle` took: its answer, when it comes.
+struct WasiPending {
+    future: FutureIncomingResponse,
+    url: Url,
+    head: bool,
+}
+
+/// An answer whose headers are in.
+struct Answer {
+    response: IncomingResponse,
+    status: u16,
+    headers: Vec<(String, String)>,
+    content_length: Option<u64>,
+}
+
+impl WasiPending {
+    /// Block until the response headers are in.
+    fn answer(&self) -> Result<Answer> {
+        let url = &self.url;
         let response = loop {
-            match future.get() {
+            match self.future.get() {
                 Some(Ok(Ok(response))) => break response,
-                Some(Ok(Err(code))) => return Err(from_code(&url, code)),
+                Some(Ok(Err(code))) => return Err(from_code(url, code)),
                 Some(Err(())) => return Err(Error::io(format!("{url}: response already taken"))),
-                None => future.subscribe().block(),
+                None => self.future.subscribe().block(),
             }
         };
         let status = response.status();
@@ -155,7 +197,25 @@ impl Transport for WasiTransport {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.trim().parse::<u64>().ok());
-        if req.method == Method::Head {
+        Ok(Answer {
+            response,
+            status,
+            headers,
+            content_length,
+        })
+    }
+}
+
+impl Pending for WasiPending {
+    fn wait(self: Box<Self>, max_body: u64) -> Result<HttpResponse> {
+        let Answer {
+            response,
+            status,
+            headers,
+            content_length,
+        } = self.answer()?;
+        let url = &self.url;
+        if self.head {
             return Ok(HttpResponse {
                 status,
                 headers,
@@ -163,10 +223,10 @@ impl Transport for WasiTransport {
             });
         }
         if content_length.is_some_and(|n| n > max_body) {
-            return Err(body_too_large(&req.url, status, max_body));
+            return Err(body_too_large(&url.to_string(), status, max_body));
         }
         let expected = content_length.unwrap_or(0).min(max_body);
-        let body = read_body(&response, &url, status, max_body, expected)?;
+        let body = read_body(&response, url, status, max_body, expected)?;
         if let Some(n) = content_length {
             if body.len() as u64 != n {
                 return Err(Error::io(format!(
@@ -182,8 +242,87 @@ impl Transport for WasiTransport {
         })
     }
 
-    fn sleep_ms(&self, ms: u64) {
-        wasi::clocks::monotonic_clock::subscribe_duration(ns(ms)).block();
+    fn open(self: Box<Self>, max_body: u64) -> Result<(HttpResponse, Box<dyn BodyReader>)> {
+        let answer = self.answer()?;
+        let url = self.url.clone();
+        let status = answer.status;
+        if answer.content_length.is_some_and(|n| n > max_body) {
+            return Err(body_too_large(&url.to_string(), status, max_body));
+        }
+        let body = answer
+            .response
+            .consume()
+            .map_err(|()| Error::io(format!("{url}: response body already taken")))?;
+        let stream = body
+            .stream()
+            .map_err(|()| Error::io(format!("{url}: response body stream already taken")))?;
+        let head = HttpResponse {
+            status,
+            headers: answer.headers,
+            body: Vec::new(),
+        };
+        let reader = WasiBodyReader {
+            stream,
+            _body: body,
+            _response: answer.response,
+            url,
+            status,
+            got: 0,
+            length: answer.content_length,
+            max_body,
+        };
+        Ok((head, Box::new(reader)))
+    }
+}
+
+/// An opened answer's body. Fields drop in order: the stream is a child of the body,
+/// which is a child of the response.
+struct WasiBodyReader {
+    stream: wasi::io::streams::InputStream,
+    _body: wasi::http::types::IncomingBody,
+    _response: IncomingResponse,
+    url: Url,
+    status: u16,
+    /// Body bytes read so far, and what Content-Length promised.
+    got: u64,
+    length: Option<u64>,
+    max_body: u64,
+}
+
+impl BodyReader for WasiBodyReader {
+    fn read(&mut self, n: u64) -> Result<Vec<u8>> {
+        let (url, status) = (&self.url, self.status);
+        let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        while (out.len() as u64) < n {
+            let room = n - out.len() as u64;
+            match self.stream.blocking_read(room.min(READ_PIECE)) {
+                Ok(bytes) => out.extend_from_slice(&bytes),
+                Err(StreamError::Closed) => {
+                    let got = self.got.saturating_add(out.len() as u64);
+                    if let Some(length) = self.length.filter(|&l| got < l) {
+                        return Err(Error::io(format!(
+                            "{url}: HTTP {status}: body ended after {got} of {length} bytes"
+                        )));
+                    }
+                    break;
+                }
+                Err(StreamError::LastOperationFailed(e)) => {
+                    let cause = match wasi::http::types::http_error_code(&e) {
+                        Some(code) => describe(&code),
+                        None => e.to_debug_string(),
+                    };
+                    return Err(Error::io(format!(
+                        "{url}: HTTP {status}: reading the body failed after {} bytes: {cause}",
+                        self.got.saturating_add(out.len() as u64)
+                    )));
+                }
+            }
+        }
+        self.got = self.got.saturating_add(out.len() as u64);
+        if self.got > self.max_body {
+            return Err(body_too_large(&url.to_string(), status, self.max_body));
+        }
+        Ok(out)
     }
 }
 

@@ -56,12 +56,20 @@ pub fn run(args: CatArgs) -> Result<()> {
     let mut others = Vec::new();
     if jobs > 1 {
         let mut written = 0u64;
-        others = parallel_read::read_parallel(&mut device, jobs, args.offset..end, |bytes| {
-            out.write_all(bytes).context("writing to stdout")?;
+        let mut closed = false;
+        let read = parallel_read::read_parallel(&mut device, jobs, args.offset..end, |bytes| {
+            if !write_stdout(&mut out, bytes)? {
+                closed = true;
+                anyhow::bail!("stdout closed");
+            }
             written += bytes.len() as u64;
             progress.set_position(written);
             Ok(())
-        })?;
+        });
+        match read {
+            Err(_) if closed => return Ok(()),
+            read => others = read?,
+        }
     } else {
         let mut pos = args.offset;
         while pos < end {
@@ -69,16 +77,29 @@ pub fn run(args: CatArgs) -> Result<()> {
             let bytes = device
                 .pread(pos, want)
                 .with_context(|| format!("reading device offset {pos}"))?;
+            // The sandbox already holds the device to its contract; cat checks its own
+            // arithmetic too: never more than it asked for, never nothing before the end.
             if bytes.is_empty() {
                 anyhow::bail!("device returned no bytes at offset {pos}, before its end {end}");
             }
-            out.write_all(&bytes).context("writing to stdout")?;
+            if bytes.len() > want as usize {
+                anyhow::bail!(
+                    "device returned {} bytes at offset {pos}, more than the {want} asked for; refused",
+                    bytes.len()
+                );
+            }
+            if !write_stdout(&mut out, &bytes)? {
+                return Ok(());
+            }
             pos += bytes.len() as u64;
             progress.set_position(pos - args.offset);
         }
     }
     progress.finish();
-    out.flush().context("writing to stdout")?;
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        flushed => flushed.context("writing to stdout")?,
+    }
     if args.stats {
         print_stats(&mut device)?;
         for (i, other) in others.iter_mut().enumerate() {
@@ -96,6 +117,16 @@ pub fn run(args: CatArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes `bytes` to stdout: `false` when the reader closed the pipe (`cat … | head`),
+/// which ends cat quietly, as coreutils do (the reader has what it wanted).
+fn write_stdout(out: &mut impl Write, bytes: &[u8]) -> Result<bool> {
+    match out.write_all(bytes) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing to stdout"),
+    }
 }
 
 /// `--stats`: the device's counters, the remote fetcher's, and the host's egress ones.

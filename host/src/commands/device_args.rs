@@ -316,6 +316,7 @@ impl DeviceArgs {
                 blob,
                 zinfo,
                 options,
+                pins: Default::default(),
                 #[cfg(feature = "fault-injection")]
                 trap_after_blob_reads: self
                     .faults

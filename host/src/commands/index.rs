@@ -115,8 +115,7 @@ pub fn run(args: IndexArgs) -> Result<()> {
         outputs.push((path.as_path(), zinfo.as_slice()));
     }
     atomic_output::write_all(&outputs)?;
-    report(&args, &tarindex, &output, started.elapsed());
-    Ok(())
+    report(&args, &tarindex, &output, started.elapsed())
 }
 
 /// `--push`: every layer indexed in the sandbox, then published (see [`publish`]).
@@ -163,30 +162,33 @@ fn limits(args: &IndexArgs, blob: &BlobSource) -> Result<Limits> {
     })
 }
 
-fn report(args: &IndexArgs, tarindex: &Path, output: &IndexOutput, took: Duration) {
+fn report(args: &IndexArgs, tarindex: &Path, output: &IndexOutput, took: Duration) -> Result<()> {
     let s = &output.stats;
-    println!(
+    let mut lines = vec![format!(
         "meta: {} ({} bytes, {} inodes from {} tar entries)",
         tarindex.display(),
         output.meta.len(),
         s.inodes,
         s.entries
-    );
+    )];
     if let (Some(path), Some(z)) = (&args.zinfo, &output.zinfo) {
-        println!(
+        lines.push(format!(
             "zinfo: {} ({} bytes, {} checkpoints, span {})",
             path.display(),
             z.len(),
             s.checkpoints,
             s.span_size
-        );
+        ));
     }
-    println!("blob: {} bytes, digest {}", s.blob_size, s.blob_digest);
-    println!("tar: {} bytes, diff_id {}", s.tar_size, s.diff_id);
-    for note in &s.notes {
-        println!("note: {note}");
-    }
+    lines.push(format!(
+        "blob: {} bytes, digest {}",
+        s.blob_size, s.blob_digest
+    ));
+    lines.push(format!("tar: {} bytes, diff_id {}", s.tar_size, s.diff_id));
+    lines.extend(s.notes.iter().map(|note| format!("note: {note}")));
     tracing::info!("indexed in {:.3} s", took.as_secs_f64());
+    // `index … | head` closes the pipe early: quiet, as `verify` (coreutils' way).
+    super::verify::print_lines(&lines)
 }
 
 /// Progress of a build ([`Progress`]: on a terminal only, after about a second, never

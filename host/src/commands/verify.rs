@@ -2,7 +2,7 @@
 //! NBD backends do before a kernel sees the image ([`verify_image`]); `--deep` also
 //! checks every regular file's tar header, reading the whole tar.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use super::device_args::DeviceArgs;
@@ -39,17 +39,31 @@ pub fn run(args: VerifyArgs) -> Result<()> {
     let v = verify_image(runtime, &spec, limits, depth)?;
     progress.finish();
     let r = &v.report;
-    println!(
+    let mut lines = vec![format!(
         "ok: {} directories, {} regular files, {} symlinks, {} special files, {} entries, {} hard links, {} bytes of file data",
         r.directories, r.regular_files, r.symlinks, r.special_files, r.entries, r.hard_links, r.data_bytes
-    );
-    match v.headers_checked {
-        Some(n) => println!(
+    )];
+    lines.push(match v.headers_checked {
+        Some(n) => format!(
             "ok: the tar headers of all {n} regular files with data match the index (the whole tar was read)"
         ),
-        None => println!(
-            "note: the tar headers of a sample of files were checked; --deep checks every file's (reads the whole tar)"
-        ),
+        None => "note: the tar headers of a sample of files were checked; --deep checks every file's (reads the whole tar)".to_string(),
+    });
+    print_lines(&lines)
+}
+
+/// Writes `lines` to stdout. A reader that stops early (`verify … | head`) closes the
+/// pipe: that ends the output quietly, as coreutils do, instead of the panic of
+/// `println!`. Any other write error is reported.
+pub(crate) fn print_lines(lines: &[String]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = lines
+        .iter()
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
     }
-    Ok(())
 }

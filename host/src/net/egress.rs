@@ -65,7 +65,8 @@ pub struct EgressPolicy {
     writes: AtomicBool,
     credentials: Option<Credentials>,
     insecure: bool,
-    tls: Arc<rustls::ClientConfig>,
+    /// The pooled sender every store of the device shares.
+    sender: Arc<http_send::Sender>,
     timeouts: Timeouts,
     cache: Option<RangeCache>,
     /// Range-cache entries served lately, newest last (see [`RECENT_HITS`]).
@@ -97,7 +98,7 @@ impl EgressPolicy {
             writes: AtomicBool::new(false),
             credentials,
             insecure,
-            tls: http_send::tls_config(ca_file)?,
+            sender: http_send::Sender::new(http_send::tls_config(ca_file)?, timeouts),
             timeouts,
             cache,
             recent_hits: Mutex::new(VecDeque::new()),
@@ -474,8 +475,7 @@ impl WasiHttpHooks for Egress {
             // Step 4: the request goes out; its response may extend the allow-list.
             let path = request.uri().path().to_string();
             policy.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let mut response =
-                http_send::send(request, policy.tls.clone(), policy.timeouts).await?;
+            let mut response = policy.sender.send(request).await?;
             policy.observe(&path, from_origin, &response)?;
             let unauthorized = response.status() == http::StatusCode::UNAUTHORIZED;
             if let (true, Some(mut again)) = (unauthorized, resend) {
@@ -483,7 +483,7 @@ impl WasiHttpHooks for Egress {
                 // another instance saw): the same request once more, with them.
                 if policy.add_credentials(&mut again)? {
                     policy.stats.requests.fetch_add(1, Ordering::Relaxed);
-                    response = http_send::send(again, policy.tls.clone(), policy.timeouts).await?;
+                    response = policy.sender.send(again).await?;
                     policy.observe(&path, from_origin, &response)?;
                 }
             }

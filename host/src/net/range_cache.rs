@@ -176,13 +176,10 @@ impl RangeCache {
         let size_path = dir.join("size");
         if !size_path.exists() {
             let tmp = dir.join(format!(".size.{unique}"));
-            std::fs::write(&tmp, total.to_string())?;
-            std::fs::rename(&tmp, &size_path)?;
+            write_then_rename(&tmp, total.to_string().as_bytes(), &size_path)?;
         }
         let tmp = dir.join(format!(".{}-{}.{unique}", key.start, key.end));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, self.range_path(key))?;
-        Ok(())
+        write_then_rename(&tmp, bytes, &self.range_path(key))
     }
 
     /// Every range and temporary file: `(modified, length, path)`, and their total
@@ -222,6 +219,8 @@ impl RangeCache {
     }
 
     /// Remove the least recently used files until the cache is under 90% of its bound.
+    /// A live writer's temporary file counts but is left alone (its rename would fail);
+    /// once stale, [`Self::walk`] removes it.
     fn evict(&self) -> Result<()> {
         let (mut files, mut total) = self.walk(true)?;
         if total <= self.limit {
@@ -233,12 +232,40 @@ impl RangeCache {
             if total <= target {
                 break;
             }
+            if is_temporary(&path) {
+                continue;
+            }
             if std::fs::remove_file(&path).is_ok() {
                 total = total.saturating_sub(len);
             }
         }
         Ok(())
     }
+}
+
+/// Temporary files start with `.` (see the module comment).
+fn is_temporary(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// Write `bytes` to `tmp`, then rename it to `path`. On any failure the temporary file
+/// is removed at once (a full disk, a rename refused), not left to the stale sweep.
+fn write_then_rename(tmp: &Path, bytes: &[u8], path: &Path) -> Result<()> {
+    let done = std::fs::write(tmp, bytes)
+        .with_context(|| format!("{}: writing", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(tmp, path)
+                .with_context(|| format!("{}: renaming to {}", tmp.display(), path.display()))
+        });
+    if done.is_err() {
+        if let Err(e) = std::fs::remove_file(tmp) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::debug!("range cache: {}: cannot remove: {e}", tmp.display());
+            }
+        }
+    }
+    done
 }
 
 #[cfg(test)]
@@ -319,6 +346,29 @@ mod tests {
         let _again = RangeCache::open(&dir, 1 << 20).unwrap();
         assert!(!stale.exists());
         assert!(fresh.exists());
+        // Eviction leaves a live writer's file alone even when it is the oldest.
+        let tight = RangeCache::open(&dir, 1000).unwrap();
+        tight.evict().unwrap();
+        assert!(fresh.exists());
+        assert!(!cache.range_path(&k).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_put_leaves_no_temporary_file() {
+        let dir = temp_dir("failed-put");
+        let cache = RangeCache::open(&dir, 1 << 20).unwrap();
+        let k = key("https://a:443", 0, 9);
+        // A non-empty directory where the range file goes: the rename fails.
+        let in_the_way = cache.range_path(&k);
+        std::fs::create_dir_all(in_the_way.join("x")).unwrap();
+        assert!(cache.try_put(&k, 100, &[1u8; 10]).is_err());
+        let temps: Vec<_> = std::fs::read_dir(cache.blob_dir(&k))
+            .unwrap()
+            .flatten()
+            .filter(|e| is_temporary(&e.path()))
+            .collect();
+        assert!(temps.is_empty(), "left behind: {temps:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -20,9 +20,9 @@ use wasmtime::component::ResourceAny;
 use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtx;
 
-use super::errors::CallError;
+use super::errors::{check_reply_length, reply_error, CallError};
 use super::guest_stderr::GuestStderr;
-use super::host_file::HostFile;
+use super::pins::SharedPins;
 use super::runtime::{
     Attributes, BlobLocation, DeviceStats, DirEntry, OpenOptions, Reader, RemoteOptions,
     RemoteStats, Runtime, StoreState, VerifyReport, WitError, EPOCH_TICK,
@@ -45,6 +45,8 @@ const MAX_MEMORIES: usize = 4;
 /// bounds, WASI with nothing granted, `wasi:http` through `egress`, and a deadline of one
 /// call (`limits.call_timeout`) that traps when it passes. Callers set a fresh deadline
 /// before each later call.
+mod open;
+
 pub(crate) fn new_store(
     runtime: &Runtime,
     limits: &Limits,
@@ -99,6 +101,10 @@ pub struct DeviceSpec {
     pub blob: BlobSource,
     pub zinfo: Option<PathBuf>,
     pub options: OpenOptions,
+    /// What the first open fixed (the META and zinfo bytes, the pinned OCI manifest, the
+    /// sizes), shared by every clone: see [`super::pins`]. `Default::default()` for a new
+    /// device.
+    pub pins: SharedPins,
     /// Fault injection for tests: the blob read after this many more blob reads (over
     /// all instances) traps the component, once.
     #[cfg(feature = "fault-injection")]
@@ -186,6 +192,9 @@ struct Live {
     bindings: Reader,
     /// A `device`, or a `filesystem` (which owns its device), per `mode`.
     handle: ResourceAny,
+    /// The device's size and metadata size, asked before a filesystem took the device.
+    size: u64,
+    meta_size: u64,
 }
 
 /// The result of one raw call into the guest: the outer error is a trap.
@@ -226,13 +235,6 @@ impl SandboxedDevice {
         limits: Limits,
         mode: Mode,
     ) -> Result<Self> {
-        // The metadata image's size, from the same open the component's vfile will get
-        // (an unreadable file is named here, before any instance exists).
-        // A published index is sized by the device once it is open.
-        let meta_size = match &spec.meta {
-            Some(path) => HostFile::open(path)?.size,
-            None => 0,
-        };
         let mut this = SandboxedDevice {
             runtime,
             spec,
@@ -240,36 +242,22 @@ impl SandboxedDevice {
             limits,
             live: None,
             size: 0,
-            meta_size,
+            meta_size: 0,
             traps: 0,
             deny_all: EgressPolicy::deny_all()?,
         };
-        this.live = Some(this.start().map_err(|e| {
+        let live = this.start().map_err(|e| {
             let text = e.to_string();
             match publish_hint(&text) {
                 Some(hint) => anyhow::anyhow!("{text}; {hint}"),
                 None => anyhow::anyhow!("{text}"),
             }
-        })?);
-        if this.spec.meta.is_none() && mode == Mode::Device {
-            this.meta_size = this
-                .call(|b, s, h| {
-                    Ok(Ok(b
-                        .erofs_reader_tarindex()
-                        .device()
-                        .call_meta_size(s, h)?))
-                })
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        this.size = this
-            .call(|b, s, h| match mode {
-                Mode::Device => Ok(Ok(b.erofs_reader_tarindex().device().call_size(s, h)?)),
-                Mode::Filesystem => Ok(Ok(b
-                    .erofs_reader_filesystem()
-                    .filesystem()
-                    .call_device_size(s, h)?)),
-            })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        })?;
+        // The sizes the device reported when it opened (a filesystem's device is asked
+        // before the filesystem takes it; every reopen must report the same, see pins).
+        this.size = live.size;
+        this.meta_size = live.meta_size;
+        this.live = Some(live);
         Ok(this)
     }
 
@@ -300,9 +288,10 @@ impl SandboxedDevice {
         self.limits.call_timeout = timeout;
     }
 
-    /// Read device bytes. See the WIT `device.pread` for the contract.
+    /// Read device bytes. See the WIT `device.pread` for the contract, which is checked
+    /// here: exactly `len` bytes, fewer only where the device ends.
     pub fn pread(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, CallError> {
-        match self.mode {
+        let bytes = match self.mode {
             Mode::Device => self.call(|b, s, h| {
                 b.erofs_reader_tarindex()
                     .device()
@@ -313,7 +302,10 @@ impl SandboxedDevice {
                     .filesystem()
                     .call_device_pread(s, h, offset, len)
             }),
-        }
+        }?;
+        let expected = self.size.saturating_sub(offset).min(u64::from(len));
+        check_reply_length("device pread", offset, len, bytes.len(), expected)?;
+        Ok(bytes)
     }
 
     /// Where a whole-device read may be split among instances (device mode; see the WIT
@@ -398,20 +390,37 @@ impl SandboxedDevice {
         })
     }
 
+    /// At most `max` entries (checked: a longer answer is refused).
     pub fn readdir(&mut self, ino: u64, cookie: u64, max: u32) -> Result<Vec<DirEntry>, CallError> {
-        self.fs_call(|b, s, h| {
+        let entries = self.fs_call(|b, s, h| {
             b.erofs_reader_filesystem()
                 .filesystem()
                 .call_readdir(s, h, ino, cookie, max)
-        })
+        })?;
+        if entries.len() > max as usize {
+            return Err(reply_error(format!(
+                "readdir of inode {ino}: the component returned {} entries, more than the {max} asked for",
+                entries.len()
+            )));
+        }
+        Ok(entries)
     }
 
+    /// At most `len` bytes (checked: a longer answer is refused; a shorter one means the
+    /// file ends there, which the caller sees from the file's size).
     pub fn read(&mut self, ino: u64, offset: u64, len: u32) -> Result<Vec<u8>, CallError> {
-        self.fs_call(|b, s, h| {
+        let bytes = self.fs_call(|b, s, h| {
             b.erofs_reader_filesystem()
                 .filesystem()
                 .call_read(s, h, ino, offset, len)
-        })
+        })?;
+        if bytes.len() > len as usize {
+            return Err(reply_error(format!(
+                "read of inode {ino} at offset {offset}: the component returned {} bytes, more than the {len} asked for",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
     }
 
     pub fn readlink(&mut self, ino: u64) -> Result<Vec<u8>, CallError> {
@@ -462,126 +471,6 @@ impl SandboxedDevice {
             )));
         }
         self.call(f)
-    }
-
-    /// Build a store and an instance, and open the device (and filesystem) in it.
-    fn start(&self) -> Result<Live, CallError> {
-        let egress = match &self.spec.blob {
-            BlobSource::Remote { egress, .. } => egress.clone(),
-            BlobSource::Local(_) => self.deny_all.clone(),
-        };
-        let mut store = new_store(&self.runtime, &self.limits, egress);
-
-        let io = |e: anyhow::Error| CallError::Component(WitError::Io(format!("{e:#}")));
-        let Some(meta_path) = &self.spec.meta else {
-            return self.start_published(store);
-        };
-        let meta = HostFile::open(meta_path).map_err(io)?;
-        let zinfo = self
-            .spec
-            .zinfo
-            .as_ref()
-            .map(|z| HostFile::open(z))
-            .transpose()
-            .map_err(io)?;
-        let table = &mut store.data_mut().table;
-        let meta = table.push(meta).map_err(|e| io(e.into()))?;
-        let zinfo = zinfo
-            .map(|z| table.push(z))
-            .transpose()
-            .map_err(|e| io(e.into()))?;
-
-        let bindings = match self.runtime.pre.instantiate(&mut store) {
-            Ok(bindings) => bindings,
-            Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
-        };
-        let tarindex = bindings.erofs_reader_tarindex();
-        let device = match &self.spec.blob {
-            BlobSource::Local(path) => {
-                #[cfg_attr(not(feature = "fault-injection"), allow(unused_mut))]
-                let mut blob = HostFile::open(path).map_err(io)?;
-                #[cfg(feature = "fault-injection")]
-                {
-                    blob.trap_after_reads = self.spec.trap_after_blob_reads.clone();
-                }
-                let blob = store
-                    .data_mut()
-                    .table
-                    .push(blob)
-                    .map_err(|e| io(e.into()))?;
-                tarindex.call_open(&mut store, meta, blob, zinfo, self.spec.options)
-            }
-            BlobSource::Remote {
-                location, options, ..
-            } => tarindex.call_open_remote(
-                &mut store,
-                meta,
-                location,
-                zinfo,
-                self.spec.options,
-                *options,
-            ),
-        };
-        let device = match device {
-            Ok(opened) => opened.map_err(CallError::Component)?,
-            Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
-        };
-        self.finish_start(store, bindings, device)
-    }
-
-    /// [`SandboxedDevice::start`] without a META: the component finds the index published
-    /// next to the image (`registry.open-published`).
-    fn start_published(&self, mut store: Store<StoreState>) -> Result<Live, CallError> {
-        let BlobSource::Remote {
-            location: BlobLocation::Oci(blob),
-            options,
-            ..
-        } = &self.spec.blob
-        else {
-            return Err(CallError::Component(WitError::Unsupported(
-                "a published index is found next to an oci:// image only; give --tarindex META"
-                    .into(),
-            )));
-        };
-        let bindings = match self.runtime.pre.instantiate(&mut store) {
-            Ok(bindings) => bindings,
-            Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
-        };
-        let device = match bindings.erofs_reader_registry().call_open_published(
-            &mut store,
-            blob,
-            self.spec.options,
-            *options,
-        ) {
-            Ok(opened) => opened.map_err(CallError::Component)?,
-            Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
-        };
-        self.finish_start(store, bindings, device)
-    }
-
-    /// The rest of a start once the device is open: the filesystem on it, in filesystem
-    /// mode.
-    fn finish_start(
-        &self,
-        mut store: Store<StoreState>,
-        bindings: Reader,
-        device: ResourceAny,
-    ) -> Result<Live, CallError> {
-        let handle = match self.mode {
-            Mode::Device => device,
-            Mode::Filesystem => match bindings
-                .erofs_reader_filesystem()
-                .call_open(&mut store, device)
-            {
-                Ok(opened) => opened.map_err(CallError::Component)?,
-                Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
-            },
-        };
-        Ok(Live {
-            store,
-            bindings,
-            handle,
-        })
     }
 
     fn deadline_ticks(&self) -> u64 {

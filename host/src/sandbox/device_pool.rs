@@ -16,8 +16,14 @@
 //!
 //! Independent streams (other files, other clients far away in the device) therefore run
 //! on separate instances in parallel, while one stream never costs two decodes.
+//!
+//! A wait for an instance has the call deadline (`--call-timeout`) too: the instance it
+//! waits for may be held by a call stuck in a host wait the epoch deadline cannot
+//! interrupt (a slow server), so past the deadline the request fails (EIO) instead of
+//! queueing behind it.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use anyhow::Result;
 
@@ -171,6 +177,7 @@ impl DevicePool {
 
     /// Lends an instance for a read of `offset..end`, opening one if the route says so.
     fn acquire(&self, offset: u64, end: u64) -> Result<Lease<'_>, CallError> {
+        let deadline = Instant::now() + self.limits.call_timeout;
         let mut state = self.lock();
         loop {
             match self.route(&mut state, offset, end) {
@@ -205,7 +212,20 @@ impl DevicePool {
                     return Ok(lease);
                 }
                 Route::Wait => {
-                    state = self.returned.wait(state).unwrap_or_else(|p| p.into_inner());
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(CallError::Component(WitError::Io(format!(
+                            "no sandboxed instance became free for a read at device offset {offset} \
+                             within --call-timeout {} s (all {} are busy)",
+                            self.limits.call_timeout.as_secs_f64(),
+                            state.slots.len()
+                        ))));
+                    }
+                    state = self
+                        .returned
+                        .wait_timeout(state, left)
+                        .map(|(guard, _)| guard)
+                        .unwrap_or_else(|p| p.into_inner().0);
                 }
             }
         }

@@ -101,6 +101,29 @@ pub fn describe(e: &WitError) -> String {
     }
 }
 
+/// A component answer that breaks the contract (too long, or short before the end): the
+/// host refuses it rather than pass it on. It is an I/O error for that request.
+pub(crate) fn reply_error(text: String) -> CallError {
+    CallError::Component(WitError::Io(format!("refused a component reply: {text}")))
+}
+
+/// Checks a `pread` reply of `got` bytes for `len` at `offset` against `expected`, the
+/// length the contract allows (`len`, or what is left before the device's end).
+pub(crate) fn check_reply_length(
+    what: &str,
+    offset: u64,
+    len: u32,
+    got: usize,
+    expected: u64,
+) -> Result<(), CallError> {
+    if got as u64 == expected {
+        return Ok(());
+    }
+    Err(reply_error(format!(
+        "{what} of {len} bytes at offset {offset}: the component returned {got} bytes, not {expected}"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +146,18 @@ mod tests {
         assert_eq!(CallError::Trap(Trap::other("x")).errno(), libc::EIO);
         assert!(CallError::Trap(Trap::other("x")).is_failure());
         assert!(!CallError::Component(WitError::NotFound).is_failure());
+    }
+
+    #[test]
+    fn reply_lengths_are_held_to_the_contract() {
+        use super::check_reply_length;
+        assert!(check_reply_length("pread", 0, 10, 10, 10).is_ok());
+        assert!(check_reply_length("pread", 95, 10, 5, 5).is_ok());
+        let long = check_reply_length("pread", 0, 10, 11, 10).unwrap_err();
+        assert!(
+            long.to_string().contains("returned 11 bytes, not 10"),
+            "{long}"
+        );
+        assert!(check_reply_length("pread", 0, 10, 9, 10).is_err());
     }
 }

@@ -38,6 +38,10 @@ impl FilesystemPool {
     }
 
     /// An idle instance if there is one, else the next in turn (waiting for it).
+    ///
+    /// The wait needs no deadline of its own: the FUSE session runs one worker thread
+    /// per instance (`bridge::fuse::session`), and each thread holds at most one instance,
+    /// so a worker always finds one idle unless another holder is between calls.
     pub fn get(&self) -> MutexGuard<'_, SandboxedDevice> {
         for slot in &self.instances {
             if let Ok(guard) = slot.try_lock() {

@@ -15,6 +15,8 @@
 //! - [`parallel_read`]: a long device read decoded by several instances at once, in
 //!   order (`cat --jobs`).
 //! - [`verify`]: the whole-image check before a kernel sees an image.
+//! - [`pins`]: what the first open of a device fixes for every later instance (META and
+//!   zinfo bytes, the OCI manifest digest, the sizes).
 //! - [`registry`]: the component's `registry` calls (inspect an image, publish an index).
 //! - [`image_layers`]: the layers of an image manifest, listed by the component.
 //! - [`indexer`]: one tar-index build ([`index_blob`]): the blob streamed once into the
@@ -29,6 +31,7 @@ pub(crate) mod host_file;
 pub mod image_layers;
 pub mod indexer;
 pub mod parallel_read;
+pub mod pins;
 pub mod registry;
 pub mod runtime;
 pub mod trap;

@@ -66,18 +66,53 @@ fn sequential_reads_ramp_up_readahead() {
             &d[off..off + piece]
         );
     }
-    // 1 MiB, then a 4 MiB window, then doubling up to the 16 MiB cap.
+    // 1 MiB, then windows asked ahead: 4 MiB, and doubling up to the 16 MiB cap (here
+    // the blob's end).
     assert_eq!(
         fake.ranges(),
         [
             "bytes=0-1048575",
-            "bytes=1048576-6291455",
-            "bytes=6291456-15728639",
-            "bytes=15728640-20971519",
+            "bytes=1048576-5242879",
+            "bytes=5242880-13631487",
+            "bytes=13631488-20971519",
         ]
     );
     let s = b.stats();
     assert_eq!((s.requests, s.bytes_fetched), (4, 20 * MIB));
+}
+
+#[test]
+fn a_range_asked_ahead_that_comes_back_wrong_is_fetched_again() {
+    // The server lies about the first answer for the range asked ahead from 1 MiB on (a
+    // Content-Range that names other bytes), then cuts the next one short: the reader
+    // still gets the right bytes, through its own fetches.
+    let d = data(8 * MIB as usize);
+    let served = std::cell::Cell::new(0u32);
+    let dd = d.clone();
+    let fake = FakeTransport::serving(move |req| {
+        let mut r = range_reply(&dd, req);
+        if req.header("range") == Some("bytes=1048576-5242879") && served.get() == 0 {
+            served.set(1);
+            r.headers = vec![("Content-Range".into(), "bytes 0-4194303/8388608".into())];
+        }
+        if req.header("range") == Some("bytes=5242880-8388607") && served.get() == 1 {
+            served.set(2);
+            r.body.truncate(1000);
+        }
+        Ok(r)
+    });
+    let b = blob(&fake, d.len() as u64, &RemoteOptions::default());
+    let piece = 256 * 1024;
+    for off in (0..d.len()).step_by(piece) {
+        assert_eq!(
+            b.pread(off as u64, piece as u32).unwrap(),
+            &d[off..off + piece],
+            "read at {off}"
+        );
+    }
+    let s = b.stats();
+    assert_eq!(s.retries, 2, "{s:?}");
+    assert_eq!(s.bytes_fetched, 8 * MIB, "{s:?}");
 }
 
 #[test]

@@ -89,12 +89,7 @@ impl ErofsFuse {
     }
 
     fn file_attr(&self, a: &Attributes) -> FileAttr {
-        let mtime = if a.mtime_seconds >= 0 {
-            UNIX_EPOCH + Duration::new(a.mtime_seconds as u64, a.mtime_nanoseconds)
-        } else {
-            UNIX_EPOCH - Duration::from_secs(a.mtime_seconds.unsigned_abs())
-                + Duration::from_nanos(a.mtime_nanoseconds as u64)
-        };
+        let mtime = system_time(a.mtime_seconds, a.mtime_nanoseconds);
         FileAttr {
             ino: self.to_node(a.ino),
             size: a.size,
@@ -287,5 +282,51 @@ fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
         Ok(len) if size == 0 => reply.size(len),
         Ok(len) if len <= size => reply.data(value),
         _ => reply.error(Errno::ERANGE),
+    }
+}
+
+/// The largest nanosecond count of a valid timestamp.
+const MAX_NANOS: u32 = 999_999_999;
+
+/// An EROFS time (seconds since the epoch, either sign, and nanoseconds) as a
+/// `SystemTime`, for any values the component reports: nanoseconds of 10^9 or more (not
+/// a valid time; EROFS stores a plain u32) are clamped to the last nanosecond of that
+/// second instead of carrying into the seconds, which at `i64::MAX` would overflow.
+/// With that, every `i64` second is representable on Linux (`time_t` is 64-bit); the
+/// epoch is only a fallback for a platform with a narrower range.
+fn system_time(seconds: i64, nanoseconds: u32) -> std::time::SystemTime {
+    let nanos = Duration::from_nanos(u64::from(nanoseconds.min(MAX_NANOS)));
+    let whole = Duration::from_secs(seconds.unsigned_abs());
+    let second = if seconds >= 0 {
+        UNIX_EPOCH.checked_add(whole)
+    } else {
+        UNIX_EPOCH.checked_sub(whole)
+    };
+    second
+        .and_then(|t| t.checked_add(nanos))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn extreme_times_do_not_panic() {
+        for s in [i64::MAX, i64::MAX - 1, i64::MIN, i64::MIN + 1, -1, 0, 1] {
+            for n in [0, 1, MAX_NANOS, 1_000_000_000, u32::MAX] {
+                let _ = system_time(s, n);
+            }
+        }
+        assert_eq!(
+            system_time(1, 2),
+            UNIX_EPOCH + Duration::from_secs(1) + Duration::from_nanos(2)
+        );
+        assert_eq!(
+            system_time(-1, 500),
+            UNIX_EPOCH - Duration::from_secs(1) + Duration::from_nanos(500)
+        );
+        // Clamped, not carried.
+        assert_eq!(system_time(5, u32::MAX), system_time(5, MAX_NANOS));
     }
 }
