@@ -231,18 +231,15 @@ fn gzip_defects() {
     // Garbage after the last checkpoint: found by the time the end of the stream is
     // read (at open if it breaks the deflate stream, else by the member's CRC-32). Here
     // it still inflates, and the open-time tar header check (issue 16), which reads the
-    // last file's header in that tail, finds the damaged bytes first.
+    // last file's header in that tail from the last (unproven) checkpoint, finds the
+    // damaged bytes first. A failure there is confirmed on proven bytes (issue 10 item 1),
+    // decoding the member from its start: its CRC-32 names the real fault, the blob.
     let mut i = inputs("large");
     let len = i.blob.len();
     for b in &mut i.blob[len - 3000..len - 2000] {
         *b ^= 0x5a;
     }
-    expect_error(
-        "corrupt data in the tail",
-        &i,
-        "tarindex does not match the blob: no tar header for ",
-        Written::Nothing,
-    );
+    expect_error("corrupt data in the tail", &i, "CRC32 is", Written::Nothing);
 
     // A single-member fixture whose only checkpoint is 0: the whole member is decoded
     // from its start when measuring, so the trailer's CRC and ISIZE are checked.

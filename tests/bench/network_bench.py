@@ -8,8 +8,16 @@ whole blob through the same proxy, in the same run.
 - sequential read of the 9 MiB file through the FUSE mount, against curl's throughput for
   the whole blob (target: at least 80%);
 - requests for that read, against erofs-utils' pattern of one request per 128 KiB.
+
+Then issue 13's figures, through the proxy's emulated link (20 ms round trip, with and
+without a 100 Mbit/s cap, TLS and plain HTTP; `harness.py proxy --rtt-ms --rate-mbit`):
+- a sequential `oci://` cat of the `large` fixture against `curl BLOB | gzip -dc` over the
+  same link (target: at most 1.1x), and the connections it opened (target: at most 4);
+- after a mount (TLS, no cap): a cold read of a small file (target: one request, no new
+  connection), and 8 parallel readers (target: at most 8 connections);
+connections opened are counted by the link, reuse from the proxy's per-request log.
 """
-import json, os, subprocess, sys, tempfile, time
+import json, os, subprocess, sys, tempfile, threading, time
 
 from bench import skipped_without_fuse
 
@@ -19,6 +27,8 @@ WASM = os.path.join(ROOT, "target/wasm32-wasip2/release/erofs_component.wasm")
 HARNESS = os.path.join(ROOT, "tests/registry/harness.py")
 BASIC = os.path.join(ROOT, "tests/fixtures/basic")
 LATENCY_MS = 20
+LARGE = os.path.join(ROOT, "tests/fixtures/large")
+RATE_MBIT = 100
 
 
 def log_lines(path):
@@ -97,5 +107,129 @@ def main():
         subprocess.run(["rm", "-rf", work])
 
 
+def start_registry(work, name, tls):
+    regdir = os.path.join(work, name)
+    argv = [sys.executable, HARNESS, "start", "--auth", "basic", "--workdir", regdir, "--images", "large",
+            "--watch-pid", str(os.getpid())] + (["--tls"] if tls else [])
+    started = subprocess.run(argv, capture_output=True, text=True)
+    if started.returncode != 0:
+        raise RuntimeError(f"the test registry did not start: {started.stderr.strip()[-300:]}")
+    return regdir, json.loads(started.stdout)
+
+
+def start_link(regdir, rate):
+    argv = [sys.executable, HARNESS, "proxy", "--workdir", regdir, "--rtt-ms", str(LATENCY_MS),
+            "--watch-pid", str(os.getpid())] + (["--rate-mbit", str(rate)] if rate else [])
+    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+
+def connections(links_log):
+    return len(log_lines(links_log))
+
+
+def conns_of(entries):
+    return {e["conn"] for e in entries if e.get("server") == "proxy"}
+
+
+def cat_figures(reg, px, tls, rate):
+    """One configuration: curl | gzip -dc, then our cat; returns the printed line."""
+    image = reg["images"]["large"]
+    tls_args = ["--cacert", reg["ca_file"]] if tls else []
+    url = f"{px['url']}/v2/fixtures/large/blobs/{image['layer_digest']}"
+    curl = ["curl", "-sS", *tls_args, "-u", f"{reg['username']}:{reg['password']}", url]
+    t0 = time.perf_counter()
+    c = subprocess.Popen(curl, stdout=subprocess.PIPE)
+    g = subprocess.run(["gzip", "-dc"], stdin=c.stdout, stdout=subprocess.DEVNULL)
+    c.stdout.close()
+    if c.wait() != 0 or g.returncode != 0:
+        raise RuntimeError("curl | gzip -dc failed")
+    t_curl = time.perf_counter() - t0
+    ref = "oci://" + image["reference"].replace(reg["registry"], px["proxy"])
+    env = dict(os.environ, EROFS_REGISTRY_USERNAME=reg["username"], EROFS_REGISTRY_PASSWORD=reg["password"])
+    argv = [HOST, "cat", WASM, ref, "--tarindex", f"{LARGE}/meta.erofs", "--zinfo", f"{LARGE}/layer.zinfo"]
+    argv += ["--ca-file", reg["ca_file"]] if tls else ["--insecure"]
+    opened0, logged0 = connections(px["links_log"]), len(log_lines(px["log"]))
+    t0 = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t_ours = time.perf_counter() - t0
+    time.sleep(0.2)  # the link logs a connection when it closes
+    opened = connections(px["links_log"]) - opened0
+    requests = len(log_lines(px["log"])) - logged0
+    cap = f"{rate} Mbit/s" if rate else "no cap"
+    scheme = "TLS  " if tls else "plain"
+    ok = "ok" if t_ours <= 1.1 * t_curl and opened <= 4 else "MISSED"
+    return (f"  {scheme} {cap:>12}: cat {t_ours:6.2f} s, curl|gzip -dc {t_curl:6.2f} s, "
+            f"ratio {t_ours/t_curl:5.2f}x (target <= 1.10x); {opened} connections opened, "
+            f"{requests - opened} requests reused one, {requests} requests (target <= 4 connections) {ok}")
+
+
+def mount_figures(work, reg, px):
+    """After a mount: one cold small-file read, then 8 parallel readers."""
+    image = reg["images"]["large"]
+    ref = "oci://" + image["reference"].replace(reg["registry"], px["proxy"])
+    env = dict(os.environ, EROFS_REGISTRY_USERNAME=reg["username"], EROFS_REGISTRY_PASSWORD=reg["password"])
+    mnt = os.path.join(work, "mnt-large")
+    os.makedirs(mnt)
+    files = [e["path"] for e in json.load(open(f"{LARGE}/expected.json"))["entries"]
+             if e["mode"].startswith("0o10") and 0 < e["size"] <= 4096]
+    big = sorted((e for e in json.load(open(f"{LARGE}/expected.json"))["entries"]
+                  if e["mode"].startswith("0o10")), key=lambda e: -e["size"])[:8]
+    subprocess.run([HOST, "mount", WASM, ref, mnt, "--tarindex", f"{LARGE}/meta.erofs",
+                    "--zinfo", f"{LARGE}/layer.zinfo", "--ca-file", reg["ca_file"]],
+                   env=env, check=True, capture_output=True)
+    try:
+        before = log_lines(px["log"])
+        with open(os.path.join(mnt, files[len(files) // 2]), "rb") as f:
+            f.read()
+        time.sleep(0.1)
+        after = log_lines(px["log"])
+        new = after[len(before):]
+        fresh = conns_of(new) - conns_of(before)
+        print(f"  cold read of a small file after mount: {len(new)} request(s), {len(fresh)} new connection(s) "
+              f"(target: 1 request, 0 new connections) {'ok' if len(new) == 1 and not fresh else 'MISSED'}")
+        before = after
+        opened0 = conns_of(before)
+        threads = [threading.Thread(target=lambda p=e["path"]: open(os.path.join(mnt, p), "rb").read())
+                   for e in big]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.perf_counter() - t0
+        new = log_lines(px["log"])[len(before):]
+        used = conns_of(new)
+        fresh = used - opened0
+        size = sum(e["size"] for e in big)
+        print(f"  8 parallel readers ({size} B in {took:.2f} s): {len(new)} requests over {len(used)} connections, "
+              f"{len(fresh)} new (target <= 8 connections) {'ok' if len(used) <= 8 else 'MISSED'}")
+    finally:
+        subprocess.run([HOST, "umount", mnt], capture_output=True)
+
+
+def link_figures():
+    if not os.path.exists(os.path.join(LARGE, "layer.tar.gz")):
+        print("*** SKIPPED: link figures (no tests/fixtures/large) ***")
+        return
+    work = tempfile.mkdtemp(prefix="erofs-netlink-")
+    try:
+        print(f"network at link speed (issue 13): `large` over oci://, {LATENCY_MS} ms round trip (link.py), Basic auth")
+        for tls in (True, False):
+            regdir, reg = start_registry(work, "tls" if tls else "plain", tls)
+            try:
+                for rate in (None, RATE_MBIT):
+                    px = start_link(regdir, rate)
+                    print(cat_figures(reg, px, tls, rate), flush=True)
+                    if tls and rate is None and not skipped_without_fuse("*** SKIPPED: mount figures"):
+                        mount_figures(work, reg, px)
+            finally:
+                subprocess.run([sys.executable, HARNESS, "stop", "--workdir", regdir], capture_output=True)
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        print(f"*** SKIPPED: link figures ({e}) ***")
+    finally:
+        subprocess.run(["rm", "-rf", work])
+
+
 if __name__ == "__main__":
     main()
+    link_figures()

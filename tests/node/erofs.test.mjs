@@ -112,6 +112,30 @@ for (const c of CASES) {
       }
     });
 
+    test('span boundaries: ascending from 0; each part read on its own instance matches', () => {
+      const dev = openDevice(dir, c);
+      try {
+        const starts = dev.spanBoundaries();
+        assert.equal(starts[0], 0n);
+        for (let i = 1; i < starts.length; i++) assert.ok(starts[i] > starts[i - 1], `boundary ${i}`);
+        if (c.zinfo === null) assert.equal(starts.length, 1, 'a plain tar gives just [0]');
+        // The last two parts, each on a fresh device (as `cat --jobs` reads them).
+        const ends = [...starts.slice(1), BigInt(want.length)];
+        for (let k = Math.max(0, starts.length - 2); k < starts.length; k++) {
+          const part = openDevice(dir, c);
+          try {
+            const got = part.pread(starts[k], Number(ends[k] - starts[k]));
+            assert.ok(got.equals ? got.equals(want.subarray(Number(starts[k]), Number(ends[k])))
+              : Buffer.from(got).equals(want.subarray(Number(starts[k]), Number(ends[k]))), `part ${k}`);
+          } finally {
+            part[Symbol.dispose]();
+          }
+        }
+      } finally {
+        dev[Symbol.dispose]();
+      }
+    });
+
     test(`${RANDOM_READS} random reads match the uncompressed bytes`, () => {
       const seed = 0x5eed0000 + want.length % 65536;
       const rand = rng(seed);

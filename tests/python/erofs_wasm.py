@@ -339,6 +339,11 @@ class Device(_Resource):
     def pread(self, offset: int, length: int) -> bytes:
         return _unwrap(self._m("pread", offset, length))
 
+    def span_boundaries(self) -> list:
+        """Device offsets where a read of the whole device may be split among instances
+        (`device.span-boundaries`): ascending, the first 0."""
+        return list(self._m("span-boundaries"))
+
     def stats(self) -> Dict[str, int]:
         s = self._m("stats")
         return {k.replace("-", "_"): v for k, v in vars(s).items()}

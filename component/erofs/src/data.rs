@@ -1,7 +1,9 @@
 //! Data mapping (file offset to device offset) for the uncompressed layouts, and the data-reading
 //! entry points: [`Filesystem::read`], [`Filesystem::readlink`], [`Filesystem::physical_extents`].
 
-use crate::inode::{chunk_unit, has_data, Inode, Layout, CHUNK_48BIT, CHUNK_INDEXES};
+use crate::inode::{
+    chunk_unit, has_data, outside_metadata, Inode, Layout, CHUNK_48BIT, CHUNK_INDEXES,
+};
 use crate::util::{add, corrupt, le16, le32, mul, read_vec, to_usize};
 use crate::{Error, FileType, Filesystem, ReadAt};
 
@@ -190,6 +192,21 @@ impl Filesystem {
             return Err(corrupt(format!(
                 "nid {nid}: chunk {idx}: blocks {startblk}+{nblocks} outside {what} ({limit} blocks)"
             )));
+        }
+        // Metadata must be in the metadata image (the primary device, blocks below
+        // `sb.blocks` of the flat space): never on another device or in a tar's region.
+        if let Some(kind) = self.metadata_kind(ino) {
+            let flat_start = base.saturating_add(startblk);
+            let flat_end = flat_start.saturating_add(nblocks);
+            if flat_end > self.sb.blocks {
+                return Err(outside_metadata(
+                    nid,
+                    kind,
+                    flat_start,
+                    flat_end,
+                    self.sb.blocks,
+                ));
+            }
         }
         let what = format!("nid {nid} chunk {idx}");
         let physical = mul(add(base, startblk, &what)?, bsz, &what)?;

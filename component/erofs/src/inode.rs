@@ -339,13 +339,34 @@ impl Filesystem {
         };
         if full_blocks > 0 {
             let end = add(startblk, full_blocks, &format!("nid {nid} data"))?;
-            if end > self.flat_blocks() {
+            if let Some(what) = self.metadata_kind(ino) {
+                // Metadata lives in the metadata image: for a tar index, blocks past it
+                // are the tar, whose bytes come from the layer, not from the index.
+                if end > self.sb.blocks {
+                    return Err(outside_metadata(nid, what, startblk, end, self.sb.blocks));
+                }
+            } else if end > self.flat_blocks() {
                 return Err(corrupt(format!(
                     "nid {nid}: data blocks {startblk}..{end} past end of device"
                 )));
             }
         }
         Ok(())
+    }
+
+    /// What `ino`'s data is when it is metadata, which must lie inside the metadata image
+    /// (the primary device): a directory's dirents, a symlink's target, the packed inode
+    /// (the long xattr prefixes). None for a regular file, whose data may sit on another
+    /// device, such as the tar of a tar index.
+    pub(crate) fn metadata_kind(&self, ino: &Inode) -> Option<&'static str> {
+        match ino.ftype {
+            FileType::Directory => Some("directory"),
+            FileType::Symlink => Some("symlink"),
+            FileType::Regular if self.sb.packed_nid != 0 && ino.nid == self.sb.packed_nid => {
+                Some("packed inode")
+            }
+            _ => None,
+        }
     }
 
     /// Load `nid` and require a directory.
@@ -365,6 +386,14 @@ pub(crate) fn chunk_unit(format: u16) -> u64 {
     } else {
         BLOCK_MAP_ENTRY_SIZE
     }
+}
+
+/// The error for metadata (a directory's or symlink's data) placed outside the metadata
+/// image: only regular-file data may be on another device or in a tar index's tar.
+pub(crate) fn outside_metadata(nid: u64, what: &str, start: u64, end: u64, blocks: u64) -> Error {
+    corrupt(format!(
+        "nid {nid}: {what} data at blocks {start}..{end} lies outside the metadata ({blocks} blocks); only regular-file data may be in the tar"
+    ))
 }
 
 /// Whether inodes of this type have a data payload (special files do not).

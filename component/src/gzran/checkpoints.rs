@@ -43,10 +43,19 @@ impl LearnedCheckpoints {
         self.points.is_empty()
     }
 
-    /// The learned checkpoint with the greatest `out` not above `limit`.
-    pub fn before(&mut self, limit: u64) -> Option<&Learned> {
+    /// The learned checkpoint with the greatest `out` not above `limit` whose origin is
+    /// `usable` (see [`Learned::origin`]).
+    pub fn before(
+        &mut self,
+        limit: u64,
+        usable: &dyn Fn(Option<usize>) -> bool,
+    ) -> Option<&Learned> {
         let after = self.points.partition_point(|e| e.point.out <= limit);
-        let index = after.checked_sub(1)?;
+        let index = self
+            .points
+            .get(..after)?
+            .iter()
+            .rposition(|e| usable(e.point.origin))?;
         self.tick += 1;
         let entry = self.points.get_mut(index)?;
         entry.last_used = self.tick;
@@ -128,6 +137,7 @@ mod tests {
             bits: 0,
             out,
             history: Vec::new(),
+            origin: None,
         }
     }
 
@@ -144,11 +154,11 @@ mod tests {
             "too close to 2000"
         );
         assert!(store.offer(4000, &mut || learned(4000)));
-        assert_eq!(store.before(3999).map(|l| l.out), Some(2000));
+        assert_eq!(store.before(3999, &|_| true).map(|l| l.out), Some(2000));
         // Full: the least recently used (4000; 2000 was just used) goes.
         assert!(store.offer(6000, &mut || learned(6000)));
         assert_eq!(store.len(), 2);
-        assert_eq!(store.before(5999).map(|l| l.out), Some(2000));
-        assert_eq!(store.before(100).map(|l| l.out), None);
+        assert_eq!(store.before(5999, &|_| true).map(|l| l.out), Some(2000));
+        assert_eq!(store.before(100, &|_| true).map(|l| l.out), None);
     }
 }

@@ -7,6 +7,7 @@
 //! - [`input`]: the window of compressed bytes a cursor consumes;
 //! - [`cursor`]: one live decoder, a page at a time, across members;
 //! - [`checkpoints`]: checkpoints learned while decoding;
+//! - [`proof`]: which zinfo checkpoints are proven, and proving them on the way;
 //! - [`cache`]: decoded pages;
 //! - [`reader`]: [`GzRan`], which ties them together for `pread`.
 
@@ -15,6 +16,7 @@ pub mod checkpoints;
 pub mod cursor;
 pub mod inflate;
 pub mod input;
+pub mod proof;
 pub mod reader;
 
 parser_modules! {
@@ -22,4 +24,5 @@ parser_modules! {
     pub mod zinfo;
 }
 
+pub use proof::ZinfoTrust;
 pub use reader::{Counters, GzRan, Options};

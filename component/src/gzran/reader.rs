@@ -5,13 +5,21 @@
 //! decoded by the cheapest of: a live cursor at or before it (sequential reads continue
 //! with no restart), or a fresh start from the nearest checkpoint. Every page a cursor
 //! completes on the way is cached. Nothing is decoded beyond the page a read needs.
+//!
+//! Only proven restart points serve bytes (proof.rs): a zinfo checkpoint not yet proven
+//! is reached by decoding from the nearest proven one before it, which proves every
+//! checkpoint it passes. The one exception is a *provisional* decode, whose bytes are
+//! never served: the size measurement at open, and the open-time header sample
+//! (tarindex/device.rs), between [`GzRan::begin_provisional`] and
+//! [`GzRan::end_provisional`].
 
 use super::cache::PageCache;
 use super::checkpoints::LearnedCheckpoints;
 use super::cursor::{Cursor, Restart, PAGE};
+use super::proof::{NoStops, Proofs, Prover, Waypoints, ZinfoTrust};
 use super::zinfo::Zinfo;
 use crate::defaults;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::source::SizedSource;
 
 /// Tuning. The defaults and their reasons are in [`crate::defaults`].
@@ -48,6 +56,9 @@ pub struct Counters {
     pub learned_starts: u64,
     /// Bytes decoded by cursors that have since been dropped or recycled.
     pub retired_decoded: u64,
+    /// Restarts at a proven checkpoint before an unproven one that a read needed: each
+    /// decodes through, and proves, the checkpoints between.
+    pub proof_starts: u64,
 }
 
 pub struct GzRan {
@@ -60,15 +71,32 @@ pub struct GzRan {
     options: Options,
     tick: u64,
     size: u64,
+    /// What is proven about the zinfo's checkpoints (kept by `forget`).
+    proofs: Proofs,
+    /// Decoding provisionally: restarts at unproven checkpoints, nothing cached.
+    provisional: bool,
     pub counters: Counters,
 }
 
 impl GzRan {
-    /// Validate the zinfo against the blob, then find the exact uncompressed size by
+    /// [`Self::open_with_trust`] for an untrusted zinfo (every checkpoint proven by
+    /// decoding before it serves a byte).
+    pub fn open(blob: SizedSource, zinfo_file: SizedSource, options: Options) -> Result<Self> {
+        Self::open_with_trust(blob, zinfo_file, options, ZinfoTrust::Untrusted)
+    }
+
+    /// Validate the zinfo against the blob (checkpoint 0 against the gzip header; a
+    /// pinned zinfo against its digest), then find the exact uncompressed size by
     /// decoding from the last checkpoint to the end of the blob (checking every trailer
     /// met on the way, and the CRC of any member decoded from its start).
-    pub fn open(blob: SizedSource, zinfo_file: SizedSource, options: Options) -> Result<Self> {
+    pub fn open_with_trust(
+        blob: SizedSource,
+        zinfo_file: SizedSource,
+        options: Options,
+        trust: ZinfoTrust,
+    ) -> Result<Self> {
         let zinfo = Zinfo::parse(&zinfo_file, blob.size)?;
+        let proofs = Proofs::open(&zinfo, &zinfo_file, &blob, trust)?;
         let fixed = zinfo.checkpoints.iter().map(|c| c.out).collect();
         let mut this = Self {
             learned: LearnedCheckpoints::new(options.learn_interval, options.max_learned, fixed),
@@ -80,6 +108,8 @@ impl GzRan {
             options,
             tick: 0,
             size: 0,
+            proofs,
+            provisional: false,
             counters: Counters::default(),
         };
         this.size = this
@@ -88,16 +118,42 @@ impl GzRan {
         Ok(this)
     }
 
+    /// The size: decoded provisionally from the last checkpoint. Should that fail as bad
+    /// input while the last checkpoint is unproven, the zinfo may be at fault rather than
+    /// the blob: decode again from the last proven checkpoint, proving the ones after it,
+    /// so the error names the checkpoint that is wrong (or the blob, if none is).
     fn measure(&mut self) -> Result<u64> {
-        let last = self.zinfo.checkpoints.len() - 1;
-        let restart = self.zinfo_restart(last)?;
+        let last = self.zinfo.checkpoints.len().saturating_sub(1);
+        match self.measure_from(last) {
+            Err(e) if e.is(Kind::BadInput) && !self.proofs.is_proven(last) => {
+                self.measure_from(self.proofs.proven_at_or_before(last))
+            }
+            result => result,
+        }
+    }
+
+    fn measure_from(&mut self, start: usize) -> Result<u64> {
+        let proven = self.proofs.is_proven(start);
+        let restart = self.zinfo_restart(start)?;
         let mut cursor = Cursor::new()?;
-        cursor.restart(&self.blob, &restart)?;
+        cursor.restart(&self.blob, &restart, (!proven).then_some(start))?;
         // Learn checkpoints on the way (every `learn_interval`): the open-time header check
         // (tarindex/binding.rs) reads the last file's header, near the end, and later reads
         // of the last span then restart close by instead of at the last zinfo checkpoint.
+        // They may be used once the checkpoint they descend from is proven.
+        let Self {
+            blob,
+            zinfo,
+            zinfo_file,
+            proofs,
+            learned,
+            ..
+        } = self;
+        let mut prover = Prover::new(zinfo, zinfo_file, proofs);
+        let mut no_stops = NoStops;
+        let stops: &mut dyn Waypoints = if proven { &mut prover } else { &mut no_stops };
         loop {
-            cursor.complete_page(&self.blob, &mut self.learned)?;
+            cursor.complete_page(blob, learned, stops)?;
             if cursor.ended() {
                 break;
             }
@@ -130,6 +186,31 @@ impl GzRan {
 
     pub fn learned_count(&self) -> usize {
         self.learned.len()
+    }
+
+    /// zinfo checkpoints proven so far (checkpoint 0 always is).
+    pub fn proven_count(&self) -> usize {
+        self.proofs.proven_count()
+    }
+
+    /// Checkpoints proven by decoding so far.
+    pub fn proven_by_decoding(&self) -> u64 {
+        self.proofs.by_decoding
+    }
+
+    /// Start decoding provisionally: reads may restart at checkpoints not yet proven and
+    /// nothing they decode is cached. For reads whose bytes are never served (the
+    /// open-time header sample); [`Self::end_provisional`] drops everything they left.
+    pub fn begin_provisional(&mut self) {
+        self.forget();
+        self.provisional = true;
+    }
+
+    /// Back to serving: drop the cursors, pages and learned checkpoints a provisional
+    /// decode may have left (proofs stay).
+    pub fn end_provisional(&mut self) {
+        self.provisional = false;
+        self.forget();
     }
 
     /// Uncompressed bytes produced by all cursors so far.
@@ -170,6 +251,7 @@ impl GzRan {
     }
 
     /// Drop every cursor, the cache and the learned checkpoints: the next read starts cold.
+    /// Proofs are kept: they are facts about the zinfo, not decoded state.
     pub fn forget(&mut self) {
         self.retire_all();
         self.cache.clear();
@@ -216,18 +298,44 @@ impl GzRan {
         use_page: impl FnOnce(&[u8]) -> Result<()>,
     ) -> Result<()> {
         self.tick += 1;
-        let cursor = &mut self.cursors[index];
-        cursor.last_used = self.tick;
+        let Self {
+            blob,
+            zinfo,
+            zinfo_file,
+            proofs,
+            learned,
+            cursors,
+            cache,
+            provisional,
+            size,
+            tick,
+            ..
+        } = self;
+        let cursor = cursors
+            .get_mut(index)
+            .ok_or_else(|| Error::internal(format!("gzip: no cursor {index}")))?;
+        cursor.last_used = *tick;
+        // A provisional decode makes no stops (its start may be unproven) and caches
+        // nothing; any other starts at a proven point and proves what it passes.
+        let mut prover = Prover::new(zinfo, zinfo_file, proofs);
+        let mut no_stops = NoStops;
+        let stops: &mut dyn Waypoints = if *provisional {
+            &mut no_stops
+        } else {
+            &mut prover
+        };
         loop {
-            cursor.complete_page(&self.blob, &mut self.learned)?;
-            if cursor.position() >= self.size && !cursor.ended() {
+            cursor.complete_page(blob, learned, stops)?;
+            if cursor.position() >= *size && !cursor.ended() {
                 // The last page ended on a page boundary: check the trailer now.
-                cursor.finish(&self.blob)?;
+                cursor.finish(blob)?;
             }
             let here = cursor.page_start() / PAGE as u64;
             // The first page after a restart may be partial (unknown head): skip it.
             if let Some(bytes) = cursor.page() {
-                self.cache.insert(here, bytes);
+                if !*provisional {
+                    cache.insert(here, bytes);
+                }
                 if here == page {
                     let result = use_page(bytes);
                     cursor.advance();
@@ -250,8 +358,28 @@ impl GzRan {
     fn choose_cursor(&mut self, target: u64) -> Result<usize> {
         // Restart points at or before the page start (see cursor.rs on page heads).
         let limit = target;
-        let zinfo_out = self.zinfo.checkpoint_before(limit).map(|c| c.out);
-        let learned_out = self.learned.before(limit).map(|l| l.out);
+        let wanted = self
+            .zinfo
+            .checkpoints
+            .partition_point(|c| c.out <= limit)
+            .saturating_sub(1);
+        // Outside a provisional decode, restart only where it is proven: at the last
+        // proven checkpoint before the one wanted (the decode proves those between), or
+        // at a learned checkpoint whose origin is proven.
+        let provisional = self.provisional;
+        let start = if provisional {
+            wanted
+        } else {
+            if let Some(e) = self.proofs.failure_at_or_before(wanted) {
+                return Err(e);
+            }
+            self.proofs.proven_at_or_before(wanted)
+        };
+        let proofs = &self.proofs;
+        let usable =
+            |origin: Option<usize>| provisional || origin.is_none_or(|k| proofs.is_proven(k));
+        let zinfo_out = self.zinfo.checkpoints.get(start).map(|c| c.out);
+        let learned_out = self.learned.before(limit, &usable).map(|l| l.out);
         let best_out = zinfo_out.max(learned_out).unwrap_or(0);
         let restart_cost = target.saturating_sub(best_out) + RESTART_COST;
 
@@ -260,6 +388,7 @@ impl GzRan {
             .iter()
             .enumerate()
             .filter(|(_, c)| c.page_start() <= target && !c.ended() && c.page().is_some())
+            .filter(|(_, c)| usable(c.origin))
             .min_by_key(|(_, c)| target - c.page_start());
         if let Some((index, cursor)) = live {
             if target - cursor.page_start() <= restart_cost {
@@ -267,25 +396,25 @@ impl GzRan {
             }
         }
 
-        let restart = if learned_out > zinfo_out {
+        let (restart, origin) = if learned_out > zinfo_out {
             self.counters.learned_starts += 1;
-            let point = self.learned.before(limit).ok_or_else(|| {
+            let point = self.learned.before(limit, &usable).ok_or_else(|| {
                 Error::internal("gzip: the learned checkpoint chosen a moment ago is gone")
             })?;
-            Restart {
+            let restart = Restart {
                 in_byte: point.in_byte,
                 bits: point.bits,
                 out: point.out,
                 history: point.history.clone(),
                 member_start: false,
-            }
+            };
+            (restart, point.origin.filter(|&k| !proofs.is_proven(k)))
         } else {
-            let index = self
-                .zinfo
-                .checkpoints
-                .partition_point(|c| c.out <= limit)
-                .saturating_sub(1);
-            self.zinfo_restart(index)?
+            if start < wanted {
+                self.counters.proof_starts += 1;
+            }
+            let origin = (!proofs.is_proven(start)).then_some(start);
+            (self.zinfo_restart(start)?, origin)
         };
         self.counters.cursor_starts += 1;
 
@@ -304,7 +433,7 @@ impl GzRan {
                 })?;
             victim
         };
-        if let Err(e) = self.cursors[index].restart(&self.blob, &restart) {
+        if let Err(e) = self.cursors[index].restart(&self.blob, &restart, origin) {
             // A failed restart leaves the cursor half positioned: drop it.
             self.drop_cursor(index);
             return Err(e);
@@ -312,17 +441,23 @@ impl GzRan {
         Ok(index)
     }
 
+    /// A restart at zinfo checkpoint `index`. Once proven, its history is cut to what
+    /// the proof found deflate may refer back to (none before a member start).
     fn zinfo_restart(&self, index: usize) -> Result<Restart> {
         let cp = self
             .zinfo
             .checkpoints
             .get(index)
             .ok_or_else(|| Error::bad(format!("zinfo: no checkpoint {index}")))?;
+        let mut history = Zinfo::window(&self.zinfo_file, cp)?;
+        if let Some(keep) = self.proofs.history_len(index) {
+            history.drain(..history.len().saturating_sub(keep));
+        }
         Ok(Restart {
             in_byte: cp.in_byte,
             bits: cp.bits,
             out: cp.out,
-            history: Zinfo::window(&self.zinfo_file, cp)?,
+            history,
             member_start: cp.out == 0,
         })
     }

@@ -391,10 +391,14 @@ impl RemoteBlob {
         if self.readahead_max == 0 || st.chunks.is_none() {
             return;
         }
+        // Only a stream whose reads have already missed sequentially (its window was
+        // opened by `extend_readahead`) asks ahead: a small file's second read of the
+        // same chunk costs no speculative request.
         let Some((next, window)) = st
             .streams
             .get(stream)
             .map(|s| (s.ahead_to.max(from), s.window))
+            .filter(|&(_, window)| window > 0)
         else {
             return;
         };

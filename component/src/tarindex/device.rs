@@ -5,7 +5,7 @@
 //! plus the exact tar size: never the reference's 8 EiB probe constant.
 
 use crate::defaults::META_IN_MEMORY_LIMIT;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::gzran::{GzRan, Options};
 use crate::source::{RemoteStats, SizedSource};
 
@@ -96,8 +96,7 @@ impl Device {
             sample: SampleReport::default(),
         };
         if header_samples > 0 {
-            let image = erofs_image::Filesystem::open(&mut device).map_err(|e| device.lift(e))?;
-            device.sample = check_sample(&image, &mut device, header_samples)?;
+            device.sample = device.check_sample_provisionally(header_samples)?;
             // Start serving cold, as without the check: its cursors began at checkpoints,
             // and a stream that took one over (or restarted at a point it learned, or
             // skipped a page it cached) would not decode its member from the start, so
@@ -107,6 +106,30 @@ impl Device {
             }
         }
         Ok(device)
+    }
+
+    /// The open-time header sample (binding.rs), for a gzip blob read provisionally: its
+    /// reads may restart at zinfo checkpoints not yet proven (proving them would decode
+    /// the stream up to the last sampled file), and nothing they decode is kept. That is
+    /// sound because the sample only refuses: every file's header is checked again, on
+    /// proven bytes, before its first read. A provisional failure may be the zinfo's
+    /// fault, so it is confirmed on proven bytes, whose error (a checkpoint's, or the
+    /// same mismatch) is the one returned.
+    fn check_sample_provisionally(&mut self, samples: u32) -> Result<SampleReport> {
+        let image = erofs_image::Filesystem::open(self).map_err(|e| self.lift(e))?;
+        let Tar::Gzip(gz) = &mut self.tar else {
+            return check_sample(&image, self, samples);
+        };
+        gz.begin_provisional();
+        let provisional = check_sample(&image, self, samples);
+        if let Tar::Gzip(gz) = &mut self.tar {
+            gz.end_provisional();
+        }
+        match provisional {
+            Ok(report) => Ok(report),
+            Err(e) if e.is(Kind::Io) => Err(e),
+            Err(_) => check_sample(&image, self, samples),
+        }
     }
 
     /// What the open-time header check did.
