@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use erofs_host::commands::usage::{is_usage, EXIT_USAGE};
-use erofs_host::commands::{bench, cat, index, mount, serve_nbd, umount, verify};
+use erofs_host::commands::{bench, cat, index, mount, serve_nbd, stats, umount, verify};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +44,8 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a layer mounted by `erofs-host mount` and stop its server
     Umount(umount::UmountArgs),
+    /// Print a mount's counters per layer: bytes fetched, requests, cache hits
+    Stats(stats::StatsArgs),
     /// Check the whole EROFS metadata inside the sandbox (what --backend loop/nbd do first)
     Verify(verify::VerifyArgs),
     /// Export the device over NBD (TCP or a unix socket), read-only
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Umount(args) => umount::run(args),
+        Command::Stats(args) => stats::run(args),
         Command::Verify(args) => verify::run(args),
         Command::ServeNbd(args) => serve_nbd::run(args),
         Command::Index(args) => index::run(args),

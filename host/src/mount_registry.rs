@@ -6,11 +6,13 @@
 //! - [`private`]: the ownership and mode checks on the state directory, its files and
 //!   the precompiled-component cache;
 //! - [`mountinfo`]: what is mounted where, and by whom;
-//! - [`process`]: which process a registered pid is.
+//! - [`process`]: which process a registered pid is;
+//! - [`stats_file`]: the counters a tree server publishes for `stats`.
 
 pub mod mountinfo;
 pub mod private;
 pub mod process;
+pub mod stats_file;
 
 use std::ffi::CString;
 use std::io::Read;

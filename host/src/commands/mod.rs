@@ -11,6 +11,7 @@ pub mod index;
 pub mod mount;
 pub mod publish;
 pub mod serve_nbd;
+pub mod stats;
 pub mod umount;
 pub mod usage;
 pub mod verify;

@@ -338,19 +338,22 @@ impl SandboxedDevice {
         Ok(starts)
     }
 
-    /// The device's counters (device mode only: a filesystem owns its device).
+    /// The device's counters (of a filesystem: those of the device it owns).
     pub fn stats(&mut self) -> Result<DeviceStats, CallError> {
         match self.mode {
             Mode::Device => {
                 self.call(|b, s, h| Ok(Ok(b.erofs_reader_tarindex().device().call_stats(s, h)?)))
             }
-            Mode::Filesystem => Err(CallError::Component(WitError::Unsupported(
-                "stats of a filesystem".into(),
-            ))),
+            Mode::Filesystem => self.call(|b, s, h| {
+                Ok(Ok(b
+                    .erofs_reader_filesystem()
+                    .filesystem()
+                    .call_device_stats(s, h)?))
+            }),
         }
     }
 
-    /// The remote fetcher's counters (device mode).
+    /// The remote fetcher's counters.
     pub fn remote_stats(&mut self) -> Result<RemoteStats, CallError> {
         match self.mode {
             Mode::Device => self.call(|b, s, h| {
@@ -359,9 +362,12 @@ impl SandboxedDevice {
                     .device()
                     .call_remote_stats(s, h)?))
             }),
-            Mode::Filesystem => Err(CallError::Component(WitError::Unsupported(
-                "stats of a filesystem".into(),
-            ))),
+            Mode::Filesystem => self.call(|b, s, h| {
+                Ok(Ok(b
+                    .erofs_reader_filesystem()
+                    .filesystem()
+                    .call_device_remote_stats(s, h)?))
+            }),
         }
     }
 

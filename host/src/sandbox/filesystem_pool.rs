@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::{Context, Result};
 
 use super::device::{DeviceSpec, Limits, SandboxedDevice};
+use super::errors::CallError;
 use super::runtime::Runtime;
+use crate::mount_registry::stats_file::TreeStats;
 
 /// Filesystem instances opened on the same files, lent to one thread at a time.
 pub struct FilesystemPool {
@@ -54,5 +56,27 @@ impl FilesystemPool {
         self.instances[i]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The counters of every instance, summed (the label left empty). Each instance is
+    /// waited for in turn, so a caller blocks behind at most one request per instance.
+    pub fn tree_stats(&self) -> Result<TreeStats, CallError> {
+        let mut total = TreeStats::default();
+        for slot in &self.instances {
+            // Poisoned: see `get`.
+            let mut fs = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let d = fs.stats()?;
+            let r = fs.remote_stats()?;
+            total.add(&TreeStats {
+                label: String::new(),
+                bytes_fetched: r.bytes_fetched,
+                requests: r.requests,
+                cache_hits: d.cache_hits,
+                remote_chunk_hits: r.chunk_hits,
+                bytes_decoded: d.bytes_decoded,
+                blob_bytes_read: d.blob_bytes_read,
+            });
+        }
+        Ok(total)
     }
 }

@@ -14,6 +14,10 @@ use fuser::{
     ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::stats_writer::StatsWriter;
 use super::{errno, open_read_only, read_only_basics, TTL};
 use crate::sandbox::runtime::{Attributes, FileKind};
 use crate::sandbox::{CallError, FilesystemPool};
@@ -23,7 +27,10 @@ use crate::sandbox::{CallError, FilesystemPool};
 const READDIR_BATCH: u32 = 256;
 
 pub(crate) struct ErofsFuse {
-    pool: FilesystemPool,
+    pool: Arc<FilesystemPool>,
+    /// Publishes the counters for `erofs-host stats` (see `with_stats_file`); dropped
+    /// with the session, which writes them one last time.
+    stats: Option<StatsWriter>,
     root_nid: u64,
     device_size: u64,
     /// Show `trusted.overlay.*` as `user.overlay.*` (see `with_user_overlay_xattrs`).
@@ -40,7 +47,8 @@ impl ErofsFuse {
             (fs.root()?, fs.size())
         };
         Ok(ErofsFuse {
-            pool,
+            pool: Arc::new(pool),
+            stats: None,
             root_nid,
             device_size,
             user_overlay_xattrs: false,
@@ -54,6 +62,12 @@ impl ErofsFuse {
     pub fn with_user_overlay_xattrs(mut self) -> ErofsFuse {
         self.user_overlay_xattrs = true;
         self
+    }
+
+    /// Publish the counters at `path` for `erofs-host stats`, labelled `label`.
+    pub fn with_stats_file(mut self, path: PathBuf, label: String) -> std::io::Result<ErofsFuse> {
+        self.stats = Some(StatsWriter::start(self.pool.clone(), path, label)?);
+        Ok(self)
     }
 
     /// The stored name a requested xattr name stands for.

@@ -4,6 +4,7 @@
 //! a failed sandbox call.
 
 pub(crate) mod filesystem;
+mod stats_writer;
 
 use std::path::Path;
 use std::time::Duration;

@@ -125,6 +125,12 @@ pub fn mount_layer(
             if o.user_overlay_xattrs {
                 fs = fs.with_user_overlay_xattrs();
             }
+            fs = fs
+                .with_stats_file(
+                    mounts::stats_file::stats_path(dir)?,
+                    format!("layer {} {}", layer.index, layer.digest),
+                )
+                .context("starting the stats writer")?;
             mounted.session = Some(fuse::session(fs, dir, &name, o.instances)?);
         }
         Backend::Loop => {
