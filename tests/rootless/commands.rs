@@ -92,6 +92,16 @@ fn an_unprivileged_user_indexes_mounts_reads_and_unmounts() {
     );
     ok("reading the mount as nobody", &read);
 
+    // stats, as its owner: the counters of nobody's own mount (written once a second).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let stats = as_nobody(&["stats", "--json", &mnt_s]);
+    ok("stats as nobody", &stats);
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert!(
+        json["total"]["bytes_decoded"].as_u64().unwrap_or(0) > 0,
+        "stats as nobody counted no decoded bytes: {json}"
+    );
+
     // Another unprivileged user may not take it down.
     let other_run = space.path("other-run");
     std::fs::create_dir(&other_run).unwrap();

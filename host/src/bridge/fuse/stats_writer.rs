@@ -1,7 +1,7 @@
 //! Publishes a FUSE tree server's counters for `erofs-host stats`: a thread that sums
 //! the sandbox instances' counters once a second and rewrites the tree's stats file
-//! (`mount_registry::stats_file`) when they changed, and once more when it is stopped
-//! (at unmount), so that the last reads are counted too.
+//! (`mount_registry::stats_file`) when they changed. When it is stopped (at unmount) the
+//! file is removed: the mount is gone, and its state directory is left as it was found.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -17,7 +17,7 @@ use crate::sandbox::FilesystemPool;
 /// watching `stats`, and costs one short call per instance.
 const INTERVAL: Duration = Duration::from_secs(1);
 
-/// The running writer; dropping it writes the last counters and joins the thread.
+/// The running writer; dropping it stops the thread and removes the stats file.
 pub(crate) struct StatsWriter {
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -38,17 +38,15 @@ impl StatsWriter {
             .name("stats".into())
             .spawn(move || {
                 let mut written: Option<TreeStats> = None;
-                loop {
-                    // Stopped (a message, or the writer dropped): one last write, then end.
-                    let last = !matches!(
-                        stopped.recv_timeout(INTERVAL),
-                        Err(RecvTimeoutError::Timeout)
-                    );
+                // Until stopped (a message, or the writer dropped): publish once a second.
+                while matches!(
+                    stopped.recv_timeout(INTERVAL),
+                    Err(RecvTimeoutError::Timeout)
+                ) {
                     publish(&pool, &path, &label, &mut written);
-                    if last {
-                        return;
-                    }
                 }
+                // State change: the mount is going away; so does its stats file.
+                remove_file_quietly(&path);
             })?;
         Ok(StatsWriter {
             stop: Some(stop),
