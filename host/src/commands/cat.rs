@@ -27,11 +27,12 @@ pub struct CatArgs {
     pub stats: bool,
 
     /// Sandboxed instances decoding parts of the read at once, each from its own zinfo
-    /// checkpoint; the output stays in order. Each instance has its own --memory-limit, so
-    /// the total cap is N × --memory-limit. [default: 1: each further instance must first
-    /// prove its part's checkpoint by decoding the blob from its start, so today more
-    /// instances add work; more than 4 only add start-up work in any case]. A plain tar, or
-    /// a range inside one span, always uses one.
+    /// checkpoint; the output stays in order.
+    /// The total memory cap is N × --memory-limit (each instance has its own).
+    /// [default: 1: each further instance must first prove its part's checkpoint by
+    /// decoding the blob from its start, so today more instances add work; more than 4
+    /// only add start-up work in any case]. A plain tar, or a range inside one span,
+    /// always uses one.
     #[arg(long, alias = "instances", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: Option<u32>,
 }
