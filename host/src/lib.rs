@@ -11,6 +11,8 @@
 //!   table from component errors to errno.
 //! - [`net`]: what the component's `wasi:http` requests go through: the egress
 //!   allow-list, the host's HTTP sender, registry credentials and the range cache.
+//! - [`snapshotter`]: `erofs-host snapshotter`, containerd's remote snapshotter over
+//!   lazily mounted layers (one `erofs-host mount` daemon per layer).
 //! - [`atomic_output`]: output files written whole or not at all, even on Ctrl-C.
 //! - [`mount_registry`]: the record of live mounts that `umount` reads.
 //! - [`defaults`]: every default setting, each with its reason.
@@ -26,3 +28,4 @@ pub(crate) mod mount_registry;
 pub(crate) mod net;
 pub mod progress;
 pub mod sandbox;
+pub mod snapshotter;

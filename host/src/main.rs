@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use erofs_host::commands::usage::{is_usage, EXIT_USAGE};
-use erofs_host::commands::{bench, cat, index, mount, serve_nbd, stats, umount, verify};
+use erofs_host::commands::{bench, cat, index, mount, pull, serve_nbd, stats, umount, verify};
+use erofs_host::snapshotter;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +53,13 @@ enum Command {
     ServeNbd(serve_nbd::ServeNbdArgs),
     /// Build a layer's tar index (META) and zinfo inside the sandbox, from the blob alone
     Index(index::IndexArgs),
+    /// Serve containerd's Snapshots API (a proxy plugin): containers start from layers
+    /// mounted lazily from the registry
+    Snapshotter(snapshotter::SnapshotterArgs),
+    /// Pull an image into containerd without downloading its layers: manifest and config
+    /// into its content store, the image created, each layer prepared lazily through the
+    /// snapshotter
+    Pull(pull::PullArgs),
     /// Print a shell completion script: `source <(erofs-host completions bash)`
     Completions {
         /// The shell to complete for
@@ -115,6 +123,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::ServeNbd(args) => serve_nbd::run(args),
         Command::Index(args) => index::run(args),
+        Command::Snapshotter(args) => snapshotter::run(args),
+        Command::Pull(args) => pull::run(args),
         Command::Completions { shell } => completions(shell),
         Command::ManPages { dir } => man_pages(&dir),
     };

@@ -10,6 +10,7 @@ pub mod image;
 pub mod index;
 pub mod mount;
 pub mod publish;
+pub mod pull;
 pub mod serve_nbd;
 pub mod stats;
 pub mod umount;
