@@ -8,7 +8,9 @@
 #   fuse3 (fusermount3), libnbd-bin (nbdinfo, nbdcopy, nbdfuse) + qemu-utils (real NBD clients),
 #   attr (getfattr), docker-registry + apache2-utils + openssl (the test registry with
 #   TLS and auth), curl (the network benchmark's reference), pigz, python3 + pip,
-#   buildah (builds the whole-image test's image), fuse-overlayfs (the rootless merge);
+#   buildah (builds the whole-image test's image), fuse-overlayfs (the rootless merge),
+#   containerd + runc (the snapshotter's test), protobuf-compiler (protoc: the containerd
+#   crates compile containerd's gRPC protos when the host is built);
 # - the locked npm packages of tests/node (jco) and the pinned PyPI packages of
 #   tests/python (wasmtime-py, pytest).
 # Without root the apt step is skipped loudly: the tests that need a package say so.
@@ -21,7 +23,8 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 packages=(fuse3 libnbd-bin qemu-utils attr docker-registry apache2-utils openssl
-    curl ca-certificates pigz python3 python3-pip buildah fuse-overlayfs)
+    curl ca-certificates pigz python3 python3-pip buildah fuse-overlayfs
+    containerd runc protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

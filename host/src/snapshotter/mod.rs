@@ -118,15 +118,30 @@ async fn serve(address: PathBuf, snapshotter: ErofsSnapshotter) -> Result<()> {
         .with_context(|| format!("{}: binding", address.display()))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     eprintln!("erofs-host snapshotter: serving on {}", address.display());
-    let result = tonic::transport::Server::builder()
+    // On a stop signal, requests in flight get a grace period; containerd keeps its
+    // connection open, so the server is then dropped rather than drained.
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(containerd_snapshots::server(Arc::new(snapshotter)))
-        .serve_with_incoming_shutdown(incoming, stop_signal())
-        .await
-        .with_context(|| format!("{}: serving", address.display()));
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        });
+    let result = tokio::select! {
+        r = server => r.with_context(|| format!("{}: serving", address.display())),
+        () = async {
+            stop_signal().await;
+            let _ = stopping.send(());
+            tokio::time::sleep(STOP_GRACE).await;
+        } => Ok(()),
+    };
     let _ = std::fs::remove_file(&address);
     eprintln!("erofs-host snapshotter: stopped (layer mounts stay served)");
     result
 }
+
+/// How long requests in flight may finish after a stop signal. 3 s: a Prepare that is
+/// mounting a layer needs about a second; one cut off leaves an orphan that Cleanup removes.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// SIGINT or SIGTERM.
 async fn stop_signal() {

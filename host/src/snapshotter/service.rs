@@ -270,6 +270,16 @@ impl Snapshotter for ErofsSnapshotter {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Status> {
+        // The layer committed already (another namespace's pull, an earlier one):
+        // containerd finds it by its target and parent and downloads nothing.
+        if let Some(target) = labels.get(labels::TARGET) {
+            let store = self.lock()?;
+            if let Ok(existing) = store.get(target) {
+                if existing.kind == Kind::Committed && existing.parent == parent {
+                    return Err(Status::already_exists(format!("target snapshot {target}")));
+                }
+            }
+        }
         match labels::remote_request(&labels) {
             None => {}
             Some(Err(why)) => tracing::info!(

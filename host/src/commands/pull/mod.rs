@@ -146,7 +146,7 @@ pub fn run(args: PullArgs) -> Result<()> {
         let size: u64 = image.layers.iter().map(|l| l.size).sum();
         result?;
         println!(
-            "{}: manifest {}, {} layers ({} bytes compressed) prepared lazily by snapshotter {}",
+            "{}: manifest {}, {} layers ({} bytes in its layer blobs) prepared lazily by snapshotter {}",
             args.image,
             image.manifest_digest,
             image.layers.len(),
