@@ -16,7 +16,9 @@
 //! Everything stops and unmounts on every path (guards), failure included.
 
 mod common;
+// The registry and mountinfo helpers of the whole-image tests (the rest is theirs).
 #[path = "image/support.rs"]
+#[allow(dead_code)]
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +29,8 @@ use common::*;
 use support::*;
 
 const PLUGIN: &str = "erofs-wasm";
-const PY: &str = "import json, email, http.client, sys; print(json.dumps({'ok': sys.version_info[0]}))";
+const PY: &str =
+    "import json, email, http.client, sys; print(json.dumps({'ok': sys.version_info[0]}))";
 
 /// A daemon of the test, stopped (SIGTERM, then SIGKILL) and reaped on drop.
 struct Daemon {
@@ -61,7 +64,11 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("{} exited ({status}) before {what}:\n{}", self.name, self.log());
+                panic!(
+                    "{} exited ({status}) before {what}:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -409,7 +416,10 @@ fn containerd_runs_an_image_from_lazily_mounted_layers() {
         .unwrap_or_else(|| panic!("no image size in {said:?}"));
     let layers = h.layer_dirs();
     assert!(layers.len() >= 5, "{} layers mounted lazily", layers.len());
-    assert!(layers.iter().all(|d| is_mounted(d)), "a layer is not mounted");
+    assert!(
+        layers.iter().all(|d| is_mounted(d)),
+        "a layer is not mounted"
+    );
     assert_eq!(h.run_python("default", &image, "lazy-1"), r#"{"ok": 3}"#);
     let fetched = h.bytes_fetched(&layers);
     eprintln!(
@@ -439,11 +449,21 @@ fn containerd_runs_an_image_from_lazily_mounted_layers() {
     // No published index: our pull says so; containerd's own pull falls back to an
     // ordinary unpack through the snapshotter.
     let out = h.pull(&unindexed);
-    assert!(!out.status.success(), "pull of an image without an index succeeded");
+    assert!(
+        !out.status.success(),
+        "pull of an image without an index succeeded"
+    );
     assert_stderr_contains(&out, "was not mounted lazily");
     let out = h.ctr(
         "fallback",
-        &["images", "pull", "--plain-http", "--snapshotter", PLUGIN, &unindexed],
+        &[
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            PLUGIN,
+            &unindexed,
+        ],
     );
     assert!(
         out.status.success(),
@@ -459,7 +479,11 @@ fn containerd_runs_an_image_from_lazily_mounted_layers() {
         log.contains("FALLING BACK") || log.contains("not mounted lazily"),
         "the fallback is not logged:\n{log}"
     );
-    assert_eq!(h.layer_dirs().len(), layers.len(), "the fallback mounted layers");
+    assert_eq!(
+        h.layer_dirs().len(),
+        layers.len(),
+        "the fallback mounted layers"
+    );
 
     // Removing the images removes their snapshots, and the layer mounts with them (the
     // lazily mounted layers are shared by both namespaces' images).
@@ -482,7 +506,10 @@ fn containerd_runs_an_image_from_lazily_mounted_layers() {
         snapshotter.log()
     );
     assert!(h.layer_dirs().is_empty(), "snapshots left in the state");
-    eprintln!("image removed: its {} layer mounts went with it", layers.len());
+    eprintln!(
+        "image removed: its {} layer mounts went with it",
+        layers.len()
+    );
 
     containerd.stop();
     snapshotter.stop();

@@ -121,7 +121,9 @@ mod tests {
     #[test]
     fn missing_or_bad_labels_say_which() {
         assert!(remote_request(&labels(&[])).is_none());
-        let e = remote_request(&labels(&[(TARGET, "x")])).unwrap().unwrap_err();
+        let e = remote_request(&labels(&[(TARGET, "x")]))
+            .unwrap()
+            .unwrap_err();
         assert!(e.contains(IMAGE_REF), "{e}");
         let e = remote_request(&labels(&[
             (TARGET, "x"),

@@ -328,7 +328,11 @@ mod tests {
         s.insert("c", r).unwrap();
         let new: HashMap<String, String> = [("add".to_string(), "2".to_string())].into();
         let r = s
-            .update_labels("c", new.clone(), &["labels.add".into(), "labels.drop".into()])
+            .update_labels(
+                "c",
+                new.clone(),
+                &["labels.add".into(), "labels.drop".into()],
+            )
             .unwrap();
         assert_eq!(r.labels.len(), 2);
         assert_eq!(r.labels["add"], "2");

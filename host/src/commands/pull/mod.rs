@@ -43,7 +43,11 @@ pub struct PullArgs {
     pub image: String,
 
     /// containerd's socket (its `[grpc] address`)
-    #[arg(long, value_name = "SOCKET", default_value = "/run/containerd/containerd.sock")]
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        default_value = "/run/containerd/containerd.sock"
+    )]
     pub containerd: PathBuf,
 
     /// The containerd namespace (`ctr -n`; Kubernetes' is k8s.io) [default: default, as ctr's]
@@ -236,7 +240,10 @@ async fn put_everything(
         let labels = HashMap::from([
             (snapshot_labels::TARGET.to_string(), chain.clone()),
             (snapshot_labels::IMAGE_REF.to_string(), args.image.clone()),
-            (snapshot_labels::LAYER_DIGEST.to_string(), layer.digest.clone()),
+            (
+                snapshot_labels::LAYER_DIGEST.to_string(),
+                layer.digest.clone(),
+            ),
             (
                 snapshot_labels::MANIFEST_DIGEST.to_string(),
                 manifest_digest.to_string(),
