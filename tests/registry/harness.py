@@ -628,7 +628,8 @@ def proxy_main(workdir):
     if cfg.get("rtt_ms") is not None or cfg.get("rate_mbit") is not None:
         from link import Link
         open(cfg["links_log"], "a").close()
-        behind = (host, int(port)) if cfg.get("link_only") else ("127.0.0.1", srv.port)
+        up_host, _, up_port = cfg["upstream"].rpartition(":")
+        behind = (up_host, int(up_port)) if cfg.get("link_only") else ("127.0.0.1", srv.port)
         link = Link(behind, cfg.get("rtt_ms") or 0.0, cfg.get("rate_mbit"), cfg["links_log"])
         threading.Thread(target=link.serve_forever, daemon=True).start()
         port = link.port
