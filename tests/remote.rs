@@ -6,13 +6,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::registry::Registry;
 use common::*;
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(180);
 

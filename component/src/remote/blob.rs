@@ -406,12 +406,15 @@ impl RemoteBlob {
         if self.readahead_max == 0 || st.chunks.is_none() || st.full.is_some() {
             return;
         }
-        let cs = self.chunk_size.get();
         let mut runs: Vec<(u64, u64)> = ranges
             .iter()
             .map(|&(a, b)| (a, b.min(self.size)))
             .filter(|&(a, b)| a < b)
-            .map(|(a, b)| (a / cs, b.saturating_sub(1) / cs + 1))
+            .map(|(a, b)| {
+                let first = a / self.chunk_size;
+                let last = b.saturating_sub(1) / self.chunk_size;
+                (first, last.saturating_add(1))
+            })
             .collect();
         runs.sort_unstable();
         let mut merged: Vec<(u64, u64)> = Vec::new();
