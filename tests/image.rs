@@ -550,7 +550,11 @@ fn record_prefetch_and_background_fetch_fill_the_cache() {
         ],
     );
     let before = stats_until(&mnt, "prefetch done", |v| {
-        v["total"]["prefetch_done"] == true
+        v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["prefetch_done"] == true)
     });
     assert!(
         total(&before, "background_bytes_fetched") > 0,

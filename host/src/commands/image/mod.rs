@@ -123,6 +123,45 @@ impl Drop for ImageMount {
     }
 }
 
+/// Mount one layer at `dir/N` (its counters wired to the mount's stats), and what the
+/// warm thread needs to open it again.
+fn open_layer(
+    runtime: &Arc<Runtime>,
+    layer: &layers::PlannedLayer,
+    dir: &Path,
+    options: &LayerOptions,
+) -> Result<(LayerMount, WarmLayer)> {
+    let at = dir.join(layer.index.to_string());
+    let backing = dir.join(format!("{}.device", layer.index));
+    let background = Arc::new(BackgroundCounters::default());
+    let traffic = match &layer.source {
+        BlobSource::Remote { egress, .. } => Some(LayerTraffic {
+            per_blob: egress.per_blob.clone(),
+            hex: layer
+                .digest
+                .strip_prefix("sha256:")
+                .unwrap_or(&layer.digest)
+                .to_ascii_lowercase(),
+            background: background.clone(),
+        }),
+        BlobSource::Local(_) => None,
+    };
+    let what = || format!("layer {} ({})", layer.index, layer.digest);
+    let mounted =
+        mount_layer(runtime, layer, &at, &backing, options, traffic).with_context(what)?;
+    let (spec, limits) = layer
+        .device
+        .spec_with_blob(layer.source.clone())
+        .with_context(what)?;
+    let warm = WarmLayer {
+        index: layer.index,
+        spec,
+        limits,
+        counters: background,
+    };
+    Ok((mounted, warm))
+}
+
 /// Where a mountpoint's layers are mounted.
 pub fn layers_dir(mountpoint: &Path) -> Result<PathBuf> {
     Ok(mounts::state_dir()?.join(format!("{}.layers", mounts::mount_id(mountpoint))))
@@ -187,33 +226,41 @@ pub fn serve(args: &MountArgs, mountpoint: &Path, signals: &libc::sigset_t) -> R
         user_overlay_xattrs: merge_kind == MergeKind::FuseOverlayfs,
         watch: watch.clone(),
     };
+    // Every layer opens at once: each open is a few round trips to the registry (its
+    // published index, its first bytes), which need not wait for the layer below.
+    let opened: Vec<Result<(LayerMount, WarmLayer)>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = plan
+            .layers
+            .iter()
+            .map(|layer| {
+                let (runtime, dir, options) = (&runtime, &dir, &options);
+                scope.spawn(move || open_layer(runtime, layer, dir, options))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a layer's mount thread panicked")))
+            })
+            .collect()
+    });
+    // Everything mounted goes into `made` first, so that a failure unwinds it all.
     let mut warm_layers = Vec::new();
-    for layer in &plan.layers {
-        let at = dir.join(layer.index.to_string());
-        let backing = dir.join(format!("{}.device", layer.index));
-        let background = Arc::new(BackgroundCounters::default());
-        let traffic = match &layer.source {
-            BlobSource::Remote { egress, .. } => Some(LayerTraffic {
-                per_blob: egress.per_blob.clone(),
-                hex: layer
-                    .digest
-                    .strip_prefix("sha256:")
-                    .unwrap_or(&layer.digest)
-                    .to_ascii_lowercase(),
-                background: background.clone(),
-            }),
-            BlobSource::Local(_) => None,
-        };
-        let mounted = mount_layer(&runtime, layer, &at, &backing, &options, traffic)
-            .with_context(|| format!("layer {} ({})", layer.index, layer.digest))?;
-        made.layers.push(mounted);
-        let (spec, limits) = layer.device.spec_with_blob(layer.source.clone())?;
-        warm_layers.push(WarmLayer {
-            index: layer.index,
-            spec,
-            limits,
-            counters: background,
-        });
+    let mut first_error = None;
+    for result in opened {
+        match result {
+            Ok((mounted, warm)) => {
+                made.layers.push(mounted);
+                warm_layers.push(warm);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     let mut lowers: Vec<PathBuf> = made.layers.iter().rev().map(|l| l.dir.clone()).collect();
     // A single read-only layer still goes through the merge (its whiteouts must hide),

@@ -1,13 +1,13 @@
 //! Fetching ahead of the readers of a whole-image mount, into the on-disk range cache
 //! (`--cache-dir`), on one thread of its own with its own sandbox instance per layer, so
 //! that a foreground read never waits for it (no shared instance, no shared lock; the
-//! HTTP connection pool opens another connection):
+//! HTTP connection pool opens another connection). One thread per layer, all at once:
 //!
-//! 1. `--prefetch FILE` first, at full speed: the paths (or recorded regions) it lists,
-//!    each read from the topmost layer that holds it;
-//! 2. then the background fetch, `--background-fetch RATE`: every layer's tar from
-//!    start to end, bottom layer first, at most RATE bytes a second, pausing while a
-//!    foreground read happened in the last [`QUIET`], at the lowest CPU priority.
+//! 1. `--prefetch FILE` first, at full speed and normal priority: the paths (or recorded
+//!    regions) it lists that the layer's tree holds;
+//! 2. then the background fetch, `--background-fetch RATE`: the layer's tar from start
+//!    to end, at most RATE / layers bytes a second, pausing while a foreground read
+//!    happened in the last [`QUIET`], at the lowest CPU priority.
 //!
 //! The foreground's own ranges are then served from what was kept (the range cache
 //! pieces a range together from the larger ones kept here). Dropping [`Warmer`] (at
@@ -55,30 +55,39 @@ pub struct WarmPlan {
 /// The running warmer; dropping it stops it.
 pub struct Warmer {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Warmer {
+    /// One thread per layer, each with its share of the rate.
     pub fn start(runtime: Arc<Runtime>, plan: WarmPlan) -> Result<Warmer> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("warm".into())
-            .spawn(move || run(&runtime, plan, &stopped))
-            .context("starting the background fetch thread")?;
-        Ok(Warmer {
-            stop,
-            thread: Some(thread),
-        })
+        let mut warmer = Warmer {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        let share = plan.rate / (plan.layers.len().max(1) as u64);
+        let rate = if plan.rate > 0 { share.max(1) } else { 0 };
+        let prefetch = Arc::new(plan.prefetch);
+        for layer in plan.layers {
+            let (runtime, prefetch, watch) =
+                (runtime.clone(), prefetch.clone(), plan.watch.clone());
+            let stop = warmer.stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("warm-{}", layer.index))
+                .spawn(move || run_layer(&runtime, layer, &prefetch, rate, &watch, &stop))
+                .context("starting a background fetch thread")?;
+            warmer.threads.push(thread);
+        }
+        Ok(warmer)
     }
 }
 
 impl Drop for Warmer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             if t.join().is_err() {
-                tracing::warn!("the background fetch thread panicked");
+                tracing::warn!("a background fetch thread panicked");
             }
         }
     }
@@ -123,106 +132,107 @@ impl Opened {
     }
 }
 
-fn run(runtime: &Arc<Runtime>, plan: WarmPlan, stop: &AtomicBool) {
-    lower_priority();
-    let mut layers: Vec<Opened> = plan
-        .layers
-        .into_iter()
-        .map(|layer| Opened {
-            layer,
-            device: None,
-        })
-        .collect();
+/// One layer's warming, on its own thread: its part of the prefetch list (the listed
+/// files its tree holds), then, at the lowest CPU priority and its share of the rate,
+/// its whole tar.
+fn run_layer(
+    runtime: &Arc<Runtime>,
+    layer: WarmLayer,
+    prefetch: &[Wanted],
+    rate: u64,
+    watch: &AccessWatch,
+    stop: &AtomicBool,
+) {
+    let counters = layer.counters.clone();
+    let index = layer.index;
+    let mut opened = Opened {
+        layer,
+        device: None,
+    };
     let started = Instant::now();
-    for wanted in &plan.prefetch {
+    let mut found = 0usize;
+    for wanted in prefetch {
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        prefetch_one(runtime, &mut layers, wanted, stop);
+        found += usize::from(prefetch_one(runtime, &mut opened, wanted, stop));
     }
-    for layer in &mut layers {
-        layer.publish();
-        layer
-            .layer
-            .counters
-            .prefetch_done
-            .store(true, Ordering::Relaxed);
-    }
-    if !plan.prefetch.is_empty() {
+    opened.publish();
+    counters.prefetch_done.store(true, Ordering::Relaxed);
+    if !prefetch.is_empty() {
         tracing::info!(
-            "prefetch: {} entries in {:.2?}",
-            plan.prefetch.len(),
+            "layer {index}: prefetched {found} of {} entries in {:.2?}",
+            prefetch.len(),
             started.elapsed()
         );
     }
-    if plan.rate == 0 {
+    if rate == 0 {
         return;
     }
-    let mut pace = Pace::new(plan.rate);
-    for layer in &mut layers {
-        let Some(device) = layer.device(runtime) else {
-            continue;
-        };
-        let (start, end) = (device.meta_size(), device.size());
-        let counters = layer.layer.counters.clone();
-        counters
-            .bytes_total
-            .store(end.saturating_sub(start), Ordering::Relaxed);
-        let mut offset = start;
-        while offset < end {
-            if !pace.wait(&plan.watch, stop) {
-                return;
-            }
-            let Some(device) = layer.device(runtime) else {
-                break;
-            };
-            let before = device.remote_stats().map(|r| r.bytes_fetched).unwrap_or(0);
-            let len = u32::try_from(end - offset).unwrap_or(PIECE).min(PIECE);
-            if let Err(e) = device.pread(offset, len) {
-                tracing::warn!(
-                    "layer {}: background fetch stopped at device offset {offset}: {e}",
-                    layer.layer.index
-                );
-                break;
-            }
-            let after = device.remote_stats().map(|r| r.bytes_fetched).unwrap_or(0);
-            pace.spent(after.saturating_sub(before));
-            offset += u64::from(len);
-            counters.bytes_done.store(offset - start, Ordering::Relaxed);
-            layer.publish();
+    lower_priority();
+    let mut pace = Pace::new(rate);
+    let Some(device) = opened.device(runtime) else {
+        return;
+    };
+    let (start, end) = (device.meta_size(), device.size());
+    counters
+        .bytes_total
+        .store(end.saturating_sub(start), Ordering::Relaxed);
+    let mut offset = start;
+    while offset < end {
+        if !pace.wait(watch, stop) {
+            return;
         }
-        tracing::info!(
-            "layer {}: background fetch done ({} bytes of tar)",
-            layer.layer.index,
-            end - start
-        );
+        let Some(device) = opened.device(runtime) else {
+            return;
+        };
+        let before = device.remote_stats().map(|r| r.bytes_fetched).unwrap_or(0);
+        let len = u32::try_from(end - offset).unwrap_or(PIECE).min(PIECE);
+        if let Err(e) = device.pread(offset, len) {
+            tracing::warn!(
+                "layer {index}: background fetch stopped at device offset {offset}: {e}"
+            );
+            return;
+        }
+        let after = device.remote_stats().map(|r| r.bytes_fetched).unwrap_or(0);
+        pace.spent(after.saturating_sub(before));
+        offset += u64::from(len);
+        counters.bytes_done.store(offset - start, Ordering::Relaxed);
+        opened.publish();
     }
+    tracing::info!(
+        "layer {index}: background fetch done ({} bytes of tar)",
+        end - start
+    );
 }
 
-/// Read `wanted` from the topmost layer whose tree has it as a regular file.
-fn prefetch_one(runtime: &Arc<Runtime>, layers: &mut [Opened], wanted: &Wanted, stop: &AtomicBool) {
-    for layer in layers.iter_mut().rev() {
-        let Some(device) = layer.device(runtime) else {
-            continue;
-        };
-        let Some((nid, size)) = find_file(device, &wanted.path) else {
-            continue;
-        };
-        let (mut offset, end) = match wanted.region {
-            Some((o, l)) => (o.min(size), o.saturating_add(l).min(size)),
-            None => (0, size),
-        };
-        while offset < end && !stop.load(Ordering::Relaxed) {
-            let len = u32::try_from(end - offset).unwrap_or(PIECE).min(PIECE);
-            if let Err(e) = device.read(nid, offset, len) {
-                tracing::debug!("prefetch {}: {e}", wanted.path);
-                break;
-            }
-            offset += u64::from(len);
+/// Read `wanted` if this layer's tree has it as a regular file; true if it did. (A file
+/// an upper layer hides is fetched too: harmless, and rare in a recorded log.)
+fn prefetch_one(
+    runtime: &Arc<Runtime>,
+    layer: &mut Opened,
+    wanted: &Wanted,
+    stop: &AtomicBool,
+) -> bool {
+    let Some(device) = layer.device(runtime) else {
+        return false;
+    };
+    let Some((nid, size)) = find_file(device, &wanted.path) else {
+        return false;
+    };
+    let (mut offset, end) = match wanted.region {
+        Some((o, l)) => (o.min(size), o.saturating_add(l).min(size)),
+        None => (0, size),
+    };
+    while offset < end && !stop.load(Ordering::Relaxed) {
+        let len = u32::try_from(end - offset).unwrap_or(PIECE).min(PIECE);
+        if let Err(e) = device.read(nid, offset, len) {
+            tracing::debug!("prefetch {}: {e}", wanted.path);
+            break;
         }
-        layer.publish();
-        return;
+        offset += u64::from(len);
     }
+    true
 }
 
 /// The nid and size of the regular file at `path` (absolute) in this layer's tree.
