@@ -169,14 +169,9 @@ fn table(r: &Report) -> String {
 const COLUMNS: usize = 9;
 
 fn cells(label: &str, t: &TreeStats) -> [String; COLUMNS] {
-    let done = if t.background_total == 0 {
-        "-".to_string()
-    } else {
-        format!(
-            "{}%",
-            t.background_done.saturating_mul(100) / t.background_total
-        )
-    };
+    let done = (t.background_done.saturating_mul(100))
+        .checked_div(t.background_total)
+        .map_or_else(|| "-".to_string(), |p| format!("{p}%"));
     [
         label.to_string(),
         t.bytes_fetched.to_string(),

@@ -201,7 +201,7 @@ fn cache_key(request: &http::Request<WasiBody>) -> Option<Key> {
     let (start, end) = range.strip_prefix("bytes=")?.split_once('-')?;
     let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
     let origin = format!("{}://{}", uri.scheme_str()?, request_authority(uri)?);
-    (start <= end && end - start < CACHEABLE_MAX).then(|| Key {
+    (start <= end && end - start < CACHEABLE_MAX).then_some(Key {
         origin,
         hex,
         start,
