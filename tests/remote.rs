@@ -10,28 +10,20 @@ use std::process::Output;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::registry::Registry;
 use common::*;
 
 const T: Duration = Duration::from_secs(180);
 
-type Registry = HarnessRegistry;
-
-/// A TLS registry with `auth` (the harness's `--auth`) and the harness options `extra`.
-fn start_registry(auth: &str, extra: &[&str]) -> Option<Registry> {
-    let mut a = vec!["--auth", auth, "--tls"];
-    a.extend(extra);
-    Registry::start("registry tests", &format!("registry-{auth}"), &a)
-}
-
 fn basic_registry() -> Option<&'static Registry> {
     static R: OnceLock<Option<Registry>> = OnceLock::new();
-    R.get_or_init(|| start_registry("basic", &[])).as_ref()
+    R.get_or_init(|| Registry::start_tls("basic", &[])).as_ref()
 }
 
 fn token_registry() -> Option<&'static Registry> {
     static R: OnceLock<Option<Registry>> = OnceLock::new();
     R.get_or_init(|| {
-        start_registry(
+        Registry::start_tls(
             "token",
             &["--token-ttl", "4", "--images", "basic,pigz,large"],
         )

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 /// `erofs-host mount` with a Drop that unmounts.
 pub mod host_mount;
-/// The registry harness (tests/registry/harness.py), started and stopped.
+/// The registry harness (tests/registry/harness.py) and its proxies, started and stopped.
 pub mod registry;
 /// External tools with deadlines (also used by erofs-nbd's own tests).
 pub mod tools;

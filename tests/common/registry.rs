@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use super::{root, run_host_with, skip};
 
+/// The name the network tests use.
+pub type Registry = HarnessRegistry;
+
 /// A running harness registry and what the harness printed about it (`registry`, `url`,
 /// `workdir`, `ca_file`, `username`, `password`, `images`).
 pub struct HarnessRegistry {
@@ -43,6 +46,14 @@ impl HarnessRegistry {
             info: serde_json::from_slice(&out.stdout).ok()?,
             workdir,
         })
+    }
+
+    /// A TLS registry with `auth` (the harness's `--auth`: none, basic, token) and the
+    /// harness options `extra`, for the network tests.
+    pub fn start_tls(auth: &str, extra: &[&str]) -> Option<HarnessRegistry> {
+        let mut args = vec!["--auth", auth, "--tls"];
+        args.extend(extra);
+        Self::start("registry tests", &format!("registry-{auth}"), &args)
     }
 
     /// A string field of the harness's report ("" when absent).
