@@ -67,9 +67,11 @@ const RETRY_AFTER_MAX: u32 = 5;
 const H2_STREAM_WINDOW: u32 = 16 << 20;
 const H2_CONNECTION_WINDOW: u32 = (MAX_PER_ORIGIN as u32) * (4 << 20);
 
-/// An HTTP/2 connection that carries nothing is pinged this often, and dropped if the
-/// ping is not answered within the first-byte timeout: with every request of an origin
-/// on one connection, a dead one must not wait for a request to time out. 20 s.
+/// An HTTP/2 connection with requests on it is pinged after this long without a frame,
+/// and dropped if the ping is not answered within the first-byte timeout: with every
+/// request of an origin on one connection, a dead one must be found even while the
+/// requests on it wait. 20 s (an idle connection is not pinged; the pool's idle timeout
+/// ends it).
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// Where Debian keeps the system's trusted CAs (the ca-certificates package).
