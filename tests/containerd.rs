@@ -438,6 +438,12 @@ fn containerd_runs_an_image_from_lazily_mounted_layers() {
     assert!(out.status.success(), "umount {}: {out:?}", lost.display());
     assert!(!is_mounted(&lost));
     let mut snapshotter = h.start_snapshotter(2);
+    // containerd dials the plugin again on its own gRPC backoff (a second or more).
+    containerd.wait_for("the snapshotter reached again", || {
+        h.ctr("default", &["snapshots", "--snapshotter", PLUGIN, "ls"])
+            .status
+            .success()
+    });
     assert!(
         is_mounted(&lost),
         "not mounted again after the restart:\n{}",
