@@ -213,6 +213,68 @@ fn a_moved_tag_changes_nothing_after_an_instance_rebuild() {
     );
 }
 
+/// Issue 10.3's pin comes from the layer open (the component reports the manifest and
+/// layer it resolved), not from a listing of the whole manifest: an image with a zstd
+/// layer below a gzip one serves the gzip layer by tag, and the zstd layer's open fails
+/// with an error that names it. Before, the host listed every layer to learn the
+/// manifest digest, so the zstd layer refused every by-tag open of the image.
+#[test]
+fn a_zstd_layer_elsewhere_in_the_image_does_not_stop_a_by_tag_open() {
+    let f = fixture("basic");
+    let gz = std::fs::read(f.join("layer.tar.gz")).unwrap();
+    let reg = FakeRegistry::start();
+    // The zstd layer's bytes are never fetched: its media type is refused first.
+    let zstd = b"(a zstd layer)".to_vec();
+    let zstd_digest = fake_registry::digest_of(&zstd);
+    let m = reg.add_image_of(vec![
+        (zstd, "application/vnd.oci.image.layer.v1.tar+zstd"),
+        (gz, "application/vnd.oci.image.layer.v1.tar+gzip"),
+    ]);
+    reg.tag("v", &m);
+    let reference = format!("oci://{}/t/img:v", reg.addr);
+    let cat = |blob: &str, layer: Option<&str>| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "cat".into(),
+            component().into(),
+            blob.into(),
+            "--tarindex".into(),
+            f.join("meta.erofs").into(),
+            "--zinfo".into(),
+            f.join("layer.zinfo").into(),
+        ];
+        if let Some(layer) = layer {
+            args.extend(["--insecure".into(), "--layer".into(), layer.into()]);
+        }
+        run_host(&args, T)
+    };
+    let local = cat(f.join("layer.tar.gz").to_str().unwrap(), None);
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+
+    let by_tag = cat(&reference, Some("1"));
+    assert!(
+        by_tag.status.success(),
+        "cat of the gzip layer by tag: {}",
+        String::from_utf8_lossy(&by_tag.stderr)
+    );
+    assert!(
+        by_tag.stdout == local.stdout,
+        "the gzip layer by tag differs from the local blob"
+    );
+
+    let zstd = cat(&reference, Some("0"));
+    let err = String::from_utf8_lossy(&zstd.stderr);
+    assert!(!zstd.status.success(), "cat of the zstd layer succeeded");
+    assert!(
+        err.contains("zstd") && (err.contains("layer 0") || err.contains(&zstd_digest[..19])),
+        "the error does not name the zstd layer: {err}"
+    );
+    eprintln!("the zstd layer by tag: {}", err.trim());
+}
+
 /// Issue 16.1 for a remote blob: the requests the open-time header check adds, as the
 /// registry counted them, are the ones `cat --stats` reports.
 #[test]

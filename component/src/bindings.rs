@@ -30,7 +30,7 @@ use exports::erofs::reader::filesystem::{
 };
 use exports::erofs::reader::tarindex::{
     self, BlobLocation, DeviceStats, GuestDevice, ImageInfo, ImageLayer, OpenOptions,
-    RemoteOptions, RemoteStats,
+    RemoteOptions, RemoteStats, ResolvedLayer,
 };
 
 /// The one conversion to the WIT error: each kind to the case the WIT documents for it.
@@ -177,7 +177,9 @@ impl tarindex::Guest for Component {
             .transpose()?;
         let samples = samples_from_wit(&options);
         let device = Device::open_with(meta, blob, zinfo, options_from_wit(options), samples)?;
-        Ok(tarindex::Device::new(DeviceResource::new(device)))
+        Ok(tarindex::Device::new(
+            DeviceResource::new(device).resolved(&info),
+        ))
     }
 
     fn open(
@@ -204,6 +206,8 @@ pub(crate) struct DeviceResource {
     device: RefCell<Option<Device>>,
     size: u64,
     meta_size: u64,
+    /// The OCI layer its open resolved (`device.resolved-layer`).
+    resolved: Option<ResolvedLayer>,
 }
 
 impl DeviceResource {
@@ -212,7 +216,14 @@ impl DeviceResource {
             size: device.size(),
             meta_size: device.meta_size(),
             device: RefCell::new(Some(device)),
+            resolved: None,
         }
+    }
+
+    /// Record the OCI layer `info` names (nothing for a URL blob).
+    pub(crate) fn resolved(mut self, info: &remote::BlobInfo) -> DeviceResource {
+        self.resolved = resolved_layer(info);
+        self
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Device) -> R) -> Result<R, WitError> {
@@ -250,6 +261,22 @@ impl GuestDevice for DeviceResource {
         self.with(|d| remote_stats(d))
             .unwrap_or_else(|_| remote_stats_of_nothing())
     }
+
+    fn resolved_layer(&self) -> Option<ResolvedLayer> {
+        self.resolved.clone()
+    }
+}
+
+/// `device.resolved-layer` (see the WIT): all of it, or none for a blob that is not an
+/// OCI layer.
+fn resolved_layer(info: &remote::BlobInfo) -> Option<ResolvedLayer> {
+    Some(ResolvedLayer {
+        reference: info.pinned_reference.clone()?,
+        manifest_digest: info.manifest_digest.clone()?,
+        layer_index: info.layer_index?,
+        layer_digest: info.digest.clone()?,
+        layer_size: info.size,
+    })
 }
 
 /// `device.remote-stats` (see the WIT): zero for a blob read through a vfile.

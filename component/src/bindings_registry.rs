@@ -87,6 +87,8 @@ impl registry::Guest for Component {
             .map(|z| SizedSource::new("zinfo", Box::new(MemSource(z))))
             .transpose()?;
         let device = Device::open(meta, blob, zinfo, options_from_wit(options))?;
-        Ok(tarindex::Device::new(DeviceResource::new(device)))
+        Ok(tarindex::Device::new(
+            DeviceResource::new(device).resolved(&info),
+        ))
     }
 }
