@@ -9,7 +9,7 @@ use crate::build::session::{digest_text, Progress, Session, SessionOptions};
 use crate::build::BlobFormat;
 use crate::error::{Error, Kind};
 use crate::fs::Filesystem;
-use crate::gzran::Options;
+use crate::gzran::{Options, ZinfoTrust};
 use crate::remote;
 use crate::source::{SizedSource, Source};
 use crate::tarindex::policy::check_zinfo_for_layer;
@@ -87,9 +87,14 @@ fn samples_from_wit(options: &OpenOptions) -> u32 {
     options.header_samples.unwrap_or(DEFAULT_HEADER_SAMPLES)
 }
 
-pub(crate) fn options_from_wit(options: OpenOptions) -> Options {
+/// The reader's options from the WIT's (`zinfo-sha256` must be a SHA-256).
+pub(crate) fn options_from_wit(options: OpenOptions) -> crate::error::Result<Options> {
     let defaults = Options::default();
-    Options {
+    let zinfo_trust = match options.zinfo_sha256.as_deref() {
+        Some(text) => ZinfoTrust::pinned_from_text(text)?,
+        None => defaults.zinfo_trust,
+    };
+    Ok(Options {
         cache_bytes: options.cache_bytes.unwrap_or(defaults.cache_bytes),
         max_cursors: options
             .max_cursors
@@ -98,7 +103,8 @@ pub(crate) fn options_from_wit(options: OpenOptions) -> Options {
         max_learned: options
             .max_learned
             .map_or(defaults.max_learned, |n| n as usize),
-    }
+        zinfo_trust,
+    })
 }
 
 pub(crate) fn remote_options_from_wit(remote: RemoteOptions) -> remote::RemoteOptions {
@@ -176,7 +182,7 @@ impl tarindex::Guest for Component {
             .map(|z| SizedSource::new("zinfo", Box::new(ImportedFile(z))))
             .transpose()?;
         let samples = samples_from_wit(&options);
-        let device = Device::open_with(meta, blob, zinfo, options_from_wit(options), samples)?;
+        let device = Device::open_with(meta, blob, zinfo, options_from_wit(options)?, samples)?;
         Ok(tarindex::Device::new(
             DeviceResource::new(device).resolved(&info),
         ))
@@ -189,7 +195,7 @@ impl tarindex::Guest for Component {
         options: OpenOptions,
     ) -> Result<tarindex::Device, WitError> {
         let samples = samples_from_wit(&options);
-        let options = options_from_wit(options);
+        let options = options_from_wit(options)?;
         let meta = SizedSource::new("meta", Box::new(ImportedFile(meta)))?;
         let blob = SizedSource::new("blob", Box::new(ImportedFile(blob)))?;
         let zinfo = zinfo

@@ -86,7 +86,7 @@ impl registry::Guest for Component {
             .zinfo
             .map(|z| SizedSource::new("zinfo", Box::new(MemSource(z))))
             .transpose()?;
-        let device = Device::open(meta, blob, zinfo, options_from_wit(options))?;
+        let device = Device::open(meta, blob, zinfo, options_from_wit(options)?)?;
         Ok(tarindex::Device::new(
             DeviceResource::new(device).resolved(&info),
         ))

@@ -64,7 +64,7 @@ impl SandboxedDevice {
                     .table
                     .push(blob)
                     .map_err(|e| io(e.into()))?;
-                tarindex.call_open(&mut store, meta, blob, zinfo, self.spec.options)
+                tarindex.call_open(&mut store, meta, blob, zinfo, &self.spec.options)
             }
             BlobSource::Remote {
                 location, options, ..
@@ -75,7 +75,7 @@ impl SandboxedDevice {
                     meta,
                     &location,
                     zinfo,
-                    self.spec.options,
+                    &self.spec.options,
                     *options,
                 )
             }
@@ -155,7 +155,7 @@ impl SandboxedDevice {
         let device = match bindings.erofs_reader_registry().call_open_published(
             &mut store,
             &blob,
-            self.spec.options,
+            &self.spec.options,
             *options,
         ) {
             Ok(opened) => opened.map_err(CallError::Component)?,
