@@ -33,6 +33,10 @@ pub trait Source {
     fn remote_stats(&self) -> Option<RemoteStats> {
         None
     }
+    /// Byte ranges `[start, end)` about to be read, each by a read of its own: a remote
+    /// source asks for them all at once instead of one read's round trip after another.
+    /// Only a hint: nothing is read or checked here, and a source may ignore it.
+    fn will_need(&self, _ranges: &[(u64, u64)]) {}
 }
 
 /// A source whose size was read once at open and is trusted from then on, with a name
@@ -60,6 +64,18 @@ impl SizedSource {
 
     pub fn remote_stats(&self) -> Option<RemoteStats> {
         self.inner.remote_stats()
+    }
+
+    /// [`Source::will_need`], clamped to the size.
+    pub fn will_need(&self, ranges: &[(u64, u64)]) {
+        let clamped: Vec<(u64, u64)> = ranges
+            .iter()
+            .map(|&(a, b)| (a.min(self.size), b.min(self.size)))
+            .filter(|(a, b)| a < b)
+            .collect();
+        if !clamped.is_empty() {
+            self.inner.will_need(&clamped);
+        }
     }
 
     /// Read exactly `len` bytes at `offset`, all of which must lie inside the source.

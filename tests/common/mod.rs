@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+/// The test registry and its proxies.
+pub mod registry;
 /// External tools with deadlines (also used by erofs-nbd's own tests).
 pub mod tools;
 

@@ -548,14 +548,17 @@ def start_proxy(workdir=None, upstream=None, fault="none", every=1, first=1, lim
                 delay_ms=20, extra_bytes=1000, match=None, plain=False, ca_file=None,
                 cert_file=None, key_file=None, upstream_plain=False, log_path=None,
                 max_lifetime=DEFAULT_MAX_LIFETIME, watch_pid=None, timeout=30,
-                rtt_ms=None, rate_mbit=None):
+                rtt_ms=None, rate_mbit=None, link_only=False):
     """Start a fault proxy in the background; returns the dict the `proxy` command prints.
     With `workdir` (a `start`'s workdir) the upstream, TLS files and auth challenge come
     from there, and `stop(workdir)` stops the proxy too; its own directory is then
     WORKDIR/proxies/proxy-*/. Without it, a temporary directory is made; pass `upstream`,
     and `ca_file` to reach a TLS upstream, `cert_file`/`key_file` to serve TLS.
     `rtt_ms` / `rate_mbit`: clients reach the proxy through an emulated link (link.py)
-    with that round-trip time and rate cap; its connection log is `links_log`."""
+    with that round-trip time and rate cap; its connection log is `links_log`.
+    `link_only`: the link relays straight to the registry, below its TLS, without the
+    fault proxy (which speaks HTTP/1.1 only), so a client and the registry agree on
+    HTTP/2 by ALPN as they would on a real link; there is no request log then."""
     from proxy import FAULTS
     if fault not in FAULTS:
         raise HarnessError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
@@ -593,7 +596,8 @@ def start_proxy(workdir=None, upstream=None, fault="none", every=1, first=1, lim
            "log": str(Path(log_path).resolve()) if log_path else str(d / "requests.log"),
            "challenge": challenge, "store_dir": store_dir,
            "max_lifetime": max_lifetime, "watch_pid": watch_pid,
-           "rtt_ms": rtt_ms, "rate_mbit": rate_mbit, "links_log": str(d / "links.log")}
+           "rtt_ms": rtt_ms, "rate_mbit": rate_mbit, "links_log": str(d / "links.log"),
+           "link_only": link_only}
     (d / "proxy.json").write_text(json.dumps(cfg))
     try:
         p = spawn_daemon([sys.executable, str(HERE / "harness.py"), "_proxy", "--workdir", str(d)], d, "proxy")
@@ -624,8 +628,9 @@ def proxy_main(workdir):
     if cfg.get("rtt_ms") is not None or cfg.get("rate_mbit") is not None:
         from link import Link
         open(cfg["links_log"], "a").close()
-        link = Link(("127.0.0.1", srv.port), cfg.get("rtt_ms") or 0.0, cfg.get("rate_mbit"),
-                    cfg["links_log"])
+        up_host, _, up_port = cfg["upstream"].rpartition(":")
+        behind = (up_host, int(up_port)) if cfg.get("link_only") else ("127.0.0.1", srv.port)
+        link = Link(behind, cfg.get("rtt_ms") or 0.0, cfg.get("rate_mbit"), cfg["links_log"])
         threading.Thread(target=link.serve_forever, daemon=True).start()
         port = link.port
     print(json.dumps({"proxy": f"127.0.0.1:{port}", "pid": os.getpid(),
@@ -692,6 +697,9 @@ def main(argv=None):
     s.add_argument("--rtt-ms", type=float,
                    help="clients reach the proxy through a link with this round-trip time (link.py)")
     s.add_argument("--rate-mbit", type=float, help="that link's rate cap in Mbit/s (default: none)")
+    s.add_argument("--link-only", action="store_true",
+                   help="the link relays straight to the registry, without the fault proxy (HTTP/2 by "
+                        "ALPN passes; no request log)")
     lifetime_opts(s)
 
     sub.add_parser("selftest", help="start every mode and fault once against real servers")
@@ -713,7 +721,7 @@ def main(argv=None):
             info = start_proxy(a.workdir, a.upstream, a.fault, a.every, a.first, a.limit, a.delay_ms,
                                a.extra_bytes, a.match, a.plain, a.ca_file, a.cert, a.key,
                                a.upstream_plain, a.log, a.max_lifetime, a.watch_pid,
-                               rtt_ms=a.rtt_ms, rate_mbit=a.rate_mbit)
+                               rtt_ms=a.rtt_ms, rate_mbit=a.rate_mbit, link_only=a.link_only)
             print(json.dumps(info), flush=True)
         elif a.cmd == "selftest":
             import selftest

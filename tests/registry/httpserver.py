@@ -43,6 +43,10 @@ class LoopbackServer(http.server.ThreadingHTTPServer):
 
     def finish_request(self, request, client_address):
         request.settimeout(120)
+        # As Go's net/http (the registry) does: no Nagle. Without it, a body written after
+        # its headers waits for the client's delayed ACK of the headers (40 ms on Linux),
+        # which the emulated link (link.py) would add to every response.
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_ctx:
             try:
                 request = self.ssl_ctx.wrap_socket(request, server_side=True)

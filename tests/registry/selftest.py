@@ -215,7 +215,19 @@ def with_proxy(info, fault, fn, **kw):
 
 
 def read_log_fn(pr):
-    return lambda: read_log(pr["log"])
+    """The proxy's log, once it has stopped growing for 100 ms (at most 2 s): the proxy
+    logs a request after its answer is sent, so a client may have the answer first."""
+    def settled():
+        deadline = time.monotonic() + 2.0
+        recs = read_log(pr["log"])
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            again = read_log(pr["log"])
+            if len(again) == len(recs):
+                return again
+            recs = again
+        return recs
+    return settled
 
 
 def proxy_checks(info, t: Checks):

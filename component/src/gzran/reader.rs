@@ -99,6 +99,14 @@ impl GzRan {
         trust: ZinfoTrust,
     ) -> Result<Self> {
         let zinfo = Zinfo::parse(&zinfo_file, blob.size)?;
+        // The open reads the blob's first gzip header and decodes its last span: a remote
+        // blob asks for both at once.
+        if let (Some(first), Some(last)) = (zinfo.checkpoints.first(), zinfo.checkpoints.last()) {
+            blob.will_need(&[
+                (0, first.in_byte.max(1)),
+                (last.in_byte.saturating_sub(1), blob.size),
+            ]);
+        }
         let proofs = Proofs::open(&zinfo, &zinfo_file, &blob, trust)?;
         let fixed = zinfo.checkpoints.iter().map(|c| c.out).collect();
         let mut this = Self {
@@ -180,6 +188,23 @@ impl GzRan {
 
     pub fn blob(&self) -> &SizedSource {
         &self.blob
+    }
+
+    /// The blob bytes `[start, end)` that decoding tar bytes `at..at+len` from the
+    /// zinfo checkpoints reads (as the provisional header sample does): from the
+    /// checkpoint at or before `at` to the first one at or after the range's end (or the
+    /// blob's end).
+    pub fn blob_span(&self, at: u64, len: u64) -> (u64, u64) {
+        let cps = &self.zinfo.checkpoints;
+        let end = at.saturating_add(len);
+        let from = cps.partition_point(|c| c.out <= at).saturating_sub(1);
+        let start = cps.get(from).map_or(0, |c| c.in_byte.saturating_sub(1));
+        let stop = cps
+            .iter()
+            .skip(from)
+            .find(|c| c.out >= end)
+            .map_or(self.blob.size, |c| c.in_byte.saturating_add(1));
+        (start, stop.min(self.blob.size))
     }
 
     /// Tar offsets of the zinfo's checkpoints, ascending: where a cold read is cheapest.

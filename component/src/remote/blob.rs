@@ -10,6 +10,7 @@
 //! attempt the read fails with an I/O error naming the URL, the range and the cause.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::num::{NonZeroU64, NonZeroUsize};
 
 use lru::LruCache;
@@ -19,7 +20,7 @@ pub use super::content_range::{parse_content_range, ContentRange};
 use super::content_range::{check_partial, len_u64};
 use super::manifest::sha256_digest;
 use super::net::Net;
-use super::prefetch::{Ask, Chunks, Queue};
+use super::prefetch::{Ahead, Ask, Chunks, Queue, MAX_HINTED};
 use super::streams::Streams;
 use super::transport::{HttpResponse, Method};
 use super::url::Url;
@@ -35,9 +36,15 @@ struct State {
     full: Option<Vec<u8>>,
     /// Where the registry last redirected blob requests (presigned storage URLs).
     redirect: Option<Url>,
-    /// Ranges asked ahead of sequential streams.
+    /// Ranges asked ahead of sequential streams, and for hints.
     ahead: Queue,
+    /// Hinted chunk runs `[start, end)` waiting for a hint slot, oldest first.
+    hints: VecDeque<(u64, u64)>,
 }
+
+/// Hinted chunk runs kept waiting for a slot; a hint past these is dropped (it is only
+/// a hint: its reads fetch their chunks themselves). 64: a header sample is 8 runs.
+const MAX_PENDING_HINTS: usize = 64;
 
 enum Fetched {
     Range(Vec<u8>),
@@ -112,6 +119,7 @@ impl RemoteBlob {
                 full: None,
                 redirect: None,
                 ahead: Queue::default(),
+                hints: VecDeque::new(),
             }),
         })
     }
@@ -322,6 +330,10 @@ impl RemoteBlob {
         // State 4: a sequential read grows its stream's window and stretches the last run.
         if sequential && self.readahead_max > 0 {
             self.extend_readahead(st, stream, &mut runs, last);
+            // The next windows go out now, beside this read's own request, rather than
+            // one round trip after it (when the link would sit idle meanwhile).
+            let after = runs.last().map_or(0, |r| r.1).max(last.saturating_add(1));
+            self.ask_ahead(st, stream, after);
         }
         // State 5: fetch each run in requests of at most max_request bytes.
         let per_request = (self.max_request / self.chunk_size).max(1);
@@ -339,6 +351,7 @@ impl RemoteBlob {
                         st.chunks = None;
                         st.full = Some(body);
                         st.ahead.clear();
+                        st.hints.clear();
                         return Ok(out);
                     }
                     Fetched::Range(body) => {
@@ -383,6 +396,81 @@ impl RemoteBlob {
             put: &mut put,
         };
         ahead.collect(&self.net, self.size, (first, last), chunks);
+        self.start_hints(st);
+    }
+
+    /// Queue the chunk runs that `ranges` (blob bytes `[start, end)`) touch and that are
+    /// neither cached nor asked for, in requests of at most `max_request` bytes, and
+    /// start as many as there are hint slots.
+    fn hint(&self, st: &mut State, ranges: &[(u64, u64)]) {
+        if self.readahead_max == 0 || st.chunks.is_none() || st.full.is_some() {
+            return;
+        }
+        let mut runs: Vec<(u64, u64)> = ranges
+            .iter()
+            .map(|&(a, b)| (a, b.min(self.size)))
+            .filter(|&(a, b)| a < b)
+            .map(|(a, b)| {
+                let first = a / self.chunk_size;
+                let last = b.saturating_sub(1) / self.chunk_size;
+                (first, last.saturating_add(1))
+            })
+            .collect();
+        runs.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for run in runs {
+            match merged.last_mut() {
+                Some(last) if run.0 <= last.1 => last.1 = last.1.max(run.1),
+                _ => merged.push(run),
+            }
+        }
+        let per_request = (self.max_request / self.chunk_size).max(1);
+        for (start, end) in merged {
+            let mut c = start;
+            while c < end && st.hints.len() < MAX_PENDING_HINTS {
+                let piece_end = end.min(c.saturating_add(per_request));
+                st.hints.push_back((c, piece_end));
+                c = piece_end;
+            }
+        }
+        self.start_hints(st);
+    }
+
+    /// Start the waiting hinted runs while there are hint slots ([`MAX_HINTED`]); the
+    /// chunks of a run cached or asked for since it was queued are skipped.
+    fn start_hints(&self, st: &mut State) {
+        let cs = self.chunk_size.get();
+        while let Some((first, end)) = st.hints.pop_front() {
+            let mut c = first;
+            while c < end && Self::have_or_asked(st, c) {
+                c = c.saturating_add(1);
+            }
+            let mut e = c;
+            while e < end && !Self::have_or_asked(st, e) {
+                e = e.saturating_add(1);
+            }
+            if e < end {
+                st.hints.push_front((e, end));
+            }
+            if c >= e {
+                continue;
+            }
+            if st.ahead.hinted() >= MAX_HINTED && !st.ahead.drop_used_hint() {
+                st.hints.push_front((c, e));
+                return;
+            }
+            let (a, b) = (c.saturating_mul(cs), self.chunk_end(e.saturating_sub(1)));
+            let url = st.redirect.clone().unwrap_or_else(|| self.url.clone());
+            let headers = range_headers(a, b);
+            match Ahead::start(&self.net, self.auth.as_ref(), &url, headers, (c, e), (a, b)) {
+                Ok(ahead) => st.ahead.push_hinted(ahead),
+                // Not sent (the host refused it): the reads will say why.
+                Err(_) => {
+                    st.hints.clear();
+                    return;
+                }
+            }
+        }
     }
 
     /// Keep stream `stream`'s next windows asked for, from chunk `from` on
@@ -561,6 +649,13 @@ impl Source for RemoteBlob {
 
     fn remote_stats(&self) -> Option<RemoteStats> {
         Some(self.stats())
+    }
+
+    fn will_need(&self, ranges: &[(u64, u64)]) {
+        // Inside a read (cannot happen: hints come between reads), the hint is dropped.
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            self.hint(&mut st, ranges);
+        }
     }
 
     fn pread(&self, offset: u64, len: u32) -> Result<Vec<u8>> {

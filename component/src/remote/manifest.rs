@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::manifest_memo;
 use super::auth::{fetch_with_auth, Auth};
 use super::net::{accept_any, Net};
 use super::reference::{validate_digest, Reference};
@@ -339,6 +340,10 @@ fn fetch_manifest(
     reference: &str,
     expect: Option<&str>,
 ) -> Result<Vec<u8>> {
+    let repository_url = base.resolve(&format!("/v2/{repository}/manifests/"))?.to_string();
+    if let Some(body) = expect.and_then(|digest| manifest_memo::get(&repository_url, digest)) {
+        return Ok(body);
+    }
     let url = base.resolve(&format!("/v2/{repository}/manifests/{reference}"))?;
     let accept = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST].join(", ");
     let headers = [
@@ -371,14 +376,15 @@ fn fetch_manifest(
             )));
         }
     }
+    let got = sha256_digest(&resp.body);
     if let Some(expect) = expect {
-        let got = sha256_digest(&resp.body);
         if got != expect {
             return Err(Error::bad(format!(
                 "{url}: the manifest's digest is {got}, not the {expect} asked for"
             )));
         }
     }
+    manifest_memo::keep(&repository_url, got, &resp.body);
     Ok(resp.body)
 }
 

@@ -20,6 +20,7 @@ parser_modules! {
     pub mod url;
 }
 pub mod image;
+mod manifest_memo;
 pub mod net;
 mod prefetch;
 mod streams;

@@ -30,6 +30,13 @@ use crate::error::Result;
 /// ahead into its memory.
 pub const MAX_AHEAD: usize = 2;
 
+/// Ranges in flight for [`Source::will_need`](crate::source::Source::will_need) hints
+/// (a mount's header checks, a zinfo's first and last span), beside the streams' own. 4:
+/// the header sample's spans go out in two rounds instead of eight, on at most four
+/// connections; with a stream's [`MAX_AHEAD`] and a read's own request that stays below
+/// the host's eight requests per origin.
+pub const MAX_HINTED: usize = 4;
+
 /// Where a range asked ahead is.
 enum Flow {
     /// Sent; no answer looked at yet.
@@ -43,9 +50,13 @@ pub struct Ahead {
     /// The next chunk to deliver (the ones before it were handed to the cache).
     pub next: u64,
     pub end: u64,
+    /// The range's first chunk.
+    first: u64,
     a: u64,
     b: u64,
     flow: Option<Flow>,
+    /// Asked for a hint, not for a stream: not counted against a stream's MAX_AHEAD.
+    pub hinted: bool,
 }
 
 /// Where the chunks of a range go, and how long each is.
@@ -81,15 +92,22 @@ impl Ahead {
         Ok(Ahead {
             next: chunks.0,
             end: chunks.1,
+            first: chunks.0,
             a: bytes.0,
             b: bytes.1,
             flow: Some(Flow::Asked(started)),
+            hinted: false,
         })
     }
 
     /// Whether chunk `c` is still to come from this range.
     pub fn holds(&self, c: u64) -> bool {
         (self.next..self.end).contains(&c)
+    }
+
+    /// Whether some of the range's chunks were handed over.
+    fn delivered_any(&self) -> bool {
+        self.next > self.first
     }
 
     /// Chunks still to come.
@@ -182,6 +200,40 @@ impl Queue {
         self.ranges.iter().any(|a| a.holds(c))
     }
 
+    /// The ranges asked ahead of streams (not for hints).
+    fn streams(&self) -> impl Iterator<Item = &Ahead> {
+        self.ranges.iter().filter(|a| !a.hinted)
+    }
+
+    /// Ranges in flight for hints.
+    pub fn hinted(&self) -> usize {
+        self.ranges.iter().filter(|a| a.hinted).count()
+    }
+
+    /// Drop the oldest hinted range that has already handed over some of its chunks
+    /// (the read it was asked for took what it needed); returns whether one was dropped.
+    /// A hint's range is a guess at the chunks a read will need, so its tail may never
+    /// be read: this keeps such tails from holding hint slots.
+    pub fn drop_used_hint(&mut self) -> bool {
+        let used = self
+            .ranges
+            .iter()
+            .position(|a| a.hinted && a.delivered_any());
+        match used {
+            Some(i) => {
+                self.ranges.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Keep `ahead` (asked for a hint) until a read collects it.
+    pub fn push_hinted(&mut self, mut ahead: Ahead) {
+        ahead.hinted = true;
+        self.ranges.push(ahead);
+    }
+
     /// Have the ranges that hold any of chunks `first..=last` hand their chunks up to
     /// `last` to `chunks.put`; a range that is done, or did not come back as asked, is
     /// dropped (its missing chunks are then fetched as misses).
@@ -213,9 +265,9 @@ impl Queue {
         let (mut next, mut window) = (ask.next, ask.window);
         let low_water = (ask.readahead_max / ask.chunk_size / 4).max(2);
         let taken = |q: &Queue, c: u64| (ask.cached)(c) || q.holds(c);
-        while self.ranges.len() < MAX_AHEAD {
-            let unread: u64 = self.ranges.iter().map(Ahead::unread).sum();
-            if !self.ranges.is_empty() && unread > low_water {
+        while self.streams().count() < MAX_AHEAD {
+            let unread: u64 = self.streams().map(Ahead::unread).sum();
+            if self.streams().next().is_some() && unread > low_water {
                 break;
             }
             while next < ask.n_chunks && taken(self, next) {

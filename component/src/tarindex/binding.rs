@@ -117,6 +117,12 @@ pub fn check_sample(image: &Image, dev: &mut Device, samples: u32) -> Result<Sam
     chosen.extend(between.into_iter().flatten());
     chosen.sort_by_key(|c| c.data);
     chosen.dedup_by_key(|c| c.data);
+    // Every sampled header is read in turn: a remote blob asks for all their bytes at once.
+    let headers: Vec<(u64, u64)> = chosen
+        .iter()
+        .map(|c| (c.data.saturating_sub(meta_size).saturating_sub(512), 512))
+        .collect();
+    dev.will_need_tar(&headers);
     for c in &chosen {
         match check_file(image, dev, c.nid, c.size) {
             Ok(Ok(())) => {}

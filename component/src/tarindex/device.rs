@@ -160,6 +160,29 @@ impl Device {
         }
     }
 
+    /// Tell a remote blob which tar bytes `[at, at+len)` reads are about to need, so it
+    /// asks for all of them at once ([`crate::source::Source::will_need`]). For a gzip
+    /// blob these are the compressed spans a provisional decode from the zinfo's
+    /// checkpoints reads.
+    pub fn will_need_tar(&self, spans: &[(u64, u64)]) {
+        match &self.tar {
+            Tar::Plain(blob) => {
+                let ranges: Vec<_> = spans
+                    .iter()
+                    .map(|&(at, len)| (at, at.saturating_add(len)))
+                    .collect();
+                blob.will_need(&ranges);
+            }
+            Tar::Gzip(gz) => {
+                let ranges: Vec<_> = spans
+                    .iter()
+                    .map(|&(at, len)| gz.blob_span(at, len))
+                    .collect();
+                gz.blob().will_need(&ranges);
+            }
+        }
+    }
+
     /// Up to `len` tar bytes at tar offset `at` (fewer at the tar's end), for the header
     /// checks, which count them.
     pub fn pread_tar(&mut self, at: u64, len: u64) -> Result<Vec<u8>> {

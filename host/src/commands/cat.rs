@@ -164,6 +164,13 @@ pub fn print_stats(device: &mut SandboxedDevice) -> Result<()> {
             e.cache_bytes.load(Relaxed),
             e.denied.load(Relaxed)
         );
+        let c = egress.connections();
+        eprintln!(
+            "connections (host): {} opened ({} over HTTP/2), {} requests reused one",
+            c.opened.load(Relaxed),
+            c.http2.load(Relaxed),
+            c.reused.load(Relaxed)
+        );
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! How the host's connection pool opens a connection: TCP with `TCP_NODELAY`, then TLS
-//! (rustls) for `https`, the whole within the connect timeout. Every connection gets a
+//! (rustls) for `https`, the whole within the connect timeout. TLS offers HTTP/2 and
+//! HTTP/1.1 by ALPN; a server that picks `h2` gets one multiplexed connection. Every connection gets a
 //! number and a use count, carried to each response it answers, so the sender can count
 //! connections opened and requests that reused one.
 //!
@@ -25,6 +26,8 @@ use tokio::net::TcpStream;
 pub struct ConnectionStats {
     pub opened: AtomicU64,
     pub reused: AtomicU64,
+    /// Connections on which the server chose HTTP/2 (by ALPN).
+    pub http2: AtomicU64,
 }
 
 /// Which connection answered a response: its number, and how many responses it has
@@ -99,11 +102,18 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for 
 pub struct Conn {
     io: TokioIo<Box<dyn Stream>>,
     id: ConnectionId,
+    /// The server chose HTTP/2 by ALPN.
+    h2: bool,
 }
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        Connected::new().extra(self.id.clone())
+        let connected = Connected::new().extra(self.id.clone());
+        if self.h2 {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
     }
 }
 
@@ -149,13 +159,17 @@ impl tower_service::Service<http::Uri> for Connector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let stream = tokio::time::timeout(this.timeout, open(&uri, this.tls.clone()))
+            let (stream, h2) = tokio::time::timeout(this.timeout, open(&uri, this.tls.clone()))
                 .await
                 .map_err(|_| ConnectFailure::Timeout)??;
             let number = this.stats.opened.fetch_add(1, Ordering::Relaxed) + 1;
+            if h2 {
+                this.stats.http2.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::debug!(
-                "http: connection {number} opened to {}",
-                uri.authority().map(|a| a.as_str()).unwrap_or("?")
+                "http: connection {number} opened to {} ({})",
+                uri.authority().map(|a| a.as_str()).unwrap_or("?"),
+                if h2 { "HTTP/2" } else { "HTTP/1.1" }
             );
             Ok(Conn {
                 io: TokioIo::new(stream),
@@ -163,16 +177,18 @@ impl tower_service::Service<http::Uri> for Connector {
                     number,
                     uses: Arc::new(AtomicU64::new(0)),
                 },
+                h2,
             })
         })
     }
 }
 
-/// TCP to the URI's host and port, then TLS for `https`.
+/// TCP to the URI's host and port, then TLS for `https`; and whether the server chose
+/// HTTP/2 by ALPN.
 async fn open(
     uri: &http::Uri,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<Box<dyn Stream>, ConnectFailure> {
+) -> Result<(Box<dyn Stream>, bool), ConnectFailure> {
     let host = uri
         .host()
         .ok_or_else(|| ConnectFailure::BadName(uri.to_string()))?
@@ -188,12 +204,13 @@ async fn open(
         tracing::debug!("http: TCP_NODELAY not set on {host}:{port}: {e}");
     }
     if !secure {
-        return Ok(Box::new(tcp));
+        return Ok((Box::new(tcp), false));
     }
     let name = ServerName::try_from(host.clone()).map_err(|_| ConnectFailure::BadName(host))?;
     let tls = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
         .map_err(ConnectFailure::Tls)?;
-    Ok(Box::new(tls))
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    Ok((Box::new(tls), h2))
 }

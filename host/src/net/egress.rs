@@ -106,6 +106,11 @@ impl EgressPolicy {
         }))
     }
 
+    /// Connections the policy's sender opened, and requests that reused one.
+    pub fn connections(&self) -> &super::connector::ConnectionStats {
+        &self.sender.connections
+    }
+
     /// Let POST and PUT through to the registry (publishing an index).
     pub fn allow_writes(&self) {
         self.writes.store(true, Ordering::Relaxed);

@@ -1,7 +1,8 @@
-//! The host's HTTP/1.1 sender for the component's `wasi:http` requests: a connection pool
+//! The host's HTTP sender for the component's `wasi:http` requests: a connection pool
 //! per origin (hyper-util's client over [`super::connector`]: TCP with a connect timeout,
 //! rustls against the Mozilla roots, the system CA bundle and any `--ca-file`, one TLS
-//! session store so new connections resume), bodies read ahead of the component
+//! session store so new connections resume, HTTP/2 when the server picks it by ALPN
+//! and HTTP/1.1 otherwise), bodies read ahead of the component
 //! ([`super::drain`]), and the fault handling every request shares:
 //!
 //! - no response headers within the first-byte timeout: the request goes once more, on
@@ -56,6 +57,22 @@ pub const RETRY_AFTER_BUDGET: Duration = Duration::from_secs(10);
 /// Resends of one request for `Retry-After` (each wait also counts against the budget;
 /// this bounds `Retry-After: 0` loops). 5.
 const RETRY_AFTER_MAX: u32 = 5;
+
+/// HTTP/2 flow-control windows: what the server may send ahead on one stream, and on the
+/// whole connection, before the host's reads open them again. hyper's defaults (5 MiB
+/// per connection, 2 MiB per stream) would hold a stream to 2 MiB per round trip; a
+/// readahead window is up to 16 MiB and the host reads every body as it arrives
+/// ([`super::drain`]), so the windows only bound what is in flight: 16 MiB per stream,
+/// and the [`MAX_PER_ORIGIN`] streams' worth of a quarter of that each per connection.
+const H2_STREAM_WINDOW: u32 = 16 << 20;
+const H2_CONNECTION_WINDOW: u32 = (MAX_PER_ORIGIN as u32) * (4 << 20);
+
+/// An HTTP/2 connection with requests on it is pinged after this long without a frame,
+/// and dropped if the ping is not answered within the first-byte timeout: with every
+/// request of an origin on one connection, a dead one must be found even while the
+/// requests on it wait. 20 s (an idle connection is not pinged; the pool's idle timeout
+/// ends it).
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// Where Debian keeps the system's trusted CAs (the ca-certificates package).
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -114,11 +131,14 @@ pub fn tls_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::Clie
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS configuration")?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // HTTP/2 first: all of an origin's requests then share one connection (one handshake,
+    // one congestion window); a server without it answers HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -176,6 +196,10 @@ impl Sender {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .http2_keep_alive_interval(H2_KEEP_ALIVE)
+            .http2_keep_alive_timeout(timeouts.first_byte)
             .build(connector);
         Arc::new(Sender {
             client,
@@ -306,8 +330,10 @@ impl Sender {
     }
 
     /// One exchange through the pool, up to the response headers; a replayable request
-    /// that gets no headers within the first-byte timeout goes once more (its connection
-    /// is dropped with the first attempt, so the second one uses another).
+    /// that gets no headers within the first-byte timeout goes once more (over HTTP/1.1
+    /// its connection is dropped with the first attempt, so the second one uses another;
+    /// over HTTP/2 only its stream is reset, and a dead connection is found by the
+    /// keep-alive ping, [`H2_KEEP_ALIVE`]).
     async fn exchange(
         &self,
         request: http::Request<WasiBody>,
@@ -343,8 +369,9 @@ impl Sender {
 impl Drop for Sender {
     fn drop(&mut self) {
         tracing::debug!(
-            "http: {} connections opened, {} requests reused one",
+            "http: {} connections opened ({} HTTP/2), {} requests reused one",
             self.connections.opened.load(Ordering::Relaxed),
+            self.connections.http2.load(Ordering::Relaxed),
             self.connections.reused.load(Ordering::Relaxed)
         );
     }

@@ -443,3 +443,63 @@ fn content_range_parsing() {
         assert_eq!(parse_content_range(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn hinted_ranges_are_asked_for_as_runs_and_serve_the_reads() {
+    // (The fake transport sends a started request when its answer is opened; over
+    // wasi:http the hinted requests are all in flight at once.)
+    let d = data(10 * MIB as usize);
+    let fake = server(&d);
+    let b = blob(&fake, d.len() as u64, &RemoteOptions::default());
+    // Five spans, two of them in one chunk and two in adjacent chunks: three runs,
+    // all started by the hint (MAX_HINTED is 4).
+    b.will_need(&[
+        (100, 200),
+        (300, 400),
+        (3 * MIB, 3 * MIB + 1),
+        (4 * MIB + 10, 5 * MIB + 10),
+        (8 * MIB, 8 * MIB + 512),
+    ]);
+    // The reads take their bytes from those answers: no request of their own.
+    for (at, len) in [
+        (100, 100),
+        (3 * MIB, 1),
+        (4 * MIB + 10, MIB),
+        (8 * MIB, 512),
+    ] {
+        let (s, e) = (at as usize, (at + len) as usize);
+        assert_eq!(b.pread(at, len as u32).unwrap(), &d[s..e]);
+    }
+    assert_eq!(
+        fake.ranges(),
+        [
+            "bytes=0-1048575",
+            "bytes=3145728-6291455",
+            "bytes=8388608-9437183",
+        ]
+    );
+    let s = b.stats();
+    assert_eq!((s.requests, s.retries), (3, 0), "{s:?}");
+}
+
+#[test]
+fn hints_wait_for_a_slot_and_are_not_repeated() {
+    let d = data(12 * MIB as usize);
+    let fake = server(&d);
+    let b = blob(&fake, d.len() as u64, &RemoteOptions::default());
+    // Six separate chunks: four start, two wait; each read collects its hint and the
+    // slot it frees starts a waiting one, so no read fetches a chunk itself.
+    let spans: Vec<(u64, u64)> = (0..6).map(|i| (2 * i * MIB, 2 * i * MIB + 1)).collect();
+    b.will_need(&spans);
+    for &(at, _) in &spans {
+        assert_eq!(b.pread(at, 1).unwrap(), &d[at as usize..at as usize + 1]);
+    }
+    let want: Vec<String> = (0..6)
+        .map(|i| format!("bytes={}-{}", 2 * i * MIB, (2 * i + 1) * MIB - 1))
+        .collect();
+    assert_eq!(fake.ranges(), want);
+    assert_eq!(b.stats().retries, 0);
+    // Cached chunks are not hinted again.
+    b.will_need(&spans);
+    assert_eq!(fake.ranges().len(), 6);
+}
