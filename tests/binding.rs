@@ -169,52 +169,7 @@ fn the_deep_check_names_a_file_pointed_at_another_files_bytes() {
 }
 
 fn fuse_available() -> bool {
-    if !is_root() {
-        skip("binding FUSE tests", "need root to mount");
-        return false;
-    }
-    if !Path::new("/dev/fuse").exists() {
-        skip("binding FUSE tests", "no /dev/fuse on this machine");
-        return false;
-    }
-    true
-}
-
-/// `erofs-host mount` of a device at a fresh mountpoint; unmounted on drop.
-struct Mounted {
-    dir: TempDir,
-}
-
-impl Mounted {
-    fn new(args: &[String], extra: &[&str]) -> Result<Mounted, String> {
-        let dir = TempDir::new("bind-mnt");
-        let mp = dir.path().join("m");
-        std::fs::create_dir(&mp).unwrap();
-        let mut full = vec!["mount".to_string(), args[0].clone()];
-        full.push(args.last().unwrap().clone());
-        full.push(mp.to_string_lossy().into_owned());
-        full.extend(args[1..args.len() - 1].iter().cloned());
-        full.extend(extra.iter().map(|s| s.to_string()));
-        let out = run_host(&full, T);
-        if !out.status.success() {
-            return Err(stderr(&out));
-        }
-        Ok(Mounted { dir })
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("m")
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let mp = self.path().to_string_lossy().into_owned();
-        let out = run_host(&["umount", &mp], T);
-        if !out.status.success() {
-            let _ = run_host(&["umount", "--lazy", &mp], T);
-        }
-    }
+    common::fuse_available("binding FUSE tests")
 }
 
 #[test]
@@ -223,14 +178,14 @@ fn a_fuse_mount_of_a_mixed_up_pair_refuses_or_never_serves_wrong_bytes() {
         return;
     }
     let args = mixed_up();
-    let e = match Mounted::new(&args, &[]) {
+    let e = match HostMount::new(&args, &[]) {
         Ok(_) => panic!("mounted basic's META over large's blob"),
         Err(e) => e,
     };
     assert!(e.contains("tarindex does not match the blob: "), "{e}");
 
     // Without the open-time sample: every file whose bytes would be wrong fails.
-    let m = Mounted::new(&args, &["--header-samples", "0"]).unwrap();
+    let m = HostMount::new(&args, &["--header-samples", "0"]).unwrap();
     let expected: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture("basic").join("expected.json")).unwrap())
             .unwrap();
@@ -265,7 +220,7 @@ fn a_file_pointed_at_another_files_bytes_is_eio_and_the_rest_reads() {
     }
     let (_tmp, meta, victim, donor) = rewritten_meta();
     let args = with_meta("large", &meta);
-    let m = Mounted::new(&args, &["--header-samples", "0"]).unwrap();
+    let m = HostMount::new(&args, &["--header-samples", "0"]).unwrap();
     let mp = m.path();
     let e = std::fs::read(mp.join(&victim)).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{victim}: {e}");
@@ -284,7 +239,7 @@ fn a_file_pointed_at_another_files_bytes_is_eio_and_the_rest_reads() {
     drop(m);
 
     // With the default sample the mount either refuses or fails that file the same way.
-    match Mounted::new(&args, &[]) {
+    match HostMount::new(&args, &[]) {
         Err(e) => assert!(e.contains("tarindex does not match the blob"), "{e}"),
         Ok(m) => {
             let e = std::fs::read(m.path().join(&victim)).unwrap_err();
@@ -300,7 +255,7 @@ fn loop_with_verify_deep_refuses_before_the_kernel_sees_the_image() {
     }
     let (_tmp, meta, victim, _) = rewritten_meta();
     let args = with_meta("large", &meta);
-    let e = match Mounted::new(&args, &["--backend", "loop", "--verify", "deep"]) {
+    let e = match HostMount::new(&args, &["--backend", "loop", "--verify", "deep"]) {
         Ok(_) => panic!("loop-mounted a rewritten index with --verify deep"),
         Err(e) => e,
     };
@@ -309,7 +264,7 @@ fn loop_with_verify_deep_refuses_before_the_kernel_sees_the_image() {
         "{e}"
     );
     // The right pair passes the same check and mounts.
-    let m = Mounted::new(
+    let m = HostMount::new(
         &device_args("large"),
         &["--backend", "loop", "--verify", "deep"],
     )

@@ -23,7 +23,7 @@ const T: Duration = Duration::from_secs(180);
 
 fn registry() -> Option<&'static Registry> {
     static R: OnceLock<Option<Registry>> = OnceLock::new();
-    R.get_or_init(|| Registry::start("basic", &["--images", "large"]))
+    R.get_or_init(|| Registry::start_tls("basic", &["--images", "large"]))
         .as_ref()
 }
 

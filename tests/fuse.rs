@@ -4,67 +4,22 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-const T: Duration = Duration::from_secs(120);
-
-/// A mount made with `erofs-host mount`, unmounted (and its server stopped) on drop.
-struct Mounted {
-    dir: TempDir,
-}
-
-impl Mounted {
-    fn new(args: &[String], backend: &str) -> Result<Mounted, String> {
-        let dir = TempDir::new("mnt");
-        std::fs::create_dir(dir.path().join("m")).unwrap();
-        let mp = dir.path().join("m");
-        let mut full = vec!["mount".to_string()];
-        full.extend(args.iter().take(1).cloned()); // component
-        full.push(args.last().unwrap().clone()); // blob
-        full.push(mp.to_string_lossy().into_owned());
-        full.extend(args[1..args.len() - 1].iter().cloned());
-        full.extend(["--backend".into(), backend.into()]);
-        let out = run_host(&full, T);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        Ok(Mounted { dir })
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("m")
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let mp = self.path().to_string_lossy().into_owned();
-        let out = run_host(&["umount", &mp], T);
-        if !out.status.success() {
-            eprintln!("umount {mp}: {}", String::from_utf8_lossy(&out.stderr));
-            let _ = run_host(&["umount", "--lazy", &mp], T);
-        }
-    }
+fn mount_with(args: &[String], backend: &str) -> Result<HostMount, String> {
+    HostMount::new(args, &["--backend", backend])
 }
 
 fn fuse_available() -> bool {
-    if !is_root() {
-        skip("FUSE mount tests", "need root to mount");
-        return false;
-    }
-    if !Path::new("/dev/fuse").exists() {
-        skip("FUSE mount tests", "no /dev/fuse on this machine");
-        return false;
-    }
-    true
+    common::fuse_available("FUSE mount tests")
 }
 
-fn mount(dir: &str, backend: &str) -> Mounted {
-    Mounted::new(&device_args(dir), backend)
+fn mount(dir: &str, backend: &str) -> HostMount {
+    mount_with(&device_args(dir), backend)
         .unwrap_or_else(|e| panic!("{dir} ({backend}): mount failed: {e}"))
 }
 
@@ -260,9 +215,9 @@ fn dirent_offset(meta: &[u8], nid: u64, file_type: u8) -> usize {
 }
 
 /// Mount a copy of `basic` with its metadata changed by `tamper`, through FUSE.
-fn mount_tampered(tamper: impl Fn(&mut Vec<u8>)) -> (Mounted, TempDir) {
+fn mount_tampered(tamper: impl Fn(&mut Vec<u8>)) -> (HostMount, TempDir) {
     let (args, tmp) = tampered_args(tamper);
-    let m = Mounted::new(&args, "fuse").unwrap_or_else(|e| panic!("mount failed: {e}"));
+    let m = mount_with(&args, "fuse").unwrap_or_else(|e| panic!("mount failed: {e}"));
     (m, tmp)
 }
 
@@ -410,7 +365,7 @@ fn loop_backend_refuses_an_image_that_fails_verification() {
         let at = dirent_offset(meta, owners, 2);
         meta[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     });
-    let err = Mounted::new(&args, "loop")
+    let err = mount_with(&args, "loop")
         .err()
         .expect("a corrupt image must be refused");
     assert!(err.contains("failed verification"), "{err}");
@@ -425,7 +380,7 @@ fn a_trap_gives_eio_and_the_next_read_works() {
     // Opening two instances reads the blob a few times; trap on a later read.
     args.insert(1, "--inject-trap-after-blob-reads".into());
     args.insert(2, "12".into());
-    let m = Mounted::new(&args, "fuse").unwrap();
+    let m = mount_with(&args, "fuse").unwrap();
     let expected: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture("basic").join("expected.json")).unwrap())
             .unwrap();
@@ -485,7 +440,7 @@ fn nbd_backend_mounts_where_the_kernel_has_nbd_and_fails_clearly_where_not() {
     }
     let have_nbd = Path::new("/dev/nbd0").exists() || Path::new("/sys/block/nbd0").exists();
     let started = Instant::now();
-    let result = Mounted::new(&device_args("basic"), "nbd");
+    let result = mount_with(&device_args("basic"), "nbd");
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "mount --backend nbd must not hang"

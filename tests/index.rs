@@ -307,71 +307,37 @@ fn an_interrupted_run_leaves_no_file() {
 /// docker-registry, Basic auth, TLS with its own CA): the outputs equal the local ones.
 #[test]
 fn oci_layers_index_like_the_local_blob() {
-    let work =
-        std::env::temp_dir().join(format!("erofs-e2e-index-registry-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    let started = Command::new("python3")
-        .arg(root().join("tests/registry/harness.py"))
-        .args(["start", "--auth", "basic", "--tls", "--workdir"])
-        .arg(&work)
-        .args([
-            "--watch-pid",
-            &std::process::id().to_string(),
-            "--max-lifetime",
-            "600",
-        ])
-        .args(["--images", "basic,plain-tar"])
-        .output();
-    let info: serde_json::Value = match started {
-        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap(),
-        Ok(o) => {
-            return skip(
-                "oci_layers_index_like_the_local_blob",
-                &format!(
-                    "the test registry did not start: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-            )
-        }
-        Err(e) => {
-            return skip(
-                "oci_layers_index_like_the_local_blob",
-                &format!("python3: {e}"),
-            )
-        }
+    let args = ["--auth", "basic", "--tls", "--images", "basic,plain-tar"];
+    let Some(reg) = HarnessRegistry::start(
+        "oci_layers_index_like_the_local_blob",
+        "index-registry",
+        &args,
+    ) else {
+        return;
     };
-    let text = |k: &str| info[k].as_str().unwrap_or_default().to_string();
-    let env = [
-        ("EROFS_REGISTRY_USERNAME", text("username")),
-        ("EROFS_REGISTRY_PASSWORD", text("password")),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for dir in ["basic", "plain-tar"] {
         let local = TempDir::new("index-local");
         let (meta, zinfo) = index_fixture(dir, local.path());
         let remote = TempDir::new("index-remote");
-        let reference = format!(
-            "oci://{}",
-            info["images"][dir]["reference"].as_str().unwrap()
-        );
+        let reference = reg.oci(dir);
         let mut args = vec![
             "index".to_string(),
             s(&component()),
             reference.clone(),
             "--ca-file".into(),
-            text("ca_file"),
+            reg.s("ca_file"),
             "--tarindex".into(),
             s(&remote.path().join("meta")),
         ];
         let gz = zinfo.is_some();
         if gz {
             // Without --zinfo a gzip layer is refused, before the blob is fetched whole.
-            let o = run_host_with(&args, &env, None, T);
+            let o = reg.run_host(&args, T);
             assert!(!o.status.success(), "{dir}: a gzip layer without --zinfo");
             assert_stderr_contains(&o, "give --zinfo");
             args.extend(["--zinfo".into(), s(&remote.path().join("zinfo"))]);
         }
-        let o = run_host_with(&args, &env, None, T);
+        let o = reg.run_host(&args, T);
         assert!(
             o.status.success(),
             "{dir}: {reference}: {}",
@@ -390,19 +356,13 @@ fn oci_layers_index_like_the_local_blob() {
             );
         }
         let report = String::from_utf8_lossy(&o.stdout);
-        let layer = info["images"][dir]["layer_digest"].as_str().unwrap();
+        let layer = reg.image(dir)["layer_digest"].as_str().unwrap();
         assert!(
             report.contains(layer),
             "{dir}: the report names the layer digest: {report}"
         );
         eprintln!("{dir}: {reference} indexes to the same bytes as the local blob");
     }
-    let _ = Command::new("python3")
-        .arg(root().join("tests/registry/harness.py"))
-        .args(["stop", "--workdir"])
-        .arg(&work)
-        .status();
-    let _ = std::fs::remove_dir_all(&work);
 }
 
 // ---- hostile tars ----------------------------------------------------------------------

@@ -11,65 +11,30 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(300);
 
 /// One registry per test: tests tamper with what they published.
-struct Registry {
-    info: Value,
+struct Registry(HarnessRegistry);
+
+impl std::ops::Deref for Registry {
+    type Target = HarnessRegistry;
+    fn deref(&self) -> &HarnessRegistry {
+        &self.0
+    }
 }
 
 impl Registry {
     fn start(tag: &str, images: &str) -> Option<Registry> {
-        let workdir =
-            std::env::temp_dir().join(format!("erofs-e2e-publish-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&workdir);
-        let out = Command::new("python3")
-            .arg(root().join("tests/registry/harness.py"))
-            .args(["start", "--auth", "token", "--tls", "--workdir"])
-            .arg(&workdir)
-            .args(["--watch-pid", &std::process::id().to_string()])
-            .args(["--max-lifetime", "1800", "--images", images])
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stderr);
-            skip(
-                "publish tests",
-                &format!("the test registry did not start: {text}"),
-            );
-            return None;
-        }
-        Some(Registry {
-            info: serde_json::from_slice(&out.stdout).ok()?,
-        })
-    }
-
-    fn s(&self, key: &str) -> String {
-        self.info[key].as_str().unwrap_or_default().to_string()
-    }
-
-    fn oci(&self, name: &str) -> String {
-        format!(
-            "oci://{}",
-            self.info["images"][name]["reference"]
-                .as_str()
-                .unwrap_or_default()
-        )
+        let args = ["--auth", "token", "--tls", "--images", images];
+        HarnessRegistry::start("publish tests", &format!("publish-{tag}"), &args).map(Registry)
     }
 
     /// `erofs-host ARGS… --ca-file CA` with the credentials in the environment.
     fn run(&self, args: &[&str]) -> Output {
         let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         a.extend(["--ca-file".to_string(), self.s("ca_file")]);
-        let user = self.s("username");
-        let password = self.s("password");
-        let env = [
-            ("EROFS_REGISTRY_USERNAME", user.as_str()),
-            ("EROFS_REGISTRY_PASSWORD", password.as_str()),
-        ];
-        run_host_with(&a, &env, None, T)
+        self.run_host(&a, T)
     }
 
     fn push(&self, name: &str) -> Output {
@@ -106,19 +71,6 @@ impl Registry {
             "python: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-
-    fn stop(&self) {
-        let _ = Command::new("python3")
-            .arg(root().join("tests/registry/harness.py"))
-            .args(["stop", "--workdir", &self.s("workdir")])
-            .output();
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

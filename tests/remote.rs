@@ -17,13 +17,13 @@ const T: Duration = Duration::from_secs(180);
 
 fn basic_registry() -> Option<&'static Registry> {
     static R: OnceLock<Option<Registry>> = OnceLock::new();
-    R.get_or_init(|| Registry::start("basic", &[])).as_ref()
+    R.get_or_init(|| Registry::start_tls("basic", &[])).as_ref()
 }
 
 fn token_registry() -> Option<&'static Registry> {
     static R: OnceLock<Option<Registry>> = OnceLock::new();
     R.get_or_init(|| {
-        Registry::start(
+        Registry::start_tls(
             "token",
             &["--token-ttl", "4", "--images", "basic,pigz,large"],
         )
@@ -55,9 +55,7 @@ fn args(cmd: &str, blob: &str, fixture_dir: &str, ca: &str, extra: &[&str]) -> V
 }
 
 fn run(reg: &Registry, a: &[String]) -> Output {
-    let env = reg.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    run_host_with(a, &env, None, T)
+    reg.run_host(a, T)
 }
 
 fn assert_device(out: &Output, dir: &str, what: &str) {

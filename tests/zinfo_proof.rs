@@ -50,13 +50,24 @@ fn large() -> Layer {
 
 /// `cat --offset OFFSET --length LENGTH` of the large layer with `zinfo` as its zinfo.
 fn cat(layer: &Layer, zinfo: &[u8], offset: u64, length: u64) -> std::process::Output {
+    cat_with(layer, zinfo, offset, length, &[])
+}
+
+/// The same, with `extra` options before the device's.
+fn cat_with(
+    layer: &Layer,
+    zinfo: &[u8],
+    offset: u64,
+    length: u64,
+    extra: &[&str],
+) -> std::process::Output {
     let tmp = TempDir::new("zproof");
     let z = tmp.path().join("tampered.zinfo");
     std::fs::write(&z, zinfo).unwrap();
     let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    let args = vec![
-        "cat".to_string(),
-        s(&component()),
+    let mut args = vec!["cat".to_string(), s(&component())];
+    args.extend(extra.iter().map(|e| e.to_string()));
+    args.extend([
         "--tarindex".into(),
         s(&layer.meta),
         "--zinfo".into(),
@@ -66,7 +77,7 @@ fn cat(layer: &Layer, zinfo: &[u8], offset: u64, length: u64) -> std::process::O
         "--length".into(),
         length.to_string(),
         s(&layer.blob),
-    ];
+    ]);
     run_host(&args, Duration::from_secs(120))
 }
 
@@ -242,26 +253,11 @@ fn a_real_layer_with_a_tampered_window_fails_instead_of_serving_wrong_bytes() {
     // With and without the open-time header sample (which, on the old reader, was all
     // that stood between this zinfo and 294,223 wrong bytes with exit 0).
     for samples in [None, Some("0")] {
-        let tmp = TempDir::new("zproof-real-cat");
-        let z = tmp.path().join("tampered.zinfo");
-        std::fs::write(&z, &bad).unwrap();
-        let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
-        let mut args = vec!["cat".to_string(), s(&component())];
-        if let Some(n) = samples {
-            args.extend(["--header-samples".to_string(), n.to_string()]);
-        }
-        args.extend([
-            "--tarindex".into(),
-            s(&layer.meta),
-            "--zinfo".into(),
-            s(&z),
-            "--offset".into(),
-            offset.to_string(),
-            "--length".into(),
-            length.to_string(),
-            s(&layer.blob),
-        ]);
-        let out = run_host(&args, Duration::from_secs(120));
+        let extra = match samples {
+            Some(n) => vec!["--header-samples", n],
+            None => vec![],
+        };
+        let out = cat_with(&layer, &bad, offset, length, &extra);
         expect_refused(
             &format!("real layer, window XOR, header samples {samples:?}"),
             &out,

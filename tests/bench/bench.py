@@ -12,29 +12,12 @@ The erofs-utils figures from fixtures/README.md (4.0 MB/s sequential in 32 KiB r
 """
 import json, os, subprocess, sys, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HOST = os.path.join(ROOT, "target/release/erofs-host")
-WASM = os.path.join(ROOT, "target/wasm32-wasip2/release/erofs_component.wasm")
+from benchlib import HOST, ROOT, WASM, best, timed
+
 WASM_MINIZ = os.path.join(ROOT, "target/miniz/wasm32-wasip2/release/erofs_component.wasm")
 WASM_NO_HEADER_CHECK = os.path.join(ROOT, "target/no-header-check/wasm32-wasip2/release/erofs_component.wasm")
 LARGE = os.path.join(ROOT, "tests/fixtures/large")
 DEVICE = ["--tarindex", f"{LARGE}/meta.erofs", "--zinfo", f"{LARGE}/layer.zinfo", f"{LARGE}/layer.tar.gz"]
-
-
-def timed(cmd, stdout=subprocess.DEVNULL):
-    """Wall seconds and peak RSS (KiB) of one run of cmd."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=stdout)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        sys.exit(f"bench: {' '.join(cmd)} failed ({status})")
-    return wall, usage.ru_maxrss
-
-
-def best(cmd, runs=3):
-    results = [timed(cmd) for _ in range(runs)]
-    return min(r[0] for r in results), max(r[1] for r in results)
 
 
 def bench(wasm, *args):

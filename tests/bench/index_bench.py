@@ -11,26 +11,9 @@ runs (RSS: the largest). The plain tar (gzip -dc of the same blob) is indexed to
 """
 import os, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HOST = os.path.join(ROOT, "target/release/erofs-host")
-WASM = os.path.join(ROOT, "target/wasm32-wasip2/release/erofs_component.wasm")
+from benchlib import HOST, ROOT, WASM, best, timed
+
 BLOB = os.path.join(ROOT, "tests/fixtures/large/layer.tar.gz")
-
-
-def timed(cmd, stdout=subprocess.DEVNULL):
-    """Wall seconds and peak RSS (KiB) of one run of cmd."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=stdout)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        sys.exit(f"index bench: {' '.join(cmd)} failed ({status})")
-    return wall, usage.ru_maxrss
-
-
-def best(cmd, runs=3):
-    results = [timed(cmd) for _ in range(runs)]
-    return min(r[0] for r in results), max(r[1] for r in results)
 
 
 def main():

@@ -10,10 +10,17 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-/// The test registry and its proxies.
+/// `erofs-host mount` with a Drop that unmounts.
+pub mod host_mount;
+/// The registry harness (tests/registry/harness.py) and its proxies, started and stopped.
 pub mod registry;
 /// External tools with deadlines (also used by erofs-nbd's own tests).
 pub mod tools;
+
+#[allow(unused_imports)]
+pub use host_mount::{fuse_available, HostMount};
+#[allow(unused_imports)]
+pub use registry::HarnessRegistry;
 
 pub const GZIP_FIXTURES: [&str; 5] = ["basic", "multimember", "pigz", "aufs", "large"];
 pub const ALL_FIXTURES: [&str; 6] = ["basic", "multimember", "pigz", "aufs", "large", "plain-tar"];

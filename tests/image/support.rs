@@ -8,66 +8,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::common::*;
 
 pub const T: Duration = Duration::from_secs(300);
 
-/// A plain-HTTP registry on 127.0.0.1 (tests/registry/harness.py), stopped on drop.
-pub struct Registry {
-    pub info: Value,
-    workdir: PathBuf,
+/// A plain-HTTP registry on 127.0.0.1 without auth, holding `images`; stopped on drop.
+pub struct Registry(HarnessRegistry);
+
+impl std::ops::Deref for Registry {
+    type Target = HarnessRegistry;
+    fn deref(&self) -> &HarnessRegistry {
+        &self.0
+    }
 }
 
 impl Registry {
     pub fn start(tag: &str, images: &str) -> Option<Registry> {
-        let workdir =
-            std::env::temp_dir().join(format!("erofs-e2e-image-reg-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&workdir);
-        let out = Command::new("python3")
-            .arg(root().join("tests/registry/harness.py"))
-            .args(["start", "--auth", "none", "--images", images, "--workdir"])
-            .arg(&workdir)
-            .args(["--watch-pid", &std::process::id().to_string()])
-            .args(["--max-lifetime", "1800"])
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            skip(
-                "image tests",
-                &format!(
-                    "the test registry did not start: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            );
-            return None;
-        }
-        Some(Registry {
-            info: serde_json::from_slice(&out.stdout).ok()?,
-            workdir,
-        })
-    }
-
-    pub fn addr(&self) -> String {
-        self.info["registry"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    pub fn image(&self, name: &str) -> &Value {
-        &self.info["images"][name]
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = Command::new("python3")
-            .arg(root().join("tests/registry/harness.py"))
-            .args(["stop", "--workdir"])
-            .arg(&self.workdir)
-            .output();
+        let args = ["--auth", "none", "--images", images];
+        HarnessRegistry::start("image tests", &format!("image-reg-{tag}"), &args).map(Registry)
     }
 }
 

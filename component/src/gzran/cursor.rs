@@ -265,12 +265,7 @@ impl Cursor {
                     &mut self.page[self.fill..self.fill + room],
                     stop_at_block,
                 )
-                .map_err(|e| {
-                    e.context(&format!(
-                        "near blob offset {at}, output offset {}",
-                        self.position()
-                    ))
-                })?;
+                .map_err(near(at, self.position()))?;
             self.input.consume(step.consumed);
             let produced = &self.page[self.fill..self.fill + step.produced];
             if let Some(member) = &mut self.member {
@@ -395,12 +390,7 @@ impl Cursor {
             let step = self
                 .inflater
                 .inflate(self.input.available(), &mut no_output, true)
-                .map_err(|e| {
-                    e.context(&format!(
-                        "near blob offset {at}, output offset {}",
-                        self.position()
-                    ))
-                })?;
+                .map_err(near(at, self.position()))?;
             self.input.consume(step.consumed);
             if step.produced != 0 {
                 return Err(Error::internal(
@@ -571,4 +561,10 @@ fn truncated(at: u64) -> Error {
     Error::bad(format!(
         "gzip: blob ends at offset {at} inside a deflate stream (truncated blob?)"
     ))
+}
+
+/// Where an inflate error happened: the blob offset of the input and the output offset
+/// the cursor had reached.
+fn near(at: u64, output: u64) -> impl FnOnce(Error) -> Error {
+    move |e| e.context(&format!("near blob offset {at}, output offset {output}"))
 }

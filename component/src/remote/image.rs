@@ -9,7 +9,7 @@ use super::auth::Auth;
 use super::manifest::{self, compression_of, manifest_context, Layer, Platform, DEFAULT_PLATFORM};
 use super::net::Net;
 use super::reference::{validate_digest, Reference};
-use super::url::{shorten, Scheme, Url};
+use super::url::shorten;
 use super::{RemoteOptions, Transport};
 use crate::error::{Error, Result};
 
@@ -38,13 +38,7 @@ pub fn image_layers(
     let net = Net::new(transport, opts);
     let r = Reference::parse(reference)?;
     let platform = Platform::parse(platform.unwrap_or(DEFAULT_PLATFORM))?;
-    // Docker Hub serves only https, whatever `insecure` says (as for one layer).
-    let scheme = if opts.insecure && !r.is_docker_hub() {
-        Scheme::Http
-    } else {
-        Scheme::Https
-    };
-    let base = Url::parse(&format!("{}://{}/", scheme.as_str(), r.api_host))?;
+    let base = r.api_base(opts.insecure)?;
     let auth = RefCell::new(Auth::new(base.clone(), &r.repository));
     let m = manifest::resolve_manifest(&net, &auth, &base, &r, &platform)?;
     if m.layers.is_empty() {

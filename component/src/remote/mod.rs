@@ -50,7 +50,7 @@ use self::net::Net;
 use self::push::Pushed;
 use self::reference::Reference;
 use self::session::Session;
-use self::url::{Scheme, Url};
+use self::url::Url;
 use crate::defaults;
 use crate::error::{Error, Result};
 
@@ -184,13 +184,7 @@ pub fn open_blob(
                     .map_err(|e| e.context("the requested layer digest"))?;
             }
             let platform = Platform::parse(platform.as_deref().unwrap_or(DEFAULT_PLATFORM))?;
-            // Docker Hub serves only https, whatever `insecure` says.
-            let scheme = if opts.insecure && !r.is_docker_hub() {
-                Scheme::Http
-            } else {
-                Scheme::Https
-            };
-            let base = Url::parse(&format!("{}://{}/", scheme.as_str(), r.api_host))?;
+            let base = r.api_base(opts.insecure)?;
             let auth = RefCell::new(Auth::new(base.clone(), &r.repository));
             let resolved =
                 manifest::resolve(&net, &auth, &base, &r, &platform, *layer, digest.as_deref())?;

@@ -8,7 +8,7 @@
 
 // Parses outside data under erofs-image's lint rules (`parser_modules!` in lib.rs).
 
-use super::url::{shorten, Url};
+use super::url::{shorten, Scheme, Url};
 use crate::error::{Error, Result};
 
 /// Docker Hub as users write it, and the host its API answers on.
@@ -57,6 +57,17 @@ impl Reference {
             "oci://{}/{}@{manifest_digest}",
             self.registry, self.repository
         )
+    }
+
+    /// The registry API's base URL, `SCHEME://API_HOST/`: plain http only when the user
+    /// said `insecure`, and never for Docker Hub, which serves only https.
+    pub fn api_base(&self, insecure: bool) -> Result<Url> {
+        let scheme = if insecure && !self.is_docker_hub() {
+            Scheme::Http
+        } else {
+            Scheme::Https
+        };
+        Url::parse(&format!("{}://{}/", scheme.as_str(), self.api_host))
     }
 }
 

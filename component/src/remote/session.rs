@@ -11,7 +11,7 @@ use super::manifest::sha256_digest;
 use super::net::{accept_any, Net};
 use super::reference::{validate_digest, Reference};
 use super::transport::{HttpResponse, Method, Transport};
-use super::url::{encode_query_value, shorten, Scheme, Url};
+use super::url::{encode_query_value, shorten, Url};
 use super::RemoteOptions;
 use crate::error::{Error, Result};
 
@@ -46,13 +46,7 @@ impl Session {
         access: Access,
     ) -> Result<Session> {
         let reference = Reference::parse(reference)?;
-        // Docker Hub serves only https, whatever `insecure` says.
-        let scheme = if opts.insecure && !reference.is_docker_hub() {
-            Scheme::Http
-        } else {
-            Scheme::Https
-        };
-        let base = Url::parse(&format!("{}://{}/", scheme.as_str(), reference.api_host))?;
+        let base = reference.api_base(opts.insecure)?;
         let auth = RefCell::new(Auth::with_access(
             base.clone(),
             &reference.repository,

@@ -17,6 +17,19 @@ use crate::net::range_cache::RangeCache;
 /// What a test server saw: the path of each request and its Authorization header.
 type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
+/// Read a request's head (through the blank line), lossily as text.
+fn read_head(stream: &mut std::net::TcpStream) -> String {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&request).into_owned()
+}
+
 type Answer = Box<dyn Fn(&str, Option<&str>) -> String + Send>;
 
 /// A plain-HTTP server on `listener` answering each request with `answer(path, auth)`
@@ -27,15 +40,7 @@ fn serve(listener: TcpListener, answer: Answer) -> Seen {
     std::thread::spawn(move || {
         for stream in listener.incoming().take(16) {
             let Ok(mut stream) = stream else { return };
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let text = String::from_utf8_lossy(&request).into_owned();
+            let text = read_head(&mut stream);
             let path = text.split(' ').nth(1).unwrap_or_default().to_string();
             let auth = text.lines().find_map(|l| {
                 let (name, value) = l.split_once(':')?;
@@ -212,15 +217,7 @@ fn serve_blob(
     std::thread::spawn(move || {
         for stream in listener.incoming().take(16) {
             let Ok(mut stream) = stream else { return };
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let text = String::from_utf8_lossy(&request).into_owned();
+            let text = read_head(&mut stream);
             let range = text
                 .lines()
                 .find_map(|l| l.strip_prefix("range: ").or(l.strip_prefix("Range: ")))

@@ -329,9 +329,9 @@ fn push_refuses_indexes_of_other_layers_or_tars() {
     );
 }
 
-/// Rewrite the published artifact's annotation `key` of every blob, and point the
-/// fallback tag's list at the result.
-fn rewrite_annotation(store: &RefCell<Store>, key: &str, value: &str) {
+/// Rewrite the published artifact with `edit`, and point the fallback tag's list at the
+/// result (as a hostile pusher could).
+fn rewrite_artifact(store: &RefCell<Store>, edit: impl FnOnce(&mut serde_json::Value)) {
     let mut s = store.borrow_mut();
     let tag = s
         .tags
@@ -344,9 +344,7 @@ fn rewrite_annotation(store: &RefCell<Store>, key: &str, value: &str) {
     let old = list["manifests"][0]["digest"].as_str().unwrap().to_string();
     let (_, body) = s.manifests[&old].clone();
     let mut artifact: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    for l in artifact["layers"].as_array_mut().unwrap() {
-        l["annotations"][key] = json!(value);
-    }
+    edit(&mut artifact);
     let body = artifact.to_string().into_bytes();
     let d = sha256_digest(&body);
     list["manifests"][0]["digest"] = json!(d);
@@ -356,6 +354,15 @@ fn rewrite_annotation(store: &RefCell<Store>, key: &str, value: &str) {
     let ld = sha256_digest(&list);
     s.manifests.insert(ld.clone(), (OCI_INDEX.into(), list));
     s.tags.insert(tag, ld);
+}
+
+/// Set the annotation `key` of every blob of the published artifact to `value`.
+fn rewrite_annotation(store: &RefCell<Store>, key: &str, value: &str) {
+    rewrite_artifact(store, |artifact| {
+        for l in artifact["layers"].as_array_mut().unwrap() {
+            l["annotations"][key] = json!(value);
+        }
+    });
 }
 
 #[test]
@@ -390,26 +397,7 @@ fn a_tag_moved_to_another_manifest_is_not_trusted() {
 }
 
 fn rewrite_subject(store: &RefCell<Store>) {
-    let mut s = store.borrow_mut();
-    let tag = s
-        .tags
-        .keys()
-        .find(|t| t.starts_with("sha256-"))
-        .unwrap()
-        .clone();
-    let (_, list_body) = s.manifests[&s.tags[&tag]].clone();
-    let mut list: serde_json::Value = serde_json::from_slice(&list_body).unwrap();
-    let old = list["manifests"][0]["digest"].as_str().unwrap().to_string();
-    let (_, body) = s.manifests[&old].clone();
-    let mut artifact: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    artifact["subject"]["digest"] = json!(digest_of(b"another image"));
-    let body = artifact.to_string().into_bytes();
-    let d = sha256_digest(&body);
-    list["manifests"][0]["digest"] = json!(d);
-    list["manifests"][0]["size"] = json!(body.len());
-    s.manifests.insert(d, (OCI_MANIFEST.into(), body));
-    let list = list.to_string().into_bytes();
-    let ld = sha256_digest(&list);
-    s.manifests.insert(ld.clone(), (OCI_INDEX.into(), list));
-    s.tags.insert(tag, ld);
+    rewrite_artifact(store, |artifact| {
+        artifact["subject"]["digest"] = json!(digest_of(b"another image"));
+    });
 }
