@@ -63,6 +63,10 @@ bench: build build-miniz build-no-header-check
     python3 tests/bench/network_bench.py
     tests/bench/runtimes_bench.sh
 
+# Whole-image cold start (issue 12): lazy mount vs full pull through a 20 ms / 100 Mbit/s link (and 1 Gbit/s); needs root; not part of `just test`
+bench-coldstart: build
+    python3 tests/bench/coldstart_bench.py
+
 # Fuzz targets (fuzz/README.md), in the order fuzz-all runs them
 fuzz_targets := "zinfo gzran tarindex erofs oci_manifest www_authenticate content_range url_reference nbd build_tar"
 

@@ -47,9 +47,13 @@ fn fixture_index_dir(reg: &Registry, image: &str, dir: &Path) -> Vec<LayerDevice
 }
 
 fn no_leftovers(what: &str, mnt: &Path) {
+    // This mount's layers only (`STATE/<mount id>.layers/N`, the id a hash of the
+    // mountpoint): the tests of this binary run in parallel.
+    use std::os::unix::ffi::OsStrExt;
+    let id = &sha256_hex(mnt.as_os_str().as_bytes())[..16];
     let left: Vec<String> = mounts_mentioning(&mnt.to_string_lossy())
         .into_iter()
-        .chain(mounts_mentioning(".layers/"))
+        .chain(mounts_mentioning(&format!("{id}.layers/")))
         .collect();
     assert!(
         left.is_empty(),
@@ -334,11 +338,272 @@ fn buildah_image_matches_the_kernel_and_runs_python() {
             String::from_utf8_lossy(&out.stderr)
         );
         drop(m);
-        drop(kernel);
         no_leftovers(tag, &mnt);
         eprintln!(
             "buildah image ({tag}, {} layers): {n} entries equal the kernel's view; python3 ran",
             layers.len()
         );
+        if tag == "oci" {
+            published_index_mount(&reference, &mnt, &kernel.merged, layers.len());
+        } else {
+            // Nothing published for this manifest: the error names the first layer and
+            // says how to publish.
+            let out = ImageMount::mount_with(&reference, &mnt, None, &[]);
+            assert!(!out.status.success(), "{tag}: mounted without any index");
+            assert_stderr_contains(&out, &format!("layer 0 ({})", layers[0].0));
+            assert_stderr_contains(&out, "no published index");
+            assert_stderr_contains(&out, "--push");
+            no_leftovers("no published index", &mnt);
+        }
+        drop(kernel);
     }
+}
+
+/// `index --push --aufs` publishes every layer's index (whiteouts converted) next to the image; the mount by tag then
+/// finds them with no --tarindex-dir, and serves the same tree as the kernel, python3
+/// included, with per-layer counters in `erofs-host stats`.
+fn published_index_mount(reference: &str, mnt: &Path, kernel: &Path, layers: usize) {
+    let c = component().to_string_lossy().into_owned();
+    let oci = format!("oci://{reference}");
+    let out = run_host(
+        &[
+            "index",
+            &c,
+            &oci,
+            "--push",
+            "--aufs",
+            "--insecure",
+            "--quiet",
+        ],
+        T,
+    );
+    assert!(
+        out.status.success(),
+        "index --push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = ImageMount::new_with(reference, mnt, None, &[]);
+    let n = assert_same_tree("published index", mnt, kernel, true);
+    let py = Command::new("chroot")
+        .arg(mnt)
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import json, email, http.client; print('ok')",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&py.stdout).trim(),
+        "ok",
+        "published index: chroot python3: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let stats = run_host(&["stats", &*mnt.to_string_lossy(), "--json"], T);
+    assert!(
+        stats.status.success(),
+        "stats: {}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let rows = v["layers"].as_array().unwrap();
+    assert_eq!(rows.len(), layers, "stats: one row per layer: {v}");
+    assert!(
+        rows.iter().all(|r| r["bytes_fetched"].is_u64()),
+        "stats: {v}"
+    );
+    let out = m.umount();
+    assert!(
+        out.status.success(),
+        "umount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(m);
+    no_leftovers("published index", mnt);
+    eprintln!("published index: {n} entries equal the kernel's view; python3 ran");
+}
+
+/// `erofs-host stats MNT --json`.
+fn stats_of(mnt: &Path) -> serde_json::Value {
+    let out = run_host(&["stats", &*mnt.to_string_lossy(), "--json"], T);
+    assert!(
+        out.status.success(),
+        "stats: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Poll the stats (published once a second) until `done` says so; the whole value then.
+fn stats_until(
+    mnt: &Path,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    // Generous: the fixtures are small, but the machine may be loaded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let v = stats_of(mnt);
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: never reached: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+fn total(v: &serde_json::Value, key: &str) -> u64 {
+    v["total"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stats: no total.{key}: {v}"))
+}
+
+/// Every regular file under `root`, sorted.
+fn regular_files(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                dirs.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn record_prefetch_and_background_fetch_fill_the_cache() {
+    let name = "record_prefetch_and_background_fetch_fill_the_cache";
+    if !is_root() {
+        return skip(name, "needs root (overlay mounts)");
+    }
+    let Some(reg) = Registry::start("warm", "multilayer") else {
+        return;
+    };
+    let tmp = TempDir::new("image-warm");
+    let index = tmp.path().join("index");
+    fixture_index_dir(&reg, "multilayer", &index);
+    let reference = reg.image("multilayer")["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mnt = tmp.path().join("mnt");
+    let log = tmp.path().join("access.log");
+    let cache = |n: &str| tmp.path().join(n).to_string_lossy().into_owned();
+
+    // 1. A run that reads a few files, recorded.
+    let c1 = cache("cache1");
+    let m = ImageMount::new(
+        &reference,
+        &mnt,
+        &index,
+        &[
+            "--cache-dir",
+            &c1,
+            "--background-fetch",
+            "0",
+            "--record",
+            &log.to_string_lossy(),
+        ],
+    );
+    let files: Vec<_> = regular_files(&mnt)
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .step_by(3)
+        .take(8)
+        .collect();
+    let contents: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    drop(m);
+    no_leftovers("--record", &mnt);
+    let recorded = std::fs::read_to_string(&log).unwrap();
+    for f in &files {
+        let rel = format!("\"/{}\"", f.strip_prefix(&mnt).unwrap().display());
+        assert!(
+            recorded.contains(&rel),
+            "{rel} not in the access log:\n{recorded}"
+        );
+    }
+
+    // 2. Mounted again with that log as --prefetch and an empty cache: once the prefetch
+    //    is done, the same reads come from the disk cache.
+    let c2 = cache("cache2");
+    let m = ImageMount::new(
+        &reference,
+        &mnt,
+        &index,
+        &[
+            "--cache-dir",
+            &c2,
+            "--background-fetch",
+            "0",
+            "--prefetch",
+            &log.to_string_lossy(),
+        ],
+    );
+    let before = stats_until(&mnt, "prefetch done", |v| {
+        v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["prefetch_done"] == true)
+    });
+    assert!(
+        total(&before, "background_bytes_fetched") > 0,
+        "the prefetch fetched nothing: {before}"
+    );
+    for (f, want) in files.iter().zip(&contents) {
+        assert_eq!(&std::fs::read(f).unwrap(), want, "{}", f.display());
+    }
+    let after = stats_until(&mnt, "hits published", |v| total(v, "disk_cache_hits") > 0);
+    eprintln!(
+        "prefetch: {} regions; then the reads: {} disk-cache hits, {} more network requests (prefetch made {})",
+        recorded.lines().count(),
+        total(&after, "disk_cache_hits"),
+        total(&after, "registry_requests") - total(&before, "registry_requests"),
+        total(&before, "registry_requests"),
+    );
+    drop(m);
+    no_leftovers("--prefetch", &mnt);
+
+    // 3. The background fetch goes through every layer; then every file reads with no
+    //    request to the network.
+    let c3 = cache("cache3");
+    let m = ImageMount::new(
+        &reference,
+        &mnt,
+        &index,
+        &["--cache-dir", &c3, "--background-fetch", "1G"],
+    );
+    let done = stats_until(&mnt, "background fetch done", |v| {
+        v["layers"].as_array().unwrap().iter().all(|l| {
+            l["background_total"].as_u64().unwrap_or(0) > 0
+                && l["background_done"] == l["background_total"]
+        })
+    });
+    let network = total(&done, "registry_requests");
+    let mut bytes = 0;
+    for f in regular_files(&mnt) {
+        bytes += std::fs::read(&f).unwrap().len();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let after = stats_of(&mnt);
+    assert_eq!(
+        total(&after, "registry_requests"),
+        network,
+        "reading every file ({bytes} bytes) after the background fetch went to the network: {after}"
+    );
+    assert!(total(&after, "disk_cache_hits") > 0, "{after}");
+    let table = run_host(&["stats", &*mnt.to_string_lossy()], T);
+    eprintln!("{}", String::from_utf8_lossy(&table.stdout));
+    drop(m);
+    no_leftovers("--background-fetch", &mnt);
 }

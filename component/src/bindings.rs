@@ -83,7 +83,7 @@ impl Source for ImportedFile {
 pub(crate) struct Component;
 
 /// The header sample an embedder asked for (WIT `header-samples`), or the default.
-fn samples_from_wit(options: &OpenOptions) -> u32 {
+pub(crate) fn samples_from_wit(options: &OpenOptions) -> u32 {
     options.header_samples.unwrap_or(DEFAULT_HEADER_SAMPLES)
 }
 

@@ -86,7 +86,9 @@ impl registry::Guest for Component {
             .zinfo
             .map(|z| SizedSource::new("zinfo", Box::new(MemSource(z))))
             .transpose()?;
-        let device = Device::open(meta, blob, zinfo, options_from_wit(options)?)?;
+        // The embedder's header sample, as for `open-remote` (it was the default here).
+        let samples = crate::bindings::samples_from_wit(&options);
+        let device = Device::open_with(meta, blob, zinfo, options_from_wit(options)?, samples)?;
         Ok(tarindex::Device::new(
             DeviceResource::new(device).resolved(&info),
         ))

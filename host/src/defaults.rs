@@ -61,6 +61,13 @@ pub(crate) const INDEX_MEMORY: u64 = 256 << 20;
 /// Bound of the on-disk range cache (`--cache-dir`): a few large layers.
 pub(crate) const RANGE_CACHE_SIZE: &str = "1G";
 
+/// Whole image: the background fetch's bandwidth cap, bytes a second. 4 MiB/s is a third
+/// of a 100 Mbit/s link and 3% of 1 Gbit/s: on the slow links where a lazy mount matters
+/// most, the foreground keeps two thirds even while it reads, and the rest of an image
+/// of a few hundred MB still arrives within minutes. It also pauses while the foreground
+/// reads.
+pub(crate) const BACKGROUND_FETCH_RATE: &str = "4M";
+
 /// `mount`: sandboxed instances. A sequential reader through two instances decodes the
 /// stream twice (measured: a tar of the tree 2x slower); more pay off only for
 /// independent random readers.

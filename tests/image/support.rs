@@ -39,14 +39,24 @@ pub fn mounts_mentioning(needle: &str) -> Vec<String> {
         .collect()
 }
 
-/// `erofs-host mount COMPONENT REF MNT --insecure --tarindex-dir DIR EXTRA…`, unmounted
-/// with `erofs-host umount` on drop (and lazily by hand if that fails).
+/// `erofs-host mount COMPONENT REF MNT --insecure [--tarindex-dir DIR] EXTRA…`, unmounted
+/// with `erofs-host umount` on drop (and lazily by hand if that fails). Without a
+/// --tarindex-dir the layers' indexes published next to the image are used.
 pub struct ImageMount {
     pub mnt: PathBuf,
 }
 
 impl ImageMount {
     pub fn mount(reference: &str, mnt: &Path, index_dir: &Path, extra: &[&str]) -> Output {
+        Self::mount_with(reference, mnt, Some(index_dir), extra)
+    }
+
+    pub fn mount_with(
+        reference: &str,
+        mnt: &Path,
+        index_dir: Option<&Path>,
+        extra: &[&str],
+    ) -> Output {
         std::fs::create_dir_all(mnt).unwrap();
         let mut a: Vec<String> = vec![
             "mount".into(),
@@ -54,15 +64,26 @@ impl ImageMount {
             format!("oci://{reference}"),
             mnt.to_string_lossy().into_owned(),
             "--insecure".into(),
-            "--tarindex-dir".into(),
-            index_dir.to_string_lossy().into_owned(),
         ];
+        if let Some(dir) = index_dir {
+            a.push("--tarindex-dir".into());
+            a.push(dir.to_string_lossy().into_owned());
+        }
         a.extend(extra.iter().map(|s| s.to_string()));
         run_host(&a, T)
     }
 
     pub fn new(reference: &str, mnt: &Path, index_dir: &Path, extra: &[&str]) -> ImageMount {
-        let out = Self::mount(reference, mnt, index_dir, extra);
+        Self::new_with(reference, mnt, Some(index_dir), extra)
+    }
+
+    pub fn new_with(
+        reference: &str,
+        mnt: &Path,
+        index_dir: Option<&Path>,
+        extra: &[&str],
+    ) -> ImageMount {
+        let out = Self::mount_with(reference, mnt, index_dir, extra);
         let m = ImageMount {
             mnt: mnt.to_path_buf(),
         };

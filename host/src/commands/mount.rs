@@ -256,7 +256,11 @@ fn mount_fuse(
     let fs = ErofsFuse::new(pool).map_err(|e| anyhow!("{}: {e}", spec.meta_name()))?;
     let name = spec.blob.display_name();
     let fs = fs
-        .with_stats_file(mounts::stats_file::stats_path(mountpoint)?, name.clone())
+        .with_stats_file(
+            mounts::stats_file::stats_path(mountpoint)?,
+            name.clone(),
+            None,
+        )
         .context("starting the stats writer")?;
     let session = fuse::session(fs, mountpoint, &name, args.instances)?;
     Ok(Served {

@@ -124,8 +124,18 @@ fn served_trees(reg: &Registration) -> Vec<(String, PathBuf)> {
 
 fn table(r: &Report) -> String {
     let mut s = format!("{} ({} backend)\n", r.mountpoint.display(), r.backend);
-    let head = ["LAYER", "FETCHED", "REQUESTS", "CACHE HITS", "DECODED"];
-    let mut rows: Vec<[String; 5]> = vec![head.map(String::from)];
+    let head = [
+        "LAYER",
+        "FETCHED",
+        "REQUESTS",
+        "CACHE HITS",
+        "DECODED",
+        "NET FETCHED",
+        "DISK HITS",
+        "BG FETCHED",
+        "BG DONE",
+    ];
+    let mut rows: Vec<[String; COLUMNS]> = vec![head.map(String::from)];
     for row in &r.layers {
         let mut label = row.layer.clone();
         if !row.published {
@@ -135,7 +145,7 @@ fn table(r: &Report) -> String {
     }
     rows.push(cells("total", &r.total));
     let width = |c: usize| rows.iter().map(|r| r[c].len()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..5).map(width).collect();
+    let widths: Vec<usize> = (0..COLUMNS).map(width).collect();
     for row in &rows {
         let mut line = format!("{:<w$}", row[0], w = widths[0]);
         for (cell, w) in row.iter().zip(&widths).skip(1) {
@@ -152,12 +162,25 @@ fn table(r: &Report) -> String {
     s
 }
 
-fn cells(label: &str, t: &TreeStats) -> [String; 5] {
+/// The table's columns: FETCHED and REQUESTS are what the component received and asked
+/// for (disk-cache answers included); NET FETCHED and DISK HITS split a whole image's
+/// traffic into network and on-disk cache; BG the background fetch (bytes, and how far
+/// through the layer's tar it is).
+const COLUMNS: usize = 9;
+
+fn cells(label: &str, t: &TreeStats) -> [String; COLUMNS] {
+    let done = (t.background_done.saturating_mul(100))
+        .checked_div(t.background_total)
+        .map_or_else(|| "-".to_string(), |p| format!("{p}%"));
     [
         label.to_string(),
         t.bytes_fetched.to_string(),
         t.requests.to_string(),
         t.cache_hits.to_string(),
         t.bytes_decoded.to_string(),
+        t.registry_bytes_fetched.to_string(),
+        t.disk_cache_hits.to_string(),
+        t.background_bytes_fetched.to_string(),
+        done,
     ]
 }

@@ -31,6 +31,31 @@ pub struct TreeStats {
     pub bytes_decoded: u64,
     /// Bytes read from a local blob file.
     pub blob_bytes_read: u64,
+    /// Whole image: bytes of this layer's blob that came over the network (foreground
+    /// and background together; `bytes_fetched` also counts ranges the disk cache gave).
+    #[serde(default)]
+    pub registry_bytes_fetched: u64,
+    /// Whole image: requests for this layer's blob sent over the network.
+    #[serde(default)]
+    pub registry_requests: u64,
+    /// Whole image: ranges of this layer answered from the on-disk cache (`--cache-dir`).
+    #[serde(default)]
+    pub disk_cache_hits: u64,
+    /// Whole image: bytes the background fetcher's instance received for this layer.
+    #[serde(default)]
+    pub background_bytes_fetched: u64,
+    /// Whole image: range requests of the background fetcher for this layer.
+    #[serde(default)]
+    pub background_requests: u64,
+    /// Whole image: bytes of the layer's tar the background fetcher has gone through…
+    #[serde(default)]
+    pub background_done: u64,
+    /// …of this many.
+    #[serde(default)]
+    pub background_total: u64,
+    /// Whole image: the `--prefetch` list has been fetched (true without one).
+    #[serde(default)]
+    pub prefetch_done: bool,
 }
 
 impl TreeStats {
@@ -44,6 +69,25 @@ impl TreeStats {
             .saturating_add(other.remote_chunk_hits);
         self.bytes_decoded = self.bytes_decoded.saturating_add(other.bytes_decoded);
         self.blob_bytes_read = self.blob_bytes_read.saturating_add(other.blob_bytes_read);
+        let sums = [
+            (
+                &mut self.registry_bytes_fetched,
+                other.registry_bytes_fetched,
+            ),
+            (&mut self.registry_requests, other.registry_requests),
+            (&mut self.disk_cache_hits, other.disk_cache_hits),
+            (
+                &mut self.background_bytes_fetched,
+                other.background_bytes_fetched,
+            ),
+            (&mut self.background_requests, other.background_requests),
+            (&mut self.background_done, other.background_done),
+            (&mut self.background_total, other.background_total),
+        ];
+        for (mine, theirs) in sums {
+            *mine = mine.saturating_add(theirs);
+        }
+        self.prefetch_done |= other.prefetch_done;
     }
 }
 

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::blob_counters::{blob_hex, PerBlob};
 use super::credential_policy::{CredentialPolicy, Learned};
 use super::credentials::Credentials;
 use super::http_send::{self, Timeouts};
@@ -72,6 +73,8 @@ pub struct EgressPolicy {
     /// Range-cache entries served lately, newest last (see [`RECENT_HITS`]).
     recent_hits: Mutex<VecDeque<Key>>,
     pub stats: EgressStats,
+    /// The same traffic split by blob (per layer of a whole image).
+    pub per_blob: Arc<PerBlob>,
 }
 
 impl EgressPolicy {
@@ -103,6 +106,7 @@ impl EgressPolicy {
             cache,
             recent_hits: Mutex::new(VecDeque::new()),
             stats: EgressStats::default(),
+            per_blob: Arc::default(),
         }))
     }
 
@@ -197,17 +201,14 @@ fn cache_key(request: &http::Request<WasiBody>) -> Option<Key> {
         return None;
     }
     let uri = request.uri();
-    let hex = uri.path().split("/blobs/sha256:").nth(1)?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
+    let hex = blob_hex(uri)?;
     let range = request.headers().get(http::header::RANGE)?.to_str().ok()?;
     let (start, end) = range.strip_prefix("bytes=")?.split_once('-')?;
     let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
     let origin = format!("{}://{}", uri.scheme_str()?, request_authority(uri)?);
-    (start <= end && end - start < CACHEABLE_MAX).then(|| Key {
+    (start <= end && end - start < CACHEABLE_MAX).then_some(Key {
         origin,
-        hex: hex.to_ascii_lowercase(),
+        hex,
         start,
         end,
     })
@@ -380,6 +381,10 @@ impl EgressPolicy {
         self.stats
             .cache_bytes
             .fetch_add(hit.bytes.len() as u64, Ordering::Relaxed);
+        self.per_blob.update(&key.hex, |c| {
+            c.disk_cache_hits += 1;
+            c.disk_cache_bytes += hit.bytes.len() as u64;
+        });
         let response = http::Response::builder()
             .status(http::StatusCode::PARTIAL_CONTENT)
             .header(
@@ -415,8 +420,14 @@ impl EgressPolicy {
     async fn keep_in_cache(
         &self,
         key: Option<Key>,
+        hex: Option<&str>,
         response: http::Response<WasiBody>,
     ) -> Result<http::Response<WasiBody>, HttpError> {
+        let count = |n: u64| {
+            if let Some(hex) = hex {
+                self.per_blob.update(hex, |c| c.bytes_fetched += n);
+            }
+        };
         let length = header_number(response.headers(), http::header::CONTENT_LENGTH, None);
         let exact = key
             .as_ref()
@@ -441,6 +452,7 @@ impl EgressPolicy {
                 self.stats
                     .bytes_fetched
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                count(bytes.len() as u64);
                 if bytes.len() as u64 == key.len() {
                     cache.put(key, total, &bytes);
                 }
@@ -450,6 +462,7 @@ impl EgressPolicy {
                 self.stats
                     .bytes_fetched
                     .fetch_add(length.unwrap_or(0), Ordering::Relaxed);
+                count(length.unwrap_or(0));
                 Ok(response)
             }
         }
@@ -479,7 +492,14 @@ impl WasiHttpHooks for Egress {
                 .flatten();
             // Step 4: the request goes out; its response may extend the allow-list.
             let path = request.uri().path().to_string();
-            policy.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let hex = blob_hex(request.uri());
+            let count_request = || {
+                policy.stats.requests.fetch_add(1, Ordering::Relaxed);
+                if let Some(hex) = &hex {
+                    policy.per_blob.update(hex, |c| c.requests += 1);
+                }
+            };
+            count_request();
             let mut response = policy.sender.send(request).await?;
             policy.observe(&path, from_origin, &response)?;
             let unauthorized = response.status() == http::StatusCode::UNAUTHORIZED;
@@ -487,12 +507,12 @@ impl WasiHttpHooks for Egress {
                 // The origin asked for Basic (this answer's challenge, or an earlier one
                 // another instance saw): the same request once more, with them.
                 if policy.add_credentials(&mut again)? {
-                    policy.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    count_request();
                     response = policy.sender.send(again).await?;
                     policy.observe(&path, from_origin, &response)?;
                 }
             }
-            let response = policy.keep_in_cache(key, response).await?;
+            let response = policy.keep_in_cache(key, hex.as_deref(), response).await?;
             Ok((response, done()))
         })
     }

@@ -12,7 +12,9 @@
 //!   `~/.docker/config.json`.
 //! - [`docker_config`]: credentials from docker's config.json and credential helpers.
 //! - [`range_cache`]: the on-disk cache of fetched blob ranges.
+//! - [`blob_counters`]: the egress's traffic per blob (per layer of a whole image).
 
+pub(crate) mod blob_counters;
 pub(crate) mod connector;
 pub(crate) mod credential_policy;
 pub(crate) mod credentials;

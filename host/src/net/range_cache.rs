@@ -108,7 +108,14 @@ impl RangeCache {
             .ok()
     }
 
+    /// The range `key`: its own file, or else pieced together from the cached ranges
+    /// that cover it (the background fetcher of a whole-image mount keeps large ranges,
+    /// the readers ask for their own smaller ones).
     pub fn get(&self, key: &Key) -> Option<Hit> {
+        self.get_exact(key).or_else(|| self.get_covered(key))
+    }
+
+    fn get_exact(&self, key: &Key) -> Option<Hit> {
         let path = self.range_path(key);
         let bytes = std::fs::read(&path).ok()?;
         let total = self.recorded_total(key)?;
@@ -120,6 +127,55 @@ impl RangeCache {
         }
         if let Ok(f) = std::fs::File::options().append(true).open(&path) {
             let _ = f.set_modified(SystemTime::now());
+        }
+        Some(Hit { bytes, total })
+    }
+
+    /// `key` from the cached ranges of its blob that overlap it, if together they cover
+    /// every byte. Each piece is checked as [`Self::get_exact`] checks a file: one of
+    /// the wrong length is not used.
+    fn get_covered(&self, key: &Key) -> Option<Hit> {
+        let dir = self.blob_dir(key);
+        let total = self.recorded_total(key)?;
+        if key.end >= total {
+            return None;
+        }
+        let mut pieces: Vec<(u64, u64)> = std::fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let (start, end) = name.to_str()?.split_once('-')?;
+                let (start, end) = (start.parse::<u64>().ok()?, end.parse::<u64>().ok()?);
+                (start <= key.end && end >= key.start && start <= end).then_some((start, end))
+            })
+            .collect();
+        pieces.sort_unstable();
+        let mut bytes = Vec::with_capacity(usize::try_from(key.len()).ok()?);
+        let mut next = key.start;
+        let mut used = Vec::new();
+        while next <= key.end {
+            // Of the pieces that hold `next`, the one reaching furthest.
+            let &(start, end) = pieces
+                .iter()
+                .filter(|(s, e)| *s <= next && next <= *e)
+                .max_by_key(|(_, e)| *e)?;
+            let upto = end.min(key.end);
+            let path = dir.join(format!("{start}-{end}"));
+            read_piece(
+                &path,
+                end - start + 1,
+                next - start,
+                upto - next + 1,
+                &mut bytes,
+            )?;
+            used.push(path);
+            next = upto + 1;
+        }
+        for path in used {
+            if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+                let _ = f.set_modified(SystemTime::now());
+            }
         }
         Some(Hit { bytes, total })
     }
@@ -154,15 +210,34 @@ impl RangeCache {
         }
     }
 
-    /// Drop an entry (the component rejected what it held).
+    /// Drop an entry (the component rejected what it held): its own file, and every
+    /// kept range that overlaps it (it may have been pieced together from them).
     pub fn forget(&self, key: &Key) {
-        match std::fs::remove_file(self.range_path(key)) {
+        if let Ok(entries) = std::fs::read_dir(self.blob_dir(key)) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let overlaps = name
+                    .to_str()
+                    .and_then(|n| n.split_once('-'))
+                    .and_then(|(s, e)| Some((s.parse::<u64>().ok()?, e.parse::<u64>().ok()?)))
+                    .is_some_and(|(s, e)| s <= key.end && e >= key.start);
+                if overlaps && e.path() != self.range_path(key) {
+                    self.forget_file(key, &e.path());
+                }
+            }
+        }
+        self.forget_file(key, &self.range_path(key));
+    }
+
+    fn forget_file(&self, key: &Key, path: &Path) {
+        match std::fs::remove_file(path) {
             Ok(()) => tracing::warn!(
-                "range cache: dropped sha256:{} {}-{} from {} (the component rejected it)",
+                "range cache: dropped {} of sha256:{} from {} (the component rejected {}-{})",
+                path.display(),
                 key.hex,
+                key.origin,
                 key.start,
-                key.end,
-                key.origin
+                key.end
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!("range cache: cannot drop a rejected entry: {e}"),
@@ -243,6 +318,20 @@ impl RangeCache {
     }
 }
 
+/// Append `len` bytes at `offset` of the cached range file `path` (which must be
+/// `file_len` long) to `out`; `None` if it is not (then it is not used).
+fn read_piece(path: &Path, file_len: u64, offset: u64, len: u64, out: &mut Vec<u8>) -> Option<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    if f.metadata().ok()?.len() != file_len {
+        return None;
+    }
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let before = out.len();
+    f.take(len).read_to_end(out).ok()?;
+    (out.len() - before == usize::try_from(len).ok()?).then_some(())
+}
+
 /// Temporary files start with `.` (see the module comment).
 fn is_temporary(path: &Path) -> bool {
     path.file_name()
@@ -295,13 +384,38 @@ mod tests {
         cache.put(&key(origin, 0, 999), 50_000, &[7u8; 1000]);
         let hit = cache.get(&key(origin, 0, 999)).unwrap();
         assert_eq!((hit.bytes.len(), hit.total), (1000, 50_000));
-        assert!(cache.get(&key(origin, 0, 998)).is_none());
+        // A range inside a kept one is served from it.
+        assert_eq!(cache.get(&key(origin, 0, 998)).unwrap().bytes.len(), 999);
         for i in 1..30u64 {
             cache.put(&key(origin, i * 1000, i * 1000 + 999), 50_000, &[1u8; 1000]);
         }
         cache.evict().unwrap();
         let (_, total) = cache.walk(false).unwrap();
         assert!(total <= 10_000, "{total} bytes kept");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_range_is_pieced_together_from_the_ranges_that_cover_it() {
+        let dir = temp_dir("covered");
+        let cache = RangeCache::open(&dir, 1 << 20).unwrap();
+        let origin = "https://r:443";
+        let blob: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        cache.put(&key(origin, 0, 999), 3000, &blob[..1000]);
+        cache.put(&key(origin, 1000, 1999), 3000, &blob[1000..2000]);
+        cache.put(&key(origin, 500, 1499), 3000, &blob[500..1500]);
+        let hit = cache.get(&key(origin, 700, 1899)).unwrap();
+        assert_eq!(hit.bytes, &blob[700..1900]);
+        assert_eq!(
+            cache.get(&key(origin, 10, 19)).unwrap().bytes,
+            &blob[10..20]
+        );
+        // A gap is a miss.
+        assert!(cache.get(&key(origin, 1500, 2000)).is_none());
+        // A piece of the wrong length is not used.
+        let piece = cache.range_path(&key(origin, 1000, 1999));
+        std::fs::write(&piece, [0u8; 10]).unwrap();
+        assert!(cache.get(&key(origin, 1600, 1700)).is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -75,6 +75,7 @@ impl FilesystemPool {
                 remote_chunk_hits: r.chunk_hits,
                 bytes_decoded: d.bytes_decoded,
                 blob_bytes_read: d.blob_bytes_read,
+                ..TreeStats::default()
             });
         }
         Ok(total)

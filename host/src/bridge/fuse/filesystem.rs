@@ -17,8 +17,10 @@ use fuser::{
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::access_watch::AccessWatch;
 use super::stats_writer::StatsWriter;
 use super::{errno, open_read_only, read_only_basics, TTL};
+use crate::net::blob_counters::LayerTraffic;
 use crate::sandbox::runtime::{Attributes, FileKind};
 use crate::sandbox::{CallError, FilesystemPool};
 
@@ -35,6 +37,8 @@ pub(crate) struct ErofsFuse {
     device_size: u64,
     /// Show `trusted.overlay.*` as `user.overlay.*` (see `with_user_overlay_xattrs`).
     user_overlay_xattrs: bool,
+    /// Whole image: the mount's watch on reads, and this layer's index in it.
+    watch: Option<(Arc<AccessWatch>, u32)>,
 }
 
 const TRUSTED_OVERLAY: &[u8] = b"trusted.overlay.";
@@ -52,6 +56,7 @@ impl ErofsFuse {
             root_nid,
             device_size,
             user_overlay_xattrs: false,
+            watch: None,
         })
     }
 
@@ -64,10 +69,22 @@ impl ErofsFuse {
         self
     }
 
-    /// Publish the counters at `path` for `erofs-host stats`, labelled `label`.
-    pub fn with_stats_file(mut self, path: PathBuf, label: String) -> std::io::Result<ErofsFuse> {
-        self.stats = Some(StatsWriter::start(self.pool.clone(), path, label)?);
+    /// Publish the counters at `path` for `erofs-host stats`, labelled `label`, with
+    /// the layer's `traffic` (whole image).
+    pub fn with_stats_file(
+        mut self,
+        path: PathBuf,
+        label: String,
+        traffic: Option<LayerTraffic>,
+    ) -> std::io::Result<ErofsFuse> {
+        self.stats = Some(StatsWriter::start(self.pool.clone(), path, label, traffic)?);
         Ok(self)
+    }
+
+    /// Tell `watch` about reads (and, for its access log, names) of layer `layer`.
+    pub fn with_access_watch(mut self, watch: Arc<AccessWatch>, layer: u32) -> ErofsFuse {
+        self.watch = Some((watch, layer));
+        self
     }
 
     /// The stored name a requested xattr name stands for.
@@ -164,7 +181,12 @@ impl Filesystem for ErofsFuse {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.to_nid(parent);
         match self.pool.get().lookup(parent, name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &self.file_attr(&a), Generation(0)),
+            Ok(a) => {
+                if let Some((watch, layer)) = &self.watch {
+                    watch.named(*layer, parent, self.root_nid, name.as_bytes(), a.ino);
+                }
+                reply.entry(&TTL, &self.file_attr(&a), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -198,7 +220,11 @@ impl Filesystem for ErofsFuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        match self.pool.get().read(self.to_nid(ino), offset, size) {
+        let nid = self.to_nid(ino);
+        if let Some((watch, layer)) = &self.watch {
+            watch.read(*layer, nid, offset, size);
+        }
+        match self.pool.get().read(nid, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }

@@ -3,6 +3,7 @@
 //! (`bridge::loop_backing`). Here: the session setup, the kernel tuning, and the errno of
 //! a failed sandbox call.
 
+pub(crate) mod access_watch;
 pub(crate) mod filesystem;
 mod stats_writer;
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::mount_registry::remove_file_quietly;
 use crate::mount_registry::stats_file::{write_stats, TreeStats};
+use crate::net::blob_counters::LayerTraffic;
 use crate::sandbox::FilesystemPool;
 
 /// How often the counters are looked at: once a second is fresh enough for a person
@@ -24,11 +25,13 @@ pub(crate) struct StatsWriter {
 }
 
 impl StatsWriter {
-    /// Start publishing `pool`'s counters, labelled `label`, at `path`.
+    /// Start publishing `pool`'s counters, labelled `label`, at `path`, with the layer's
+    /// `traffic` through a shared egress and its background fetcher (whole image).
     pub(crate) fn start(
         pool: Arc<FilesystemPool>,
         path: PathBuf,
         label: String,
+        traffic: Option<LayerTraffic>,
     ) -> std::io::Result<StatsWriter> {
         // A file left by an earlier mount at the same place would show its counters as
         // ours until the first tick: gone first.
@@ -43,7 +46,7 @@ impl StatsWriter {
                     stopped.recv_timeout(INTERVAL),
                     Err(RecvTimeoutError::Timeout)
                 ) {
-                    publish(&pool, &path, &label, &mut written);
+                    publish(&pool, traffic.as_ref(), &path, &label, &mut written);
                 }
                 // State change: the mount is going away; so does its stats file.
                 remove_file_quietly(&path);
@@ -57,7 +60,13 @@ impl StatsWriter {
 
 /// Write the current counters if they differ from those last written. A failure is
 /// logged (the mount serves on without fresh stats) and retried at the next tick.
-fn publish(pool: &FilesystemPool, path: &Path, label: &str, written: &mut Option<TreeStats>) {
+fn publish(
+    pool: &FilesystemPool,
+    traffic: Option<&LayerTraffic>,
+    path: &Path,
+    label: &str,
+    written: &mut Option<TreeStats>,
+) {
     let mut now = match pool.tree_stats() {
         Ok(s) => s,
         Err(e) => {
@@ -66,6 +75,21 @@ fn publish(pool: &FilesystemPool, path: &Path, label: &str, written: &mut Option
         }
     };
     now.label = label.to_string();
+    if let Some(t) = traffic {
+        let blob = t.per_blob.get(&t.hex);
+        now.registry_bytes_fetched = blob.bytes_fetched;
+        now.registry_requests = blob.requests;
+        now.disk_cache_hits = blob.disk_cache_hits;
+        let (fetched, requests, done, total) = t.background.load();
+        now.background_bytes_fetched = fetched;
+        now.background_requests = requests;
+        now.background_done = done;
+        now.background_total = total;
+        now.prefetch_done = t
+            .background
+            .prefetch_done
+            .load(std::sync::atomic::Ordering::Relaxed);
+    }
     if written.as_ref() == Some(&now) {
         return;
     }

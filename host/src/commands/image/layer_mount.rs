@@ -12,10 +12,12 @@ use fuser::BackgroundSession;
 
 use super::layers::PlannedLayer;
 use super::merge::unmount_any;
+use crate::bridge::fuse::access_watch::AccessWatch;
 use crate::bridge::fuse::{self, ErofsFuse};
 use crate::bridge::loop_backing::{DeviceFile, IMAGE_NAME};
 use crate::commands::mount::{Backend, VerifyLevel};
 use crate::mount_registry as mounts;
+use crate::net::blob_counters::LayerTraffic;
 use crate::sandbox::{verify_image, DevicePool, FilesystemPool, Runtime};
 
 /// How a layer is served.
@@ -27,6 +29,8 @@ pub struct LayerOptions {
     pub verify_depth: VerifyLevel,
     /// Show `trusted.overlay.*` as `user.overlay.*` (unprivileged merges).
     pub user_overlay_xattrs: bool,
+    /// The mount's watch on reads (background fetch, --record).
+    pub watch: Arc<AccessWatch>,
 }
 
 /// A mounted layer. Dropping it unmounts it.
@@ -104,6 +108,7 @@ pub fn mount_layer(
     dir: &Path,
     backing: &Path,
     o: &LayerOptions,
+    traffic: Option<LayerTraffic>,
 ) -> Result<LayerMount> {
     let (spec, limits) = layer.device.spec_with_blob(layer.source.clone())?;
     let name = format!("layer{}:{}", layer.index, short(&layer.digest));
@@ -126,9 +131,11 @@ pub fn mount_layer(
                 fs = fs.with_user_overlay_xattrs();
             }
             fs = fs
+                .with_access_watch(o.watch.clone(), layer.index)
                 .with_stats_file(
                     mounts::stats_file::stats_path(dir)?,
                     format!("layer {} {}", layer.index, layer.digest),
+                    traffic,
                 )
                 .context("starting the stats writer")?;
             mounted.session = Some(fuse::session(fs, dir, &name, o.instances)?);

@@ -1,6 +1,11 @@
 //! Which layers an image has, and where each one's index is: the component lists the
 //! manifest's layers (it parses the manifest; the host never does), then each layer's
-//! META and ZINFO are looked up by digest in `--tarindex-dir`.
+//! META and ZINFO are looked up by digest in `--tarindex-dir`, or, without it, left to
+//! the component to find in the registry: the index published next to the image
+//! (`erofs-host index ... --push`), through the referrers API, then the fallback tag.
+//! The component checks that published index's entry for the layer against the image
+//! manifest's layer digest and the config's diff_id, and each blob against its digest,
+//! before it uses the META (`component/src/remote/discover.rs`).
 //!
 //! Naming in the index directory: `sha256-<hex>.meta` (the EROFS tar index, made with
 //! aufs whiteout conversion so that overlayfs sees OCI whiteouts) and, for gzip layers,
@@ -40,7 +45,9 @@ pub fn index_names(digest: &str) -> (String, String) {
 }
 
 /// List the image's layers in the sandbox and find each one's index.
-pub fn plan(device: &DeviceArgs, runtime: &Arc<Runtime>, index_dir: &Path) -> Result<Plan> {
+///
+/// `index_dir`: the `--tarindex-dir`; `None` uses the published index of each layer.
+pub fn plan(device: &DeviceArgs, runtime: &Arc<Runtime>, index_dir: Option<&Path>) -> Result<Plan> {
     // One egress policy for the listing and every layer: one allow-list, one range
     // cache, and the credentials read once (a password on stdin can only be read once).
     let image = device.image_source()?;
@@ -61,10 +68,15 @@ pub fn plan(device: &DeviceArgs, runtime: &Arc<Runtime>, index_dir: &Path) -> Re
     );
     let mut layers = Vec::with_capacity(info.layers.len());
     for layer in &info.layers {
-        let (meta, zinfo) = find_index(index_dir, layer, &pinned)?;
         let mut args = device.clone();
-        args.tarindex = Some(meta);
-        args.zinfo = zinfo;
+        (args.tarindex, args.zinfo) = match index_dir {
+            Some(dir) => {
+                let (meta, zinfo) = find_index(dir, layer, &pinned)?;
+                (Some(meta), zinfo)
+            }
+            // Found and checked by the component when the layer opens.
+            None => (None, None),
+        };
         // Every layer comes from the manifest just listed, by digest: a tag moved
         // meanwhile cannot mix two images.
         args.blob = pinned.clone();
