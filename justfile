@@ -21,6 +21,10 @@ build:
 build-miniz:
     cargo build --release --target wasm32-wasip2 -p erofs-component --features miniz --target-dir target/miniz
 
+# The component without the per-file header check on first read: the reference of its cost in `just bench`
+build-no-header-check:
+    cargo build --release --target wasm32-wasip2 -p erofs-component --features no-header-check --target-dir target/no-header-check
+
 # Run every test: unit, property, end-to-end (mounts need root; they say so when they skip), every fuzz target for 10 s, then test-runtimes
 test: setup build && _runtime-tests
     cargo test --release --workspace
@@ -52,7 +56,7 @@ demo: setup build
     tests/demo.sh
 
 # Read-path benchmarks with references measured in the same run
-bench: build build-miniz
+bench: build build-miniz build-no-header-check
     python3 tests/bench/bench.py
     python3 tests/bench/index_bench.py
     python3 tests/bench/nbd_bench.py

@@ -83,15 +83,28 @@ impl FakeRegistry {
 
     /// An image of one layer (with an empty config): its manifest digest.
     pub fn add_image(&self, layer: Vec<u8>, media_type: &str) -> String {
-        let size = layer.len();
-        let layer_digest = self.add_blob(layer);
+        self.add_image_of(vec![(layer, media_type)])
+    }
+
+    /// An image of these layers, bottom first, each with its media type (and an empty
+    /// config): its manifest digest.
+    pub fn add_image_of(&self, layers: Vec<(Vec<u8>, &str)>) -> String {
+        let descriptors: Vec<String> = layers
+            .into_iter()
+            .map(|(layer, media_type)| {
+                let size = layer.len();
+                let digest = self.add_blob(layer);
+                format!(r#"{{"mediaType":"{media_type}","digest":"{digest}","size":{size}}}"#)
+            })
+            .collect();
         let config =
             br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
                 .to_vec();
         let config_size = config.len();
         let config_digest = self.add_blob(config);
         let manifest = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_TYPE}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{config_size}}},"layers":[{{"mediaType":"{media_type}","digest":"{layer_digest}","size":{size}}}]}}"#
+            r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_TYPE}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{config_size}}},"layers":[{}]}}"#,
+            descriptors.join(",")
         )
         .into_bytes();
         let digest = digest_of(&manifest);

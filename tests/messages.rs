@@ -52,6 +52,7 @@ fn running_out_of_memory_names_the_cap_in_one_line() {
             learn_interval: None,
             max_learned: None,
             header_samples: None,
+            zinfo_sha256: None,
         },
     };
     let limits = Limits {

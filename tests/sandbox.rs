@@ -24,6 +24,7 @@ fn spec(dir: &str, cache: u64) -> DeviceSpec {
             learn_interval: None,
             max_learned: None,
             header_samples: None,
+            zinfo_sha256: None,
         },
     }
 }

@@ -21,11 +21,17 @@ const TAR_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 /// last file needs a range request of its own (the component fetches 1 MiB chunks).
 const FILES: usize = 4;
 const FILE_SIZE: usize = 4 << 20;
+/// The size of each file in the moved-tag test's layer: 4 x 20 MiB of incompressible
+/// bytes is more than the component's 32 MiB chunk cache and its 64 MiB whole-body
+/// limit, so the first instance cannot hold the whole layer and a later read must go
+/// to the registry (a smaller layer is fetched whole by the readahead that the open-time
+/// header check's spread reads start).
+const BIG_FILE_SIZE: usize = 20 << 20;
 
-/// Deterministic, distinct content for file `i`.
-fn content(i: usize) -> Vec<u8> {
+/// Deterministic, distinct content for file `i`, `size` bytes.
+fn content_of(i: usize, size: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1);
-    (0..FILE_SIZE)
+    (0..size)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -44,11 +50,16 @@ struct Layers {
 
 /// Layer A, layer B (file f1's first 64 KiB changed), and A's tar index.
 fn layers() -> Layers {
+    layers_of(FILE_SIZE)
+}
+
+/// [`layers`] with files of `file_size` bytes.
+fn layers_of(file_size: usize) -> Layers {
     let dir = TempDir::new("trusthost");
     let tree = dir.path().join("tree");
     std::fs::create_dir(&tree).unwrap();
     for i in 0..FILES {
-        std::fs::write(tree.join(format!("f{i}")), content(i)).unwrap();
+        std::fs::write(tree.join(format!("f{i}")), content_of(i, file_size)).unwrap();
     }
     let tar = dir.path().join("a.tar");
     let status = std::process::Command::new("tar")
@@ -61,7 +72,7 @@ fn layers() -> Layers {
         .unwrap();
     assert!(status.success());
     let a = std::fs::read(&tar).unwrap();
-    let f1 = content(1);
+    let f1 = content_of(1, file_size);
     let at = a
         .windows(64)
         .position(|w| w == &f1[..64])
@@ -108,15 +119,21 @@ fn read_at(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
 /// answer back) so the instance is rebuilt: the rebuilt instance opens the pinned
 /// manifest by digest and serves the original bytes. Before, it resolved the tag again
 /// and served the other layer's bytes under the old metadata.
+///
+/// The layer (4 x 20 MiB, incompressible) is larger than the first instance can hold
+/// (its chunk cache and whole-body limit), so some read after the move must go to the
+/// registry: that is the answer held back, and the rebuild is certain, not a matter of
+/// what was prefetched.
 #[test]
 fn a_moved_tag_changes_nothing_after_an_instance_rebuild() {
     if !is_root() || !Path::new("/dev/fuse").exists() {
         return skip("moved tag", "needs root and /dev/fuse");
     }
-    let l = layers();
+    let l = layers_of(BIG_FILE_SIZE);
     let reg = FakeRegistry::start();
     let ma = reg.add_image(l.a.clone(), TAR_TYPE);
     let mb = reg.add_image(l.b.clone(), TAR_TYPE);
+    drop(l.b);
     reg.tag("v", &ma);
     let reference = format!("oci://{}/t/img:v", reg.addr);
 
@@ -145,40 +162,40 @@ fn a_moved_tag_changes_nothing_after_an_instance_rebuild() {
         String::from_utf8_lossy(&out.stderr)
     );
     let _guard = MountGuard(mp.clone());
+    let file = |i: usize| content_of(i, BIG_FILE_SIZE);
 
-    assert!(read_at(&mp.join("f0"), 0, 4096).unwrap() == content(0)[..4096]);
+    assert!(read_at(&mp.join("f0"), 0, 4096).unwrap() == file(0)[..4096]);
     // The tag moves; the next blob answer comes after the call deadline, so that call
     // traps and the next one rebuilds the instance.
     reg.tag("v", &mb);
     let moved_at = reg.log().len();
     reg.delay_next_blob(4000);
-    // Read 4 KiB at every MiB of the files until one read needs a range request of its
-    // own (what earlier reads fetched is cached): that request is held back, its call
-    // passes the deadline, and the instance is rebuilt. Each read may fail (EIO) or
-    // succeed (the kernel retries a failed page on the rebuilt instance); bytes that come
-    // back are the file's own (f0, f2, f3 are the same in both layers).
+    // Read 4 KiB at every 4 MiB of f0, f2 and f3 (the same in both layers) until one
+    // read needs a range request of its own: that request is held back, its call passes
+    // the deadline, and the instance is rebuilt. Each read may fail (EIO) or succeed
+    // (the kernel retries a failed page on the rebuilt instance); bytes that come back
+    // are the file's own.
     'found: for i in [FILES - 1, 2, 0] {
-        for mib in 0..(FILE_SIZE >> 20) {
+        let want = file(i);
+        for step in 1..(BIG_FILE_SIZE >> 22) {
             if reg.log().len() > moved_at {
                 break 'found;
             }
-            let at = (mib << 20) + 8192;
+            let at = (step << 22) + 8192;
             if let Ok(bytes) = read_at(&mp.join(format!("f{i}")), at as u64, 4096) {
-                assert!(bytes == content(i)[at..at + 4096]);
+                assert!(bytes == want[at..at + 4096], "f{i} at {at}");
             }
         }
     }
-    if reg.log().len() == moved_at {
-        // The whole layer was fetched before the move (a small blob is read whole): no
-        // read needs the network any more, so no rebuild can be forced this way.
-        return skip(
-            "moved tag",
-            "every range was fetched before the tag moved; no instance rebuild could be forced (needs a layer larger than the whole-body limit)",
-        );
-    }
+    assert!(
+        reg.log().len() > moved_at,
+        "no read needed the registry after the tag moved, although the layer ({} bytes) \
+         is larger than the component can hold",
+        l.a.len()
+    );
     // Served by a rebuilt instance: f1 is where the layers differ.
     let got = read_at(&mp.join("f1"), 0, 64 << 10).expect("f1 after the rebuild");
-    let want = content(1);
+    let want = file(1);
     assert!(
         got == want[..64 << 10],
         "after the tag moved and the instance was rebuilt, f1 has the other layer's bytes"
@@ -194,6 +211,68 @@ fn a_moved_tag_changes_nothing_after_an_instance_rebuild() {
             .any(|r| r.path.ends_with(&format!("/manifests/{ma}"))),
         "no instance was rebuilt, or it did not open the pinned manifest: {after:?}"
     );
+}
+
+/// Issue 10.3's pin comes from the layer open (the component reports the manifest and
+/// layer it resolved), not from a listing of the whole manifest: an image with a zstd
+/// layer below a gzip one serves the gzip layer by tag, and the zstd layer's open fails
+/// with an error that names it. Before, the host listed every layer to learn the
+/// manifest digest, so the zstd layer refused every by-tag open of the image.
+#[test]
+fn a_zstd_layer_elsewhere_in_the_image_does_not_stop_a_by_tag_open() {
+    let f = fixture("basic");
+    let gz = std::fs::read(f.join("layer.tar.gz")).unwrap();
+    let reg = FakeRegistry::start();
+    // The zstd layer's bytes are never fetched: its media type is refused first.
+    let zstd = b"(a zstd layer)".to_vec();
+    let zstd_digest = fake_registry::digest_of(&zstd);
+    let m = reg.add_image_of(vec![
+        (zstd, "application/vnd.oci.image.layer.v1.tar+zstd"),
+        (gz, "application/vnd.oci.image.layer.v1.tar+gzip"),
+    ]);
+    reg.tag("v", &m);
+    let reference = format!("oci://{}/t/img:v", reg.addr);
+    let cat = |blob: &str, layer: Option<&str>| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "cat".into(),
+            component().into(),
+            blob.into(),
+            "--tarindex".into(),
+            f.join("meta.erofs").into(),
+            "--zinfo".into(),
+            f.join("layer.zinfo").into(),
+        ];
+        if let Some(layer) = layer {
+            args.extend(["--insecure".into(), "--layer".into(), layer.into()]);
+        }
+        run_host(&args, T)
+    };
+    let local = cat(f.join("layer.tar.gz").to_str().unwrap(), None);
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+
+    let by_tag = cat(&reference, Some("1"));
+    assert!(
+        by_tag.status.success(),
+        "cat of the gzip layer by tag: {}",
+        String::from_utf8_lossy(&by_tag.stderr)
+    );
+    assert!(
+        by_tag.stdout == local.stdout,
+        "the gzip layer by tag differs from the local blob"
+    );
+
+    let zstd = cat(&reference, Some("0"));
+    let err = String::from_utf8_lossy(&zstd.stderr);
+    assert!(!zstd.status.success(), "cat of the zstd layer succeeded");
+    assert!(
+        err.contains("zstd") && (err.contains("layer 0") || err.contains(&zstd_digest[..19])),
+        "the error does not name the zstd layer: {err}"
+    );
+    eprintln!("the zstd layer by tag: {}", err.trim());
 }
 
 /// Issue 16.1 for a remote blob: the requests the open-time header check adds, as the

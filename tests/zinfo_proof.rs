@@ -273,3 +273,86 @@ fn a_real_layer_with_a_tampered_window_fails_instead_of_serving_wrong_bytes() {
     );
     assert_eq!(ok.stdout.len() as u64, length);
 }
+
+/// `cat` of `length` bytes at `offset` of the large layer with `--stats`, no open-time
+/// header sample, and `extra` arguments: the output and the bytes the device decoded.
+fn cat_decoded(offset: u64, length: u64, extra: &[&str]) -> (std::process::Output, Option<u64>) {
+    let f = fixture("large");
+    let s = |p: PathBuf| p.to_string_lossy().into_owned();
+    let mut args = vec![
+        "cat".to_string(),
+        s(component()),
+        "--tarindex".into(),
+        s(f.join("meta.erofs")),
+        "--zinfo".into(),
+        s(f.join("layer.zinfo")),
+        "--header-samples".into(),
+        "0".into(),
+        "--stats".into(),
+        "--offset".into(),
+        offset.to_string(),
+        "--length".into(),
+        length.to_string(),
+        s(f.join("layer.tar.gz")),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let out = run_host(&args, Duration::from_secs(120));
+    let decoded = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("device: "))
+        .and_then(|l| l.split(" B decoded").next())
+        .and_then(|n| n.parse().ok());
+    (out, decoded)
+}
+
+/// `--zinfo-sha256` (WIT `open-options.zinfo-sha256`): a zinfo whose digest the user
+/// pinned serves from its last checkpoint without decoding the stream up to it, with the
+/// same bytes; a pin of another digest is refused at open, naming the option.
+#[test]
+fn a_pinned_zinfo_skips_the_proofs_and_a_wrong_pin_is_refused() {
+    use sha2::{Digest, Sha256};
+    let layer = large();
+    let last = (layer.zinfo.len() - HEADER) / RECORD - 1;
+    assert!(last >= 4, "the large fixture has {} checkpoints", last + 1);
+    let at = layer.meta_size + out_of(&layer.zinfo, last) + 65536;
+    let digest = hex::encode(Sha256::digest(&layer.zinfo));
+
+    let (proven, proven_decoded) = cat_decoded(at, 4096, &[]);
+    assert!(
+        proven.status.success(),
+        "{}",
+        String::from_utf8_lossy(&proven.stderr)
+    );
+    let (pinned, pinned_decoded) = cat_decoded(at, 4096, &["--zinfo-sha256", &digest]);
+    assert!(
+        pinned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pinned.stderr)
+    );
+    assert!(
+        pinned.stdout == proven.stdout,
+        "a pinned zinfo served other bytes"
+    );
+    let (proven_decoded, pinned_decoded) = (proven_decoded.unwrap(), pinned_decoded.unwrap());
+    eprintln!(
+        "4 KiB after checkpoint {last}: {proven_decoded} B decoded with every checkpoint proven, {pinned_decoded} B with the zinfo pinned"
+    );
+    // Proving decodes the stream from checkpoint 0 up to the last one; pinned, only the
+    // tar-size measure and the read's own page are decoded.
+    assert!(
+        pinned_decoded + out_of(&layer.zinfo, last) / 2 < proven_decoded,
+        "pinning saved too little: {pinned_decoded} B vs {proven_decoded} B decoded"
+    );
+
+    let mut wrong = digest.into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    let (refused, _) = cat_decoded(at, 4096, &["--zinfo-sha256", &wrong]);
+    expect_refused("a wrong pin", &refused, &["zinfo-sha256", &wrong]);
+    let (malformed, _) = cat_decoded(at, 4096, &["--zinfo-sha256", "sha256:xyz"]);
+    expect_refused(
+        "a malformed pin",
+        &malformed,
+        &["zinfo-sha256", "64 hex digits"],
+    );
+}

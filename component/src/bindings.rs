@@ -9,7 +9,7 @@ use crate::build::session::{digest_text, Progress, Session, SessionOptions};
 use crate::build::BlobFormat;
 use crate::error::{Error, Kind};
 use crate::fs::Filesystem;
-use crate::gzran::Options;
+use crate::gzran::{Options, ZinfoTrust};
 use crate::remote;
 use crate::source::{SizedSource, Source};
 use crate::tarindex::policy::check_zinfo_for_layer;
@@ -30,7 +30,7 @@ use exports::erofs::reader::filesystem::{
 };
 use exports::erofs::reader::tarindex::{
     self, BlobLocation, DeviceStats, GuestDevice, ImageInfo, ImageLayer, OpenOptions,
-    RemoteOptions, RemoteStats,
+    RemoteOptions, RemoteStats, ResolvedLayer,
 };
 
 /// The one conversion to the WIT error: each kind to the case the WIT documents for it.
@@ -87,9 +87,14 @@ pub(crate) fn samples_from_wit(options: &OpenOptions) -> u32 {
     options.header_samples.unwrap_or(DEFAULT_HEADER_SAMPLES)
 }
 
-pub(crate) fn options_from_wit(options: OpenOptions) -> Options {
+/// The reader's options from the WIT's (`zinfo-sha256` must be a SHA-256).
+pub(crate) fn options_from_wit(options: OpenOptions) -> crate::error::Result<Options> {
     let defaults = Options::default();
-    Options {
+    let zinfo_trust = match options.zinfo_sha256.as_deref() {
+        Some(text) => ZinfoTrust::pinned_from_text(text)?,
+        None => defaults.zinfo_trust,
+    };
+    Ok(Options {
         cache_bytes: options.cache_bytes.unwrap_or(defaults.cache_bytes),
         max_cursors: options
             .max_cursors
@@ -98,7 +103,8 @@ pub(crate) fn options_from_wit(options: OpenOptions) -> Options {
         max_learned: options
             .max_learned
             .map_or(defaults.max_learned, |n| n as usize),
-    }
+        zinfo_trust,
+    })
 }
 
 pub(crate) fn remote_options_from_wit(remote: RemoteOptions) -> remote::RemoteOptions {
@@ -176,8 +182,10 @@ impl tarindex::Guest for Component {
             .map(|z| SizedSource::new("zinfo", Box::new(ImportedFile(z))))
             .transpose()?;
         let samples = samples_from_wit(&options);
-        let device = Device::open_with(meta, blob, zinfo, options_from_wit(options), samples)?;
-        Ok(tarindex::Device::new(DeviceResource::new(device)))
+        let device = Device::open_with(meta, blob, zinfo, options_from_wit(options)?, samples)?;
+        Ok(tarindex::Device::new(
+            DeviceResource::new(device).resolved(&info),
+        ))
     }
 
     fn open(
@@ -187,7 +195,7 @@ impl tarindex::Guest for Component {
         options: OpenOptions,
     ) -> Result<tarindex::Device, WitError> {
         let samples = samples_from_wit(&options);
-        let options = options_from_wit(options);
+        let options = options_from_wit(options)?;
         let meta = SizedSource::new("meta", Box::new(ImportedFile(meta)))?;
         let blob = SizedSource::new("blob", Box::new(ImportedFile(blob)))?;
         let zinfo = zinfo
@@ -204,6 +212,8 @@ pub(crate) struct DeviceResource {
     device: RefCell<Option<Device>>,
     size: u64,
     meta_size: u64,
+    /// The OCI layer its open resolved (`device.resolved-layer`).
+    resolved: Option<ResolvedLayer>,
 }
 
 impl DeviceResource {
@@ -212,7 +222,14 @@ impl DeviceResource {
             size: device.size(),
             meta_size: device.meta_size(),
             device: RefCell::new(Some(device)),
+            resolved: None,
         }
+    }
+
+    /// Record the OCI layer `info` names (nothing for a URL blob).
+    pub(crate) fn resolved(mut self, info: &remote::BlobInfo) -> DeviceResource {
+        self.resolved = resolved_layer(info);
+        self
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Device) -> R) -> Result<R, WitError> {
@@ -250,6 +267,22 @@ impl GuestDevice for DeviceResource {
         self.with(|d| remote_stats(d))
             .unwrap_or_else(|_| remote_stats_of_nothing())
     }
+
+    fn resolved_layer(&self) -> Option<ResolvedLayer> {
+        self.resolved.clone()
+    }
+}
+
+/// `device.resolved-layer` (see the WIT): all of it, or none for a blob that is not an
+/// OCI layer.
+fn resolved_layer(info: &remote::BlobInfo) -> Option<ResolvedLayer> {
+    Some(ResolvedLayer {
+        reference: info.pinned_reference.clone()?,
+        manifest_digest: info.manifest_digest.clone()?,
+        layer_index: info.layer_index?,
+        layer_digest: info.digest.clone()?,
+        layer_size: info.size,
+    })
 }
 
 /// `device.remote-stats` (see the WIT): zero for a blob read through a vfile.

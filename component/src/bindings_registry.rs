@@ -88,7 +88,9 @@ impl registry::Guest for Component {
             .transpose()?;
         // The embedder's header sample, as for `open-remote` (it was the default here).
         let samples = crate::bindings::samples_from_wit(&options);
-        let device = Device::open_with(meta, blob, zinfo, options_from_wit(options), samples)?;
-        Ok(tarindex::Device::new(DeviceResource::new(device)))
+        let device = Device::open_with(meta, blob, zinfo, options_from_wit(options)?, samples)?;
+        Ok(tarindex::Device::new(
+            DeviceResource::new(device).resolved(&info),
+        ))
     }
 }

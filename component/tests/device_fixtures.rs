@@ -142,6 +142,7 @@ fn random_interleaved_reads_with_eviction() {
         max_cursors: 2,
         learn_interval: 256 * 1024,
         max_learned: 8,
+        ..Default::default()
     };
     let mut dev = open("large", "layer.zinfo", options);
     let mut rng = SmallRng::seed_from_u64(7);

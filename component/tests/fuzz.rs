@@ -75,6 +75,7 @@ fn random_damage_never_panics() {
             max_cursors: 2,
             learn_interval: 64 * 1024,
             max_learned: 4,
+            ..Default::default()
         };
         let Ok(mut dev) = Device::open(
             source("meta", meta),

@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
         max_cursors: 2,
         learn_interval: 64 << 10,
         max_learned: 8,
+        ..Default::default()
     };
     let Ok(mut gz) = GzRan::open(mem("blob", blob), mem("zinfo", zinfo), options) else {
         return;

@@ -15,6 +15,7 @@ import json, os, subprocess, sys, time
 from benchlib import HOST, ROOT, WASM, best, timed
 
 WASM_MINIZ = os.path.join(ROOT, "target/miniz/wasm32-wasip2/release/erofs_component.wasm")
+WASM_NO_HEADER_CHECK = os.path.join(ROOT, "target/no-header-check/wasm32-wasip2/release/erofs_component.wasm")
 LARGE = os.path.join(ROOT, "tests/fixtures/large")
 DEVICE = ["--tarindex", f"{LARGE}/meta.erofs", "--zinfo", f"{LARGE}/layer.zinfo", f"{LARGE}/layer.tar.gz"]
 
@@ -65,6 +66,8 @@ def main():
     row("warm (device read once; 64M cache)", warm["reads_per_s"], "reads/s", "cold", cold["reads_per_s"], ">= 50,000")
     print(f"  {'':<44} warm p50 {warm['p50_us']:.1f} us, p99 {warm['p99_us']:.1f} us")
 
+    header_check_section()
+
     fuse_section()
 
     if os.path.exists(WASM_MINIZ):
@@ -75,6 +78,28 @@ def main():
         row("miniz: cold random 4 KiB", m_cold["reads_per_s"], "reads/s", "zlib-rs", cold["reads_per_s"])
     else:
         print(f"\n(miniz_oxide build not found at {WASM_MINIZ}; `just build-miniz` makes it)")
+
+
+def header_check_section():
+    """Cold first reads of small files through the filesystem interface, with the
+    per-file tar header check (the default build) and without it (the `no-header-check`
+    reference build), alternating, best of 5 each; and what the check adds."""
+    if not os.path.exists(WASM_NO_HEADER_CHECK):
+        print(f"\n*** SKIPPED: header check cost (no reference build at {WASM_NO_HEADER_CHECK}; `just build-no-header-check` makes it) ***")
+        return
+    args = ["--pattern", "files", "--io-size", "32K"]
+    runs = {"with": [], "without": []}
+    for _ in range(5):
+        runs["with"].append(bench(WASM, *args))
+        runs["without"].append(bench(WASM_NO_HEADER_CHECK, *args))
+    best_with = max(runs["with"], key=lambda r: r["reads_per_s"])
+    best_without = max(runs["without"], key=lambda r: r["reads_per_s"])
+    print(f"\nper-file tar header check: {best_with['count']} small files (1 B to 32 KiB) read whole, each once, fresh device (best of 5)")
+    print(f"  {'without the check (reference build)':<44} {best_without['reads_per_s']:>12.0f} files/s")
+    row("with the check (default build)", best_with["reads_per_s"], "files/s", "without", best_without["reads_per_s"], ">= 0.90x")
+    added = {k: best_with[k] - best_without[k] for k in ("blob_reads", "remote_requests", "bytes_decoded", "cache_hits", "cache_misses")}
+    print(f"  {'what the check adds':<44} {added['blob_reads']:+d} blob reads, {added['remote_requests']:+d} remote requests, "
+          f"{added['bytes_decoded']:+d} B decoded, {added['cache_misses']:+d} cache misses, {added['cache_hits']:+d} cache hits")
 
 
 def parallel_section(gzip_s, one_s):

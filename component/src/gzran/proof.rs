@@ -46,6 +46,31 @@ pub enum ZinfoTrust {
     Pinned([u8; 32]),
 }
 
+impl ZinfoTrust {
+    /// The pin an embedder wrote (WIT `open-options.zinfo-sha256`): 64 hex digits, with
+    /// or without a `sha256:` prefix.
+    pub fn pinned_from_text(text: &str) -> Result<Self> {
+        let digits = text.strip_prefix("sha256:").unwrap_or(text);
+        let refuse = || {
+            Error::bad(format!(
+                "zinfo-sha256 `{}` is not a SHA-256 (64 hex digits, `sha256:` prefix allowed)",
+                text.chars().take(80).collect::<String>()
+            ))
+            .with_field("zinfo-sha256")
+        };
+        // Hex digits only: `from_str_radix` alone would take a `+`.
+        if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(refuse());
+        }
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(digits.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| refuse())?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| refuse())?;
+        }
+        Ok(ZinfoTrust::Pinned(out))
+    }
+}
+
 /// Where the cursor must stop exactly and report what it finds there: the zinfo
 /// checkpoints that are not proven yet (implemented by proof.rs).
 pub trait Waypoints {
@@ -334,7 +359,8 @@ fn check_digest(file: &SizedSource, want: &[u8; 32]) -> Result<()> {
     let got: [u8; 32] = hasher.finalize().into();
     if &got != want {
         return Err(bad(format!(
-            "its SHA-256 is {}, but the trusted index pins {}",
+            "its SHA-256 is {}, but the embedder pinned {} (zinfo-sha256): this is not \
+             the zinfo that was vouched for",
             hex(&got),
             hex(want)
         ))

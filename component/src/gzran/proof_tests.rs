@@ -35,6 +35,7 @@ fn cold() -> Options {
         max_cursors: 0,
         learn_interval: 0,
         max_learned: 0,
+        ..Options::default()
     }
 }
 
@@ -293,6 +294,34 @@ fn a_pinned_zinfo_is_trusted_only_with_its_digest() {
         .err()
         .unwrap();
     assert_eq!(e.field.as_deref(), Some("sha256"), "{e}");
+}
+
+#[test]
+fn a_pin_is_64_hex_digits_with_or_without_its_prefix() {
+    let hex: String = (0..32).map(|i| format!("{:02x}", i * 7)).collect();
+    let want: [u8; 32] = std::array::from_fn(|i| (i * 7) as u8);
+    for text in [hex.clone(), format!("sha256:{hex}"), hex.to_uppercase()] {
+        assert_eq!(
+            ZinfoTrust::pinned_from_text(&text).unwrap(),
+            ZinfoTrust::Pinned(want),
+            "{text}"
+        );
+    }
+    for bad in [
+        "",
+        "sha256:",
+        &hex[..62],
+        "zz",
+        &format!("+{}", &hex[1..]),
+        &format!("{hex}00"),
+        &format!("sha512:{hex}"),
+    ] {
+        let e = ZinfoTrust::pinned_from_text(bad).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("zinfo-sha256"), "{bad}: {e}");
+    }
+    // Not ASCII: refused, not a panic on a char boundary.
+    let e = ZinfoTrust::pinned_from_text(&"é".repeat(32)).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("zinfo-sha256"), "{e}");
 }
 
 #[test]

@@ -33,6 +33,8 @@ pub struct Options {
     pub learn_interval: u64,
     /// The most learned checkpoints kept.
     pub max_learned: usize,
+    /// How far the zinfo is trusted (default: not at all; every checkpoint is proven).
+    pub zinfo_trust: ZinfoTrust,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             max_cursors: defaults::MAX_CURSORS,
             learn_interval: defaults::LEARN_INTERVAL,
             max_learned: defaults::MAX_LEARNED,
+            zinfo_trust: ZinfoTrust::Untrusted,
         }
     }
 }
@@ -79,10 +82,10 @@ pub struct GzRan {
 }
 
 impl GzRan {
-    /// [`Self::open_with_trust`] for an untrusted zinfo (every checkpoint proven by
-    /// decoding before it serves a byte).
+    /// [`Self::open_with_trust`] with the trust `options` name (by default none: every
+    /// checkpoint proven by decoding before it serves a byte).
     pub fn open(blob: SizedSource, zinfo_file: SizedSource, options: Options) -> Result<Self> {
-        Self::open_with_trust(blob, zinfo_file, options, ZinfoTrust::Untrusted)
+        Self::open_with_trust(blob, zinfo_file, options, options.zinfo_trust)
     }
 
     /// Validate the zinfo against the blob (checkpoint 0 against the gzip header; a

@@ -141,6 +141,9 @@ pub struct BlobInfo {
     pub manifest_digest: Option<String>,
     pub layer_index: Option<u32>,
     pub platform: Option<String>,
+    /// `oci://REGISTRY/REPO@MANIFEST-DIGEST` (OCI only): the reference that opens this
+    /// very manifest again, whatever its tag names later.
+    pub pinned_reference: Option<String>,
 }
 
 /// Open a remote blob: for a URL, probe its size; for an OCI reference, resolve the
@@ -165,6 +168,7 @@ pub fn open_blob(
                 manifest_digest: None,
                 layer_index: None,
                 platform: None,
+                pinned_reference: None,
             };
             Ok((blob, info))
         }
@@ -191,6 +195,7 @@ pub fn open_blob(
                 digest: Some(l.digest.clone()),
                 media_type: Some(l.media_type),
                 compression: l.compression,
+                pinned_reference: Some(r.pinned(&resolved.manifest_digest)),
                 manifest_digest: Some(resolved.manifest_digest),
                 layer_index: Some(l.index),
                 platform: resolved.platform,
@@ -283,6 +288,7 @@ pub fn open_published(
         manifest_digest: Some(image.manifest_digest.clone()),
         layer_index: Some(chosen.index),
         platform: image.platform.clone(),
+        pinned_reference: Some(session.reference.pinned(&image.manifest_digest)),
     };
     let Session { net, auth, .. } = session;
     let blob = RemoteBlob::new(

@@ -50,6 +50,15 @@ impl Reference {
         self.registry == DOCKER_HUB
     }
 
+    /// `oci://REGISTRY/REPO@MANIFEST-DIGEST`: this repository's manifest `digest`, named
+    /// so that it opens the same manifest however the tag moves.
+    pub fn pinned(&self, manifest_digest: &str) -> String {
+        format!(
+            "oci://{}/{}@{manifest_digest}",
+            self.registry, self.repository
+        )
+    }
+
     /// The registry API's base URL, `SCHEME://API_HOST/`: plain http only when the user
     /// said `insecure`, and never for Docker Hub, which serves only https.
     pub fn api_base(&self, insecure: bool) -> Result<Url> {
@@ -255,6 +264,18 @@ mod tests {
         assert_eq!(both.registry, "quay.io");
         assert_eq!(both.tag.as_deref(), Some("t"));
         assert_eq!(both.manifest_ref(), D);
+    }
+
+    #[test]
+    fn a_pinned_reference_names_the_same_manifest_by_digest() {
+        for text in ["oci://127.0.0.1:5000/test/layer:v1", "busybox", "quay.io/a/b:t"] {
+            let r = p(text);
+            let pinned = p(&r.pinned(D));
+            assert_eq!(pinned.registry, r.registry, "{text}");
+            assert_eq!(pinned.api_host, r.api_host, "{text}");
+            assert_eq!(pinned.repository, r.repository, "{text}");
+            assert_eq!(pinned.manifest_ref(), D, "{text}");
+        }
     }
 
     #[test]

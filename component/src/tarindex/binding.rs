@@ -264,7 +264,8 @@ impl FirstReads {
     /// before. A mismatch is an error for this file on this and every later read; a
     /// failure to read the header is returned as it is and the check runs again next time.
     pub fn ensure(&mut self, image: &Image, dev: &mut Device, nid: u64, size: u64) -> Result<()> {
-        if self.is_good(nid) {
+        // The benchmark's reference build only (Cargo.toml): no check at all.
+        if cfg!(feature = "no-header-check") || self.is_good(nid) {
             return Ok(());
         }
         if let Some(e) = self.bad.get(&nid) {

@@ -56,6 +56,7 @@ mod tests {
             manifest_digest: None,
             layer_index: Some(0),
             platform: None,
+            pinned_reference: None,
         }
     }
 

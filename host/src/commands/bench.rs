@@ -10,6 +10,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use super::device_args::{parse_size, DeviceArgs};
 use super::usage::usage;
 use crate::defaults;
+use crate::sandbox::runtime::FileKind;
 use crate::sandbox::{format_size, Runtime, SandboxedDevice};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -18,6 +19,10 @@ pub enum Pattern {
     Seq,
     /// Reads at random io-size-aligned offsets (fixed seed, so runs compare)
     Random,
+    /// Whole small regular files (1 byte to io-size each) through the filesystem
+    /// interface, each once, in random order (fixed seed): first reads, so every one
+    /// pays the per-file tar header check
+    Files,
 }
 
 #[derive(Debug, Args)]
@@ -32,7 +37,8 @@ pub struct BenchArgs {
     #[arg(long, value_parser = parse_size, default_value = defaults::BENCH_IO_SIZE)]
     pub io_size: u64,
 
-    /// Number of reads [default: the whole device for seq, 2000 for random]
+    /// Number of reads [default: the whole device for seq, 2000 for random, every small
+    /// file for files]
     #[arg(long)]
     pub count: Option<u64>,
 
@@ -84,6 +90,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let started = Instant::now();
     let runtime = Runtime::load(&args.device.component)?;
+    if args.pattern == Pattern::Files {
+        let device = SandboxedDevice::open_filesystem(runtime, spec, limits)?;
+        return small_files(&args, device, io, started.elapsed());
+    }
     let mut device = SandboxedDevice::open(runtime, spec, limits)?;
     let open_time = started.elapsed();
     let size = device.size();
@@ -101,7 +111,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let slots = (size / io as u64).max(1);
     let count = args.count.unwrap_or(match args.pattern {
         Pattern::Seq => size.div_ceil(io as u64),
-        Pattern::Random => defaults::BENCH_RANDOM_COUNT,
+        Pattern::Random | Pattern::Files => defaults::BENCH_RANDOM_COUNT,
     });
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let mut latencies = Vec::with_capacity(count as usize);
@@ -110,7 +120,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for i in 0..count {
         let offset = match args.pattern {
             Pattern::Seq => (i % slots) * io as u64,
-            Pattern::Random => rng.gen_range(0..slots) * io as u64,
+            Pattern::Random | Pattern::Files => rng.gen_range(0..slots) * io as u64,
         };
         let t = Instant::now();
         let got = device
@@ -121,15 +131,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let elapsed = timed.elapsed().as_secs_f64().max(1e-9);
     latencies.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies
-            .get(idx)
-            .copied()
-            .unwrap_or(Duration::ZERO)
-            .as_secs_f64()
-            * 1e6
-    };
+    let pct = |p: f64| percentile_us(&latencies, p);
     let mb_per_s = bytes as f64 / elapsed / 1e6;
     let reads_per_s = count as f64 / elapsed;
     let stats = device.stats()?;
@@ -181,4 +183,126 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--pattern files`: find the regular files of 1 byte to `io` bytes (untimed), then
+/// read `--count` of them (default all) whole, each once, in random order.
+fn small_files(
+    args: &BenchArgs,
+    mut fs: SandboxedDevice,
+    io: u32,
+    open_time: Duration,
+) -> Result<()> {
+    let mut files = Vec::new();
+    let mut dirs = vec![fs.root()?];
+    while let Some(dir) = dirs.pop() {
+        let mut cookie = 0;
+        loop {
+            let entries = fs
+                .readdir(dir, cookie, 1024)
+                .with_context(|| format!("readdir of inode {dir}"))?;
+            let Some(last) = entries.last() else { break };
+            cookie = last.next_cookie;
+            for e in entries {
+                if e.name == b"." || e.name == b".." {
+                    continue;
+                }
+                match e.kind {
+                    FileKind::Directory => dirs.push(e.ino),
+                    FileKind::Regular => {
+                        let size = fs.getattr(e.ino)?.size;
+                        if (1..=u64::from(io)).contains(&size) {
+                            files.push((e.ino, size));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    // Hard links list an inode more than once: read each once.
+    files.sort_unstable();
+    files.dedup();
+    let mut rng = SmallRng::seed_from_u64(args.seed);
+    for i in (1..files.len()).rev() {
+        files.swap(i, rng.gen_range(0..=i));
+    }
+    files.truncate(args.count.map_or(files.len(), |n| n as usize));
+    if files.is_empty() {
+        return Err(usage(format!(
+            "--pattern files: no regular file of 1 byte to {} in the image",
+            format_size(u64::from(io))
+        )));
+    }
+    let mut latencies = Vec::with_capacity(files.len());
+    let mut bytes = 0u64;
+    let timed = Instant::now();
+    for &(ino, size) in &files {
+        let t = Instant::now();
+        // At most `io` bytes: one call.
+        let len = u32::try_from(size).unwrap_or(io);
+        let got = fs
+            .read(ino, 0, len)
+            .with_context(|| format!("read of inode {ino}"))?;
+        latencies.push(t.elapsed());
+        bytes += got.len() as u64;
+    }
+    let elapsed = timed.elapsed().as_secs_f64().max(1e-9);
+    latencies.sort_unstable();
+    let pct = |p: f64| percentile_us(&latencies, p);
+    let count = files.len();
+    let reads_per_s = count as f64 / elapsed;
+    let stats = fs.stats()?;
+    let remote = fs.remote_stats()?;
+    if args.json {
+        let report = serde_json::json!({
+            "pattern": "files",
+            "max_file_size": io,
+            "count": count,
+            "bytes": bytes,
+            "seconds": elapsed,
+            "reads_per_s": reads_per_s,
+            "mb_per_s": bytes as f64 / elapsed / 1e6,
+            "p50_us": pct(0.50),
+            "p99_us": pct(0.99),
+            "open_ms": open_time.as_secs_f64() * 1e3,
+            "bytes_decoded": stats.bytes_decoded,
+            "cache_hits": stats.cache_hits,
+            "cache_misses": stats.cache_misses,
+            "cursor_starts": stats.cursor_starts,
+            "blob_reads": stats.blob_reads,
+            "blob_bytes_read": stats.blob_bytes_read,
+            "remote_requests": remote.requests,
+        });
+        println!("{report}");
+    } else {
+        println!(
+            "files of 1 B to {io} B x {count}: {reads_per_s:.0} files/s, p50 {:.1} us, p99 {:.1} us (open {:.1} ms)",
+            pct(0.5),
+            pct(0.99),
+            open_time.as_secs_f64() * 1e3
+        );
+        println!(
+            "decoded {} B, cache hits {} / misses {}, cursor starts {}, blob {} reads / {} B, {} remote requests",
+            stats.bytes_decoded,
+            stats.cache_hits,
+            stats.cache_misses,
+            stats.cursor_starts,
+            stats.blob_reads,
+            stats.blob_bytes_read,
+            remote.requests
+        );
+    }
+    Ok(())
+}
+
+/// The `p` quantile (0..=1) of sorted latencies, in microseconds.
+fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted
+        .get(idx)
+        .copied()
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+        * 1e6
 }

@@ -45,6 +45,17 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "ZINFO")]
     pub zinfo: Option<PathBuf>,
 
+    /// Trust the zinfo whose SHA-256 is HEX (`erofs-host index` prints it for a zinfo
+    /// it built): a zinfo with another digest is refused, and its checkpoints serve
+    /// without first being proven by decoding to them, which saves the first read past
+    /// each one a decode from the checkpoint before. It vouches for the zinfo as far as
+    /// you trust where HEX came from [default: none, every checkpoint is proven: a zinfo
+    /// is untrusted input, and one published next to an image is not pinned on its own,
+    /// since anyone who may push there may replace both the zinfo and any digest stored
+    /// beside it]
+    #[arg(long, value_name = "HEX")]
+    pub zinfo_sha256: Option<String>,
+
     /// erofs-utils option spelling: oci.tarindex=PATH,oci.zinfo=PATH,oci.layer=N,
     /// oci.blob=sha256:...,oci.platform=os/arch[/variant],oci.insecure
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -309,6 +320,7 @@ impl DeviceArgs {
             learn_interval: Some(self.learn_interval),
             max_learned: None,
             header_samples: Some(self.header_samples),
+            zinfo_sha256: self.zinfo_sha256.clone(),
         };
         Ok((
             DeviceSpec {

@@ -172,12 +172,14 @@ fn report(args: &IndexArgs, tarindex: &Path, output: &IndexOutput, took: Duratio
         s.entries
     )];
     if let (Some(path), Some(z)) = (&args.zinfo, &output.zinfo) {
+        use sha2::{Digest, Sha256};
         lines.push(format!(
-            "zinfo: {} ({} bytes, {} checkpoints, span {})",
+            "zinfo: {} ({} bytes, {} checkpoints, span {}, sha256 {} for --zinfo-sha256)",
             path.display(),
             z.len(),
             s.checkpoints,
-            s.span_size
+            s.span_size,
+            hex::encode(Sha256::digest(z))
         ));
     }
     lines.push(format!(

@@ -6,9 +6,11 @@
 //!
 //! - the META and the zinfo: read once ([`Snapshot`], with their SHA-256); every instance
 //!   and `verify` get the same bytes, never the path again;
-//! - an `oci://…:TAG`: resolved once to `REGISTRY/REPO@MANIFEST-DIGEST` (the manifest is
-//!   content-addressed, so it names the layer digest and size for good); every instance
-//!   opens by that digest;
+//! - an `oci://…:TAG`: resolved once, by the first open in the component, which reports
+//!   `REGISTRY/REPO@MANIFEST-DIGEST` and the layer's index, digest and size
+//!   (`device.resolved-layer`; the manifest is content-addressed, so it names the layer
+//!   for good); every later instance opens that manifest by digest and that layer by
+//!   index, and must report the same layer digest and size;
 //! - the device's size and metadata size, and a local blob's file size: a reopen that
 //!   finds another size fails, naming both;
 //! - for an index published next to the image (found again by each instance through the
@@ -22,7 +24,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use super::host_file::Snapshot;
-use super::runtime::{OciBlob, WitError};
+use super::runtime::{OciBlob, ResolvedLayer, WitError};
 use super::CallError;
 
 /// The pins of one device (see the module comment). Empty until the first open.
@@ -44,6 +46,9 @@ pub struct FirstOpen {
     /// `sha256:<hex>` of device bytes `0..meta_size`, for a published index only (a
     /// META from the user is pinned by its snapshot).
     pub meta_digest: Option<String>,
+    /// The OCI layer's digest and compressed size, as the open resolved them (none for a
+    /// local blob or a URL).
+    pub layer: Option<(String, u64)>,
 }
 
 /// A shared handle: cloned with the spec.
@@ -92,10 +97,29 @@ impl Pins {
         self.oci.get()
     }
 
-    /// Pin `resolved` unless another instance pinned first; the pinned one either way.
-    pub fn pin_oci(&self, resolved: OciBlob) -> &OciBlob {
+    /// Pin the layer an open of `asked` resolved, unless another instance pinned first;
+    /// the pinned one either way. `asked` named its manifest by tag (see
+    /// [`names_a_tag`]); `resolved` is what the component reported.
+    pub fn pin_oci(&self, asked: &OciBlob, resolved: &ResolvedLayer) -> &OciBlob {
         // State change: every later open of this device uses this reference.
-        self.oci.get_or_init(|| resolved)
+        self.oci.get_or_init(|| {
+            tracing::info!(
+                "{}: pinned to {} layer {} ({}) for the life of this device",
+                asked.reference,
+                resolved.reference,
+                resolved.layer_index,
+                resolved.layer_digest
+            );
+            OciBlob {
+                reference: resolved.reference.clone(),
+                // By index: the digest-named manifest fixes which blob that is (a digest
+                // could name two positions of one manifest).
+                layer: Some(resolved.layer_index),
+                digest: None,
+                // The digest names one image manifest: no platform to choose any more.
+                platform: None,
+            }
+        })
     }
 
     /// Record the first open, or check a reopen against it. `what` names the device.
@@ -119,6 +143,17 @@ impl Pins {
                 "blob file size {} (was {})",
                 show(now.blob_size),
                 show(first.blob_size)
+            ));
+        }
+        if first.layer != now.layer {
+            let layer = |l: &Option<(String, u64)>| {
+                l.as_ref()
+                    .map_or_else(|| "-".to_string(), |(d, n)| format!("{d} ({n} bytes)"))
+            };
+            diffs.push(format!(
+                "layer {} (was {})",
+                layer(&now.layer),
+                layer(&first.layer)
             ));
         }
         if first.meta_digest != now.meta_digest {
@@ -157,6 +192,7 @@ mod tests {
             meta_size: 4096,
             blob_size: Some(size),
             meta_digest: None,
+            layer: Some(("sha256:00".into(), size)),
         }
     }
 
@@ -168,6 +204,10 @@ mod tests {
         let err = pins.check_open("d", open(11)).unwrap_err().to_string();
         assert!(err.contains("device size 11 (was 10)"), "{err}");
         assert!(err.contains("blob file size 11 (was 10)"), "{err}");
+        assert!(
+            err.contains("layer sha256:00 (11 bytes) (was sha256:00 (10 bytes))"),
+            "{err}"
+        );
     }
 
     #[test]

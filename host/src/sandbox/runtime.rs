@@ -52,7 +52,7 @@ pub use exports::erofs::reader::filesystem::{Attributes, DirEntry, FileKind, Ver
 pub use exports::erofs::reader::registry::{Image, ImageLayer as IndexedLayer, LayerIndex, Pushed};
 pub use exports::erofs::reader::tarindex::{
     BlobLocation, DeviceStats, ImageInfo, ImageLayer, OciBlob, OpenOptions, RemoteOptions,
-    RemoteStats,
+    RemoteStats, ResolvedLayer,
 };
 
 /// One epoch tick. Deadlines are whole ticks, so they are accurate to about 10 ms.

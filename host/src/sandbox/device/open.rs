@@ -1,6 +1,11 @@
 //! Opening a device in a fresh instance: the META and zinfo snapshots, the OCI pin, the
 //! open call, the checks against the first open ([`super::super::pins`]) and the
 //! filesystem on top. Every reopen (pool growth, the rebuild after a trap) comes here.
+//!
+//! The OCI pin comes from the open itself: the component resolves the reference to one
+//! manifest and layer and reports them (`device.resolved-layer`); the host lists no
+//! manifest of its own, so a layer it cannot serve elsewhere in the image (zstd) does
+//! not stop a mount of this one.
 
 use wasmtime::component::ResourceAny;
 use wasmtime::Store;
@@ -8,7 +13,7 @@ use wasmtime::Store;
 use super::super::errors::CallError;
 use super::super::host_file::HostFile;
 use super::super::pins::{names_a_tag, FirstOpen};
-use super::super::runtime::{BlobLocation, OciBlob, Reader, RemoteOptions, StoreState, WitError};
+use super::super::runtime::{BlobLocation, Reader, StoreState, WitError};
 use super::super::trap::Trap;
 use super::{new_store, trapped, BlobSource, Live, Mode, SandboxedDevice};
 
@@ -59,18 +64,18 @@ impl SandboxedDevice {
                     .table
                     .push(blob)
                     .map_err(|e| io(e.into()))?;
-                tarindex.call_open(&mut store, meta, blob, zinfo, self.spec.options)
+                tarindex.call_open(&mut store, meta, blob, zinfo, &self.spec.options)
             }
             BlobSource::Remote {
                 location, options, ..
             } => {
-                let location = self.pinned_location(&bindings, &mut store, location, *options)?;
+                let location = self.pinned_location(location);
                 bindings.erofs_reader_tarindex().call_open_remote(
                     &mut store,
                     meta,
                     &location,
                     zinfo,
-                    self.spec.options,
+                    &self.spec.options,
                     *options,
                 )
             }
@@ -82,54 +87,46 @@ impl SandboxedDevice {
         self.finish_start(store, bindings, device, blob_size)
     }
 
-    /// The OCI layer every instance opens: an `oci://…:TAG` is resolved once, in this
-    /// store, to `REGISTRY/REPO@MANIFEST-DIGEST` (the component lists the manifest; the
-    /// host parses none of it), and that reference is pinned for the life of the device.
-    /// A moved tag then changes nothing; the manifest digest fixes the layer digest and
-    /// size, which the component checks on every response.
-    fn pinned_location(
+    /// The OCI layer every instance opens: the one the first open resolved, once it is
+    /// pinned ([`Self::pin_resolved`]); until then the reference as given.
+    fn pinned_location(&self, location: &BlobLocation) -> BlobLocation {
+        match (location, self.spec.pins.oci()) {
+            (BlobLocation::Oci(_), Some(pinned)) => BlobLocation::Oci(pinned.clone()),
+            _ => location.clone(),
+        }
+    }
+
+    /// Pin an `oci://…:TAG` to the manifest and layer this open resolved (the component
+    /// reported them), for the life of the device: a moved tag then changes nothing. A
+    /// reference by digest is immutable already and needs no pin. The layer's digest
+    /// and size, which every reopen must report again.
+    fn pin_resolved(
         &self,
-        bindings: &Reader,
         store: &mut Store<StoreState>,
-        location: &BlobLocation,
-        options: RemoteOptions,
-    ) -> Result<BlobLocation, CallError> {
-        let BlobLocation::Oci(blob) = location else {
-            return Ok(location.clone());
+        bindings: &Reader,
+        device: ResourceAny,
+    ) -> Result<Option<(String, u64)>, CallError> {
+        let BlobSource::Remote {
+            location: BlobLocation::Oci(asked),
+            ..
+        } = &self.spec.blob
+        else {
+            return Ok(None);
         };
-        if let Some(pinned) = self.spec.pins.oci() {
-            return Ok(BlobLocation::Oci(pinned.clone()));
-        }
-        if !names_a_tag(&blob.reference) {
-            return Ok(location.clone());
-        }
-        let listed = bindings.erofs_reader_tarindex().call_image_layers(
-            &mut *store,
-            &blob.reference,
-            blob.platform.as_deref(),
-            options,
-        );
-        let info = match listed {
-            Ok(found) => found.map_err(CallError::Component)?,
+        let d = bindings.erofs_reader_tarindex().device();
+        let resolved = match d.call_resolved_layer(&mut *store, device) {
+            Ok(resolved) => resolved,
             Err(e) => return Err(trapped(self.trap_settings(), &e, store)),
         };
-        let resolved = OciBlob {
-            reference: format!(
-                "oci://{}/{}@{}",
-                info.registry, info.repository, info.manifest_digest
-            ),
-            layer: blob.layer,
-            digest: blob.digest.clone(),
-            // The digest names one image manifest: no platform to choose any more.
-            platform: None,
+        let Some(resolved) = resolved else {
+            return Err(CallError::Trap(Trap::other(
+                "the open of an oci:// layer reported no resolved layer",
+            )));
         };
-        let pinned = self.spec.pins.pin_oci(resolved);
-        tracing::info!(
-            "{}: pinned to {} for the life of this device",
-            blob.reference,
-            pinned.reference
-        );
-        Ok(BlobLocation::Oci(pinned.clone()))
+        if names_a_tag(&asked.reference) {
+            self.spec.pins.pin_oci(asked, &resolved);
+        }
+        Ok(Some((resolved.layer_digest, resolved.layer_size)))
     }
 
     /// [`SandboxedDevice::start`] without a META: the component finds the index published
@@ -150,9 +147,7 @@ impl SandboxedDevice {
             Ok(bindings) => bindings,
             Err(e) => return Err(trapped(self.trap_settings(), &e, &store)),
         };
-        let BlobLocation::Oci(blob) =
-            self.pinned_location(&bindings, &mut store, location, *options)?
-        else {
+        let BlobLocation::Oci(blob) = self.pinned_location(location) else {
             return Err(CallError::Trap(Trap::other(
                 "a pinned OCI layer became a URL",
             )));
@@ -160,7 +155,7 @@ impl SandboxedDevice {
         let device = match bindings.erofs_reader_registry().call_open_published(
             &mut store,
             &blob,
-            self.spec.options,
+            &self.spec.options,
             *options,
         ) {
             Ok(opened) => opened.map_err(CallError::Component)?,
@@ -189,11 +184,13 @@ impl SandboxedDevice {
             Some(_) => None,
             None => Some(self.digest_of_metadata(&mut store, &bindings, device, meta_size)?),
         };
+        let layer = self.pin_resolved(&mut store, &bindings, device)?;
         let opened = FirstOpen {
             size,
             meta_size,
             blob_size,
             meta_digest,
+            layer,
         };
         self.spec.pins.check_open(&self.spec.meta_name(), opened)?;
         let handle = match self.mode {
