@@ -331,7 +331,6 @@ fn the_header_check_reports_the_requests_it_adds() {
     assert_eq!(reported, with - without, "{stats}");
 }
 
-
 /// Review follow-up: `verify … | head`, `index … | head` and `bench … | head` end quietly
 /// when the reader has closed the pipe (before: `println!` panicked on EPIPE).
 #[test]
