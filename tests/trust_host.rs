@@ -331,10 +331,10 @@ fn the_header_check_reports_the_requests_it_adds() {
     assert_eq!(reported, with - without, "{stats}");
 }
 
-/// Review follow-up: `verify … | head` and `index … | head` end quietly when the reader
-/// has closed the pipe (before: `println!` panicked on EPIPE).
+/// Review follow-up: `verify … | head`, `index … | head` and `bench … | head` end quietly
+/// when the reader has closed the pipe (before: `println!` panicked on EPIPE).
 #[test]
-fn a_closed_stdout_pipe_ends_verify_and_index_quietly() {
+fn a_closed_stdout_pipe_ends_verify_index_and_bench_quietly() {
     let f = fixture("basic");
     let dir = TempDir::new("epipe");
     let meta_out = dir.path().join("out.meta");
@@ -358,7 +358,18 @@ fn a_closed_stdout_pipe_ends_verify_and_index_quietly() {
         zinfo_out.into(),
         "--quiet".into(),
     ];
-    for args in [verify, index] {
+    let bench: Vec<std::ffi::OsString> = vec![
+        "bench".into(),
+        component().into(),
+        f.join("layer.tar.gz").into(),
+        "--tarindex".into(),
+        f.join("meta.erofs").into(),
+        "--zinfo".into(),
+        f.join("layer.zinfo").into(),
+        "--count".into(),
+        "10".into(),
+    ];
+    for args in [verify, index, bench] {
         let mut child = std::process::Command::new(host_bin())
             .args(&args)
             .env(

@@ -9,6 +9,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use super::device_args::{parse_size, DeviceArgs};
 use super::usage::usage;
+use super::verify::print_lines;
 use crate::defaults;
 use crate::sandbox::runtime::FileKind;
 use crate::sandbox::{format_size, Runtime, SandboxedDevice};
@@ -159,9 +160,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "blob_reads": stats.blob_reads,
             "blob_bytes_read": stats.blob_bytes_read,
         });
-        println!("{report}");
+        print_lines(&[report.to_string()])?;
     } else {
-        println!(
+        print_lines(&[format!(
             "{:?} {} B x {count}{}: {mb_per_s:.1} MB/s, {reads_per_s:.0} reads/s, p50 {:.1} us, p99 {:.1} us (open {:.1} ms)",
             args.pattern,
             io,
@@ -169,8 +170,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             pct(0.5),
             pct(0.99),
             open_time.as_secs_f64() * 1e3
-        );
-        println!(
+        )])?;
+        print_lines(&[format!(
             "decoded {} B, cache hits {} / misses {}, cursor starts {} ({} learned), {} learned checkpoints, blob {} reads / {} B",
             stats.bytes_decoded,
             stats.cache_hits,
@@ -180,7 +181,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             stats.learned_checkpoints,
             stats.blob_reads,
             stats.blob_bytes_read
-        );
+        )])?;
     }
     Ok(())
 }
@@ -274,15 +275,15 @@ fn small_files(
             "blob_bytes_read": stats.blob_bytes_read,
             "remote_requests": remote.requests,
         });
-        println!("{report}");
+        print_lines(&[report.to_string()])?;
     } else {
-        println!(
+        print_lines(&[format!(
             "files of 1 B to {io} B x {count}: {reads_per_s:.0} files/s, p50 {:.1} us, p99 {:.1} us (open {:.1} ms)",
             pct(0.5),
             pct(0.99),
             open_time.as_secs_f64() * 1e3
-        );
-        println!(
+        )])?;
+        print_lines(&[format!(
             "decoded {} B, cache hits {} / misses {}, cursor starts {}, blob {} reads / {} B, {} remote requests",
             stats.bytes_decoded,
             stats.cache_hits,
@@ -291,7 +292,7 @@ fn small_files(
             stats.blob_reads,
             stats.blob_bytes_read,
             remote.requests
-        );
+        )])?;
     }
     Ok(())
 }

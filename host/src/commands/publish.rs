@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
+use crate::commands::verify::print_lines;
 use crate::sandbox::registry;
 use crate::sandbox::runtime::{BlobLocation, IndexedLayer, LayerIndex, OciBlob};
 use crate::sandbox::{index_blob, BlobSource, IndexProgress, IndexRequest, Limits, Runtime};
@@ -144,9 +145,9 @@ pub fn push_image(
         Some(tag) => format!("referrers list under tag {tag}"),
         None => "the registry's referrers API".to_string(),
     };
-    println!(
+    print_lines(&[format!(
         "published index {} for image manifest {} ({} blob(s) uploaded, {} already there; found through {place})",
         pushed.artifact_digest, image.manifest_digest, pushed.blobs_uploaded, pushed.blobs_present
-    );
+    )])?;
     Ok(())
 }
