@@ -340,29 +340,9 @@ fn containerd_runs_an_image_from_lazily_mounted_layers() {
     // a plain tar layer fetches what is read, which is what this figure shows. A 64 MiB
     // layer that nothing reads goes on top, as real images hold much a workload never
     // touches (the cold-start benchmarks of the field add one too).
-    let pushed = Command::new("python3")
-        .arg(root().join("tests/containerd/uncompressed.py"))
-        .args([&reg.addr(), "test/python", "oci", "plain", "64"])
-        .output()
-        .unwrap();
-    assert!(
-        pushed.status.success(),
-        "uncompressed.py: {}",
-        String::from_utf8_lossy(&pushed.stderr)
-    );
-    let image = format!("{}/test/python:plain", reg.addr());
+    let image = push_uncompressed(&reg.addr(), "plain", 64);
     // Its twin with another top layer, and no index published.
-    let pushed = Command::new("python3")
-        .arg(root().join("tests/containerd/uncompressed.py"))
-        .args([&reg.addr(), "test/python", "oci", "noindex", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        pushed.status.success(),
-        "uncompressed.py: {}",
-        String::from_utf8_lossy(&pushed.stderr)
-    );
-    let unindexed = format!("{}/test/python:noindex", reg.addr());
+    let unindexed = push_uncompressed(&reg.addr(), "noindex", 1);
     let out = run_host(
         &[
             "index".as_ref(),
@@ -522,4 +502,21 @@ fn containerd_runs_an_image_from_lazily_mounted_layers() {
     drop(_mounts);
     let left = mounts_mentioning(&dir.to_string_lossy());
     assert!(left.is_empty(), "mounts left behind:\n{}", left.join("\n"));
+}
+
+/// Push a copy of `REGISTRY/test/python:oci` with uncompressed layers and an unread top
+/// layer of `top_mib` MiB as `test/python:TAG` (tests/containerd/uncompressed.py); the
+/// image's name as containerd names it.
+fn push_uncompressed(registry: &str, tag: &str, top_mib: u32) -> String {
+    let pushed = Command::new("python3")
+        .arg(root().join("tests/containerd/uncompressed.py"))
+        .args([registry, "test/python", "oci", tag, &top_mib.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "uncompressed.py {tag}: {}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    format!("{registry}/test/python:{tag}")
 }

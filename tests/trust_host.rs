@@ -339,15 +339,19 @@ fn a_closed_stdout_pipe_ends_verify_index_and_bench_quietly() {
     let dir = TempDir::new("epipe");
     let meta_out = dir.path().join("out.meta");
     let zinfo_out = dir.path().join("out.zinfo");
-    let verify: Vec<std::ffi::OsString> = vec![
-        "verify".into(),
-        component().into(),
-        f.join("layer.tar.gz").into(),
-        "--tarindex".into(),
-        f.join("meta.erofs").into(),
-        "--zinfo".into(),
-        f.join("layer.zinfo").into(),
-    ];
+    // `COMMAND COMPONENT BLOB --tarindex META --zinfo ZINFO` of the fixture.
+    let on_basic = |command: &str| -> Vec<std::ffi::OsString> {
+        vec![
+            command.into(),
+            component().into(),
+            f.join("layer.tar.gz").into(),
+            "--tarindex".into(),
+            f.join("meta.erofs").into(),
+            "--zinfo".into(),
+            f.join("layer.zinfo").into(),
+        ]
+    };
+    let verify = on_basic("verify");
     let index: Vec<std::ffi::OsString> = vec![
         "index".into(),
         component().into(),
@@ -358,17 +362,8 @@ fn a_closed_stdout_pipe_ends_verify_index_and_bench_quietly() {
         zinfo_out.into(),
         "--quiet".into(),
     ];
-    let bench: Vec<std::ffi::OsString> = vec![
-        "bench".into(),
-        component().into(),
-        f.join("layer.tar.gz").into(),
-        "--tarindex".into(),
-        f.join("meta.erofs").into(),
-        "--zinfo".into(),
-        f.join("layer.zinfo").into(),
-        "--count".into(),
-        "10".into(),
-    ];
+    let mut bench = on_basic("bench");
+    bench.extend(["--count".into(), "10".into()]);
     for args in [verify, index, bench] {
         let mut child = std::process::Command::new(host_bin())
             .args(&args)
