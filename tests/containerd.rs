@@ -319,21 +319,7 @@ fn containerd_runs_an_image_from_lazily_mounted_layers() {
     let _mounts = MountsUnder(dir.clone());
 
     // The image: four layers built by buildah, python3 from this machine.
-    let work = dir.join("buildah");
-    std::fs::create_dir_all(&work).unwrap();
-    let out = Command::new("sh")
-        .arg(root().join("tests/image/build.sh"))
-        .arg(&work)
-        .arg(reg.addr())
-        .arg("test/python")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&work);
+    support::build_python_image(&dir.join("buildah"), &reg.addr());
     // The same image with uncompressed layers: a gzip layer's reads are lazy only past
     // the checkpoints already proven, each proven by a decode from a proven point
     // (docs/formats.md), so a cold read far into a gzip layer fetches the blob up to it;

@@ -260,22 +260,7 @@ fn buildah_image_matches_the_kernel_and_runs_python() {
         return;
     };
     let tmp = TempDir::new("image-buildah");
-    let work = tmp.path().join("buildah");
-    std::fs::create_dir_all(&work).unwrap();
-    let out = Command::new("sh")
-        .arg(root().join("tests/image/build.sh"))
-        .arg(&work)
-        .arg(reg.addr())
-        .arg("test/python")
-        .output()
-        .unwrap();
-    // The vfs storage is plain directories: removing them leaves nothing.
-    let _ = std::fs::remove_dir_all(&work);
-    assert!(
-        out.status.success(),
-        "build.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    build_python_image(&tmp.path().join("buildah"), &reg.addr());
 
     for tag in ["oci", "v2s2"] {
         let dir = tmp.path().join(tag);

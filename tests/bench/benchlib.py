@@ -1,6 +1,6 @@
 """What the bench scripts share: where the built host and component are, and wall-clock
 timing of one command with its peak RSS."""
-import os, subprocess, sys, time
+import json, os, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST = os.path.join(ROOT, "target/release/erofs-host")
@@ -22,3 +22,12 @@ def best(cmd, runs=3):
     """The shortest wall time and the largest peak RSS of `runs` runs of cmd."""
     results = [timed(cmd) for _ in range(runs)]
     return min(r[0] for r in results), max(r[1] for r in results)
+
+
+def log_lines(path):
+    """The JSON lines of a harness log (requests, links); none if it is not there yet."""
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        return []

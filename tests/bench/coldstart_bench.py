@@ -41,9 +41,7 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HOST = os.path.join(ROOT, "target/release/erofs-host")
-WASM = os.path.join(ROOT, "target/wasm32-wasip2/release/erofs_component.wasm")
+from benchlib import HOST, ROOT, WASM, log_lines  # noqa: E402
 HARNESS = os.path.join(ROOT, "tests/registry/harness.py")
 CACHE = os.path.join(ROOT, "target/bench-coldstart")
 sys.path.insert(0, os.path.join(ROOT, "tests/registry"))
@@ -172,14 +170,6 @@ def push_image(reg, image):
            "config": {"mediaType": oci.OCI_CONFIG, "digest": oci.sha256_digest(cfg), "size": len(cfg)},
            "layers": [{"mediaType": GZIP_LAYER, "digest": l["digest"], "size": l["size"]} for l in image["layers"]]}
     client.push_manifest(REPO, "latest", json.dumps(man).encode(), oci.OCI_MANIFEST)
-
-
-def log_lines(path):
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except OSError:
-        return []
 
 
 class Link:

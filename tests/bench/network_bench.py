@@ -25,22 +25,12 @@ import json, os, re, subprocess, sys, tempfile, threading, time
 
 from bench import skipped_without_fuse
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HOST = os.path.join(ROOT, "target/release/erofs-host")
-WASM = os.path.join(ROOT, "target/wasm32-wasip2/release/erofs_component.wasm")
+from benchlib import HOST, ROOT, WASM, log_lines  # noqa: E402
 HARNESS = os.path.join(ROOT, "tests/registry/harness.py")
 BASIC = os.path.join(ROOT, "tests/fixtures/basic")
 LATENCY_MS = 20
 LARGE = os.path.join(ROOT, "tests/fixtures/large")
 RATE_MBIT = 100
-
-
-def log_lines(path):
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except OSError:
-        return []
 
 
 def main():

@@ -29,6 +29,26 @@ impl Registry {
     }
 }
 
+/// Build the test image (tests/image/build.sh: four buildah layers, python3 from this
+/// machine) in `work` and push it to `registry` as `test/python:oci` and `:v2s2`. The vfs
+/// storage is plain directories: removing `work` afterwards leaves nothing.
+pub fn build_python_image(work: &Path, registry: &str) {
+    std::fs::create_dir_all(work).unwrap();
+    let out = Command::new("sh")
+        .arg(root().join("tests/image/build.sh"))
+        .arg(work)
+        .arg(registry)
+        .arg("test/python")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(work);
+    assert!(
+        out.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The lines of /proc/self/mountinfo that mention `needle`.
 pub fn mounts_mentioning(needle: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
